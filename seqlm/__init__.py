@@ -1,0 +1,10 @@
+"""seqlm: recurrent-neural-network language models.
+
+The pipeline, one module per stage: :mod:`seqlm.text` (read and clean corpora) →
+:mod:`seqlm.tokenize` and :mod:`seqlm.vocab` (tokens and indices) → :mod:`seqlm.data`
+(splits and the two sampling strategies) → :mod:`seqlm.models` → :mod:`seqlm.train` →
+:mod:`seqlm.generate`, with :mod:`seqlm.checkpoint` the only code that knows the on-disk format
+and :mod:`seqlm.cli` the only code that parses arguments or prints.
+"""
+
+__version__ = "0.1.0"

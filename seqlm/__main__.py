@@ -1,0 +1,5 @@
+"""``python -m seqlm`` runs the command line."""
+
+from seqlm.cli import main
+
+raise SystemExit(main())
