@@ -1,0 +1,207 @@
+"""Corpora: read text from files, directories, stdin or a registered name, and clean it.
+
+``--corpus`` takes a path to a UTF-8 text file, a directory (its ``*.txt`` files in sorted
+order), ``-`` for stdin, or a registered name (:data:`CORPORA`). Named corpora other than
+``builtin`` are looked up in each directory of ``SEQLM_DATA`` (``<name>.txt`` with the right
+sha1), then in the cache (``SEQLM_CACHE``, default the user's cache directory), and only then
+downloaded once, verified by sha1 and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqlm.errors import ConfigError, CorpusError
+
+CLEANING = ("none", "lower", "letters")
+
+
+@dataclass(frozen=True)
+class NamedCorpus:
+    """A corpus seqlm can fetch by name: where from, and the sha1 that proves it is the one."""
+
+    name: str
+    url: str
+    sha1: str
+    description: str
+
+
+CORPORA: dict[str, NamedCorpus | None] = {
+    "builtin": None,  # CPython's own documentation topics (pydoc_data), always available
+    "timemachine": NamedCorpus(
+        "timemachine",
+        "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
+        "090b5e7e70c295757f55df93cb0a180b9691891a",
+        "H. G. Wells, The Time Machine (d2l's copy, 178,979 bytes)",
+    ),
+    "tinyshakespeare": NamedCorpus(
+        "tinyshakespeare",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "04486597058d11dcc2c556b1d0433891eb639d2e",
+        "Tiny Shakespeare (char-rnn's input.txt, 1,115,394 bytes)",
+    ),
+}
+
+
+def read_corpus(spec: str = "builtin", *, encoding: str = "utf-8") -> str:
+    """Reads the text a ``--corpus`` value names, with newlines normalised to ``\\n``.
+
+    Raises:
+        CorpusError: a missing path, a directory without ``.txt`` files, an undecodable or
+            binary file, an empty corpus, an unknown name, or a failed download.
+    """
+    if spec == "-":
+        data = sys.stdin.buffer.read()
+        text = decode_bytes(data, "<stdin>", encoding)
+    elif spec in CORPORA:
+        text = _builtin_text() if spec == "builtin" else read_file(fetch(spec), "utf-8")
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            files = sorted(path.glob("*.txt"))
+            if not files:
+                raise CorpusError(f"{path}: directory has no .txt files; put the text in *.txt "
+                                  "files or pass one file")
+            text = "\n".join(read_file(f, encoding) for f in files)
+        elif path.exists():
+            text = read_file(path, encoding)
+        else:
+            known = ", ".join(CORPORA)
+            raise CorpusError(f"{spec}: no such file or directory, and not a known corpus name "
+                              f"({known})")
+    if not text.strip():
+        raise CorpusError(f"{spec}: the corpus is empty; give a file with some text")
+    return text
+
+
+def read_file(path: Path, encoding: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read ({exc.strerror}); check the path and "
+                          "permissions") from None
+    return decode_bytes(data, str(path), encoding)
+
+
+def decode_bytes(data: bytes, name: str, encoding: str) -> str:
+    """Decodes ``data``, normalising ``\\r\\n`` and ``\\r`` to ``\\n`` and dropping a BOM.
+
+    Raises:
+        CorpusError: binary data, or a byte sequence invalid in ``encoding`` (with its offset).
+    """
+    if b"\x00" in data[:65536] and not encoding.lower().startswith("utf-16"):
+        raise CorpusError(f"{name}: looks like a binary file (it has NUL bytes); give a text file")
+    try:
+        text = data.decode(encoding)
+    except LookupError:
+        raise CorpusError(f"--encoding {encoding}: unknown encoding; try utf-8 or latin-1") from None
+    except UnicodeDecodeError as exc:
+        raise CorpusError(
+            f"{name}: not valid {encoding}: byte 0x{data[exc.start]:02x} at offset {exc.start}; "
+            "pass --encoding with the file's encoding (e.g. --encoding latin-1)") from None
+    return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _builtin_text() -> str:
+    """The English documentation topics shipped with every CPython (about 460 K characters)."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key].strip() for key in sorted(topics)) + "\n"
+
+
+def cache_dir() -> Path:
+    """``SEQLM_CACHE``, else the platform's per-user cache directory + ``seqlm``."""
+    if os.environ.get("SEQLM_CACHE"):
+        return Path(os.environ["SEQLM_CACHE"]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "seqlm"
+
+
+def sha1_of(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(name: str, *, timeout: float = 30.0) -> Path:
+    """The local path of the named corpus, downloading it once if no verified copy exists.
+
+    Raises:
+        CorpusError: offline with no copy (the message gives the URL and where to put the
+            file), a checksum mismatch (nothing is cached), or an unwritable cache.
+    """
+    entry = CORPORA[name]
+    for folder in filter(None, os.environ.get("SEQLM_DATA", "").split(os.pathsep)):
+        candidate = Path(folder).expanduser() / f"{name}.txt"
+        if candidate.is_file() and sha1_of(candidate) == entry.sha1:
+            return candidate
+    target = cache_dir() / f"{name}.txt"
+    if target.is_file() and sha1_of(target) == entry.sha1:
+        return target
+    download(entry.url, target, entry.sha1, timeout=timeout)
+    return target
+
+
+def download(url: str, target: Path, sha1: str, *, timeout: float = 30.0) -> None:
+    """Downloads ``url`` to ``target`` through a temporary file renamed into place only when
+    its sha1 matches, so a failed or wrong download never leaves a file behind."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as exc:
+        raise CorpusError(f"cache directory {target.parent} is not writable ({exc.strerror}); "
+                          "set SEQLM_CACHE to a writable directory") from None
+    try:
+        digest = hashlib.sha1()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            for block in iter(lambda: resp.read(1 << 16), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != sha1:
+            raise CorpusError(f"{url}: checksum mismatch (sha1 {digest.hexdigest()}, expected "
+                              f"{sha1}); nothing was cached. Get the right file and put it in a "
+                              "SEQLM_DATA directory")
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise CorpusError(f"cannot download {url} ({reason}); save that file as {target.name} "
+                          f"in {target.parent} or in a directory listed in SEQLM_DATA") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def clean(text: str, mode: str = "none") -> str:
+    """Applies ``--clean``.
+
+    * ``none``: the text as read.
+    * ``lower``: lowercase.
+    * ``letters``: the chapter's preprocessing of The Time Machine: every run of characters
+      other than A–Z/a–z (newlines included, so words of adjacent lines stay apart) becomes
+      one space, then lowercase.
+
+    Raises:
+        ConfigError: an unknown mode.
+    """
+    if mode == "none":
+        return text
+    if mode == "lower":
+        return text.lower()
+    if mode == "letters":
+        return re.sub(r"[^A-Za-z]+", " ", text).lower()
+    raise ConfigError(f"unknown --clean {mode!r}; choose one of {', '.join(CLEANING)}")
