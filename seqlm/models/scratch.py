@@ -1,0 +1,394 @@
+"""Recurrent cores written from the chapter's equations, plus the factory that picks a core.
+
+:class:`ScratchRNN`, :class:`ScratchGRU` and :class:`ScratchLSTM` behave like
+``torch.nn.RNN/GRU/LSTM(batch_first=True)``: the same constructor arguments, the same
+``forward(input, hx=None) -> (output, h_n)``, the same parameter names, shapes and gate order.
+So ``load_state_dict`` moves weights between a scratch core and its fused twin in either
+direction, and the fused twin is the reference the tests check the scratch code against.
+
+Inside, the cores run time-major and compute the input projection of a layer for all T steps
+in one matrix product before the time loop; only ``h_{t-1} W_hh^T`` is left inside the loop.
+Integer input of shape (B, T) is read as one-hot indices over ``input_size`` and the first
+layer's projection becomes a row lookup into ``weight_ih_l0`` (see :class:`seqlm.models.RNNLM`).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlm.errors import ConfigError
+
+CELLS = ("rnn", "gru", "lstm")
+IMPLS = ("scratch", "fused")
+NONLINEARITIES = ("tanh", "relu")
+INITS = ("torch", "d2l")
+BPTT_ENGINES = ("autograd", "manual")
+D2L_INIT_STD = 0.01  # the book's sigma for N(0, sigma^2) weights
+
+State = Tensor | tuple[Tensor, Tensor]
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported; use one of {', '.join(choices)}")
+
+
+def _resolve_truncation(truncation):
+    """Return a ``Truncation`` (parsing text) or None; window and full both mean None here.
+
+    Inside one forward call, 'window' and 'full' both back-propagate through every step; they
+    differ only in what the training loop does between batches.
+    """
+    if truncation is None or truncation in ("window", "full"):
+        return None
+    if isinstance(truncation, str):
+        from seqlm.models.bptt import Truncation  # lazy: the engine is optional for plain loops
+
+        truncation = Truncation.parse(truncation)
+    return None if truncation.kind in ("window", "full") else truncation
+
+
+def init_d2l_(module: nn.Module) -> None:
+    """Re-initialise in place as the book does: weights ~ N(0, 0.01²), biases = 0."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "bias" in name:
+                param.zero_()
+            else:
+                param.normal_(0.0, D2L_INIT_STD)
+
+
+class _ScratchCore(nn.Module):
+    """Shared parameters, layer stacking and time loop of the three scratch cores."""
+
+    gates = 1  # number of H-wide blocks stacked in weight_ih / weight_hh
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 dropout: float = 0.0, init: str = "torch", truncation=None) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout={dropout!r} must be in [0, 1)")
+        _check_choice("init", init, INITS)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dropout = float(dropout)
+        self.truncation = _resolve_truncation(truncation)
+        G = self.gates * hidden_size
+        for k in range(num_layers):
+            fan_in = input_size if k == 0 else hidden_size
+            setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(G, fan_in)))
+            setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(G, hidden_size)))
+            setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(G)))
+            setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(G)))
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "torch") -> None:
+        """``torch``: every parameter ~ U(−1/√H, 1/√H), like torch.nn.RNN; ``d2l``: see
+        :func:`init_d2l_`."""
+        _check_choice("init", init, INITS)
+        if init == "d2l":
+            init_d2l_(self)
+            return
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.uniform_(-bound, bound)
+
+    def layer_weights(self, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of layer ``k``."""
+        return tuple(getattr(self, f"{n}_l{k}") for n in
+                     ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"dropout={self.dropout}, truncation={self.truncation}")
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, input: Tensor, hx: State | None = None, *,
+                generator: torch.Generator | None = None) -> tuple[Tensor, State]:
+        """Run all layers over all time steps.
+
+        Args:
+            input: (B, T, I) floats, (T, I) floats for one unbatched sequence, or (B, T)
+                integers read as one-hot indices in ``[0, I)``.
+            hx: initial state (L, B, H) — for LSTM a pair ``(h_0, c_0)`` — or None for zeros.
+                Unbatched input takes (L, H).
+            generator: random source for randomized truncation; unused otherwise.
+
+        Returns:
+            ``(output, h_n)``: output (B, T, H) is the top layer's hidden state at every step,
+            h_n has the layout of ``hx``.
+
+        Raises:
+            ValueError: the input has the wrong number of dimensions or feature size.
+        """
+        unbatched = input.is_floating_point() and input.dim() == 2
+        if unbatched:
+            input = input.unsqueeze(0)
+            hx = None if hx is None else self._map_state(hx, lambda s: s.unsqueeze(1))
+        x = self._time_major(input)
+        T, B = x.shape[0], x.shape[1]
+        if hx is None:
+            hx = self._zero_state(B, x)
+        h0 = self._split_layers(hx)
+        finals = []
+        for k in range(self.num_layers):
+            if k > 0 and self.dropout > 0.0:
+                x = F.dropout(x, self.dropout, self.training)
+            x, h_k = self._run_layer(k, x, h0[k], generator)
+            finals.append(h_k)
+        output, h_n = x.transpose(0, 1).contiguous(), self._stack_layers(finals)
+        if unbatched:
+            output, h_n = output.squeeze(0), self._map_state(h_n, lambda s: s.squeeze(1))
+        return output, h_n
+
+    def _time_major(self, input: Tensor) -> Tensor:
+        """(B, T, I) → (T, B, I); integer (B, T) → (T, B) indices, validated for shape."""
+        expected = 2 if not input.is_floating_point() else 3
+        if input.dim() != expected:
+            raise ValueError(f"{type(self).__name__} expects float input (B, T, I), (T, I) or "
+                             f"integer indices (B, T); got {input.dtype} {tuple(input.shape)}")
+        if expected == 3 and input.shape[-1] != self.input_size:
+            raise ValueError(f"input feature size {input.shape[-1]} != input_size "
+                             f"{self.input_size}")
+        return input.transpose(0, 1)
+
+    def _project_input(self, k: int, x: Tensor) -> Tensor:
+        """Hoisted input projection of layer ``k`` for all steps: (T, B, I) → (T, B, G·H)."""
+        w_ih, _, b_ih, b_hh = self.layer_weights(k)
+        bias = b_ih + b_hh if self.fold_hidden_bias else b_ih
+        if x.is_floating_point():
+            return F.linear(x, w_ih, bias)
+        # one-hot x · W_ih^T selects rows of W_ih^T: a lookup instead of a (V-wide) product
+        return F.embedding(x, w_ih.t()) + bias
+
+    def _run_layer(self, k: int, x: Tensor, h0: State,
+                   generator: torch.Generator | None) -> tuple[Tensor, State]:
+        xw = self._project_input(k, x)
+        step = partial(self.step, *self.layer_weights(k)[1::2])  # (weight_hh, bias_hh)
+        if self.truncation is not None and torch.is_grad_enabled():
+            from seqlm.models.bptt import unroll
+
+            return unroll(step, xw, h0, truncation=self.truncation, generator=generator)
+        outputs, h = [], h0
+        for t in range(xw.shape[0]):
+            h = step(xw[t], h)
+            outputs.append(h[0] if isinstance(h, tuple) else h)
+        return torch.stack(outputs), h
+
+    # -- per-cell hooks ------------------------------------------------------------------------
+    fold_hidden_bias = True  # bias_hh is constant over time unless a gate multiplies it
+
+    def _zero_state(self, batch_size: int, x: Tensor) -> State:
+        dtype = x.dtype if x.is_floating_point() else self.weight_hh_l0.dtype
+        return torch.zeros(self.num_layers, batch_size, self.hidden_size,
+                           dtype=dtype, device=x.device)
+
+    def _split_layers(self, hx: State) -> list[State]:
+        self._check_state(hx)
+        return list(hx.unbind(0))
+
+    def _stack_layers(self, finals: list[State]) -> State:
+        return torch.stack(finals)
+
+    def _map_state(self, hx: State, fn) -> State:
+        return fn(hx)
+
+    def _check_state(self, h: Tensor) -> None:
+        if h.dim() != 3 or h.shape[0] != self.num_layers or h.shape[2] != self.hidden_size:
+            raise ValueError(f"expected state (L={self.num_layers}, B, H={self.hidden_size}); "
+                             f"got {tuple(h.shape)}")
+
+
+class ScratchRNN(_ScratchCore):
+    r"""The chapter's RNN, a drop-in for ``torch.nn.RNN(batch_first=True)``.
+
+    For each layer, with the same weights at every step:
+
+    .. math::  H_t = \phi(X_t W_{xh} + H_{t-1} W_{hh} + b_h), \quad \phi \in \{\tanh, \mathrm{relu}\}
+
+    In torch's names ``W_xh = weight_ih^T`` (I, H), ``W_hh = weight_hh^T`` (H, H) and
+    ``b_h = bias_ih + bias_hh``; the input of layer k > 0 is the output of layer k−1.
+
+    Args:
+        input_size: I, features per step (V for one-hot input).
+        hidden_size: H.
+        num_layers: L, stacked layers.
+        nonlinearity: ``'tanh'`` (the chapter) or ``'relu'``.
+        dropout: dropout probability on the outputs of every layer but the last.
+        init: ``'torch'`` (U(−1/√H, 1/√H)) or ``'d2l'`` (N(0, 0.01²) weights, zero biases).
+        bptt_engine: ``'autograd'``, or ``'manual'`` for the hand-written backward pass of
+            :func:`seqlm.models.bptt.rnn_recurrence`.
+        truncation: a :class:`seqlm.models.bptt.Truncation`, its text form, or None (= window).
+
+    Raises:
+        ConfigError: a size is not a positive integer or a choice is unknown.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 nonlinearity: str = "tanh", dropout: float = 0.0, init: str = "torch",
+                 bptt_engine: str = "autograd", truncation=None) -> None:
+        _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        _check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
+        self.nonlinearity, self.bptt_engine = nonlinearity, bptt_engine
+        super().__init__(input_size, hidden_size, num_layers, dropout=dropout, init=init,
+                         truncation=truncation)
+
+    def step(self, weight_hh: Tensor, bias_hh: Tensor, xw_t: Tensor, h: Tensor) -> Tensor:
+        pre = torch.addmm(xw_t, h, weight_hh.t())  # xw_t already holds both biases
+        return torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
+
+    def _run_layer(self, k, x, h0, generator):
+        if self.bptt_engine == "autograd":
+            return super()._run_layer(k, x, h0, generator)
+        from seqlm.models.bptt import rnn_recurrence
+
+        xw = self._project_input(k, x)
+        # under autocast xw comes out in the low-precision dtype; the engine wants one dtype
+        weight_hh = self.layer_weights(k)[1].to(xw.dtype)
+        return rnn_recurrence(xw, h0.to(xw.dtype), weight_hh, nonlinearity=self.nonlinearity,
+                              truncation=self.truncation, generator=generator)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}, "
+                f"bptt_engine={self.bptt_engine!r}")
+
+
+class ScratchGRU(_ScratchCore):
+    r"""Gated recurrent unit, a drop-in for ``torch.nn.GRU(batch_first=True)``.
+
+    Gate order in ``weight_ih``/``weight_hh`` is r, z, n (torch's):
+
+    .. math::
+        R_t &= \sigma(X_t W_{xr} + b_{xr} + H_{t-1} W_{hr} + b_{hr}) \\
+        Z_t &= \sigma(X_t W_{xz} + b_{xz} + H_{t-1} W_{hz} + b_{hz}) \\
+        N_t &= \tanh(X_t W_{xn} + b_{xn} + R_t \odot (H_{t-1} W_{hn} + b_{hn})) \\
+        H_t &= (1 - Z_t) \odot N_t + Z_t \odot H_{t-1}
+
+    The reset gate multiplies ``b_hn``, so ``bias_hh`` stays inside the loop. Arguments as
+    :class:`ScratchRNN` without ``nonlinearity`` and ``bptt_engine``.
+    """
+
+    gates = 3
+    fold_hidden_bias = False
+
+    def step(self, weight_hh: Tensor, bias_hh: Tensor, xw_t: Tensor, h: Tensor) -> Tensor:
+        hw = torch.addmm(bias_hh, h, weight_hh.t())
+        x_r, x_z, x_n = xw_t.chunk(3, dim=-1)
+        h_r, h_z, h_n = hw.chunk(3, dim=-1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        return n + z * (h - n)  # (1 − z)·n + z·h, written so mixed precision promotes
+
+
+class ScratchLSTM(_ScratchCore):
+    r"""Long short-term memory, a drop-in for ``torch.nn.LSTM(batch_first=True)``.
+
+    Gate order in ``weight_ih``/``weight_hh`` is i, f, g, o (torch's):
+
+    .. math::
+        I_t &= \sigma(X_t W_{xi} + H_{t-1} W_{hi} + b_i) \qquad
+        F_t  = \sigma(X_t W_{xf} + H_{t-1} W_{hf} + b_f) \\
+        G_t &= \tanh(X_t W_{xg} + H_{t-1} W_{hg} + b_g) \qquad
+        O_t  = \sigma(X_t W_{xo} + H_{t-1} W_{ho} + b_o) \\
+        C_t &= F_t \odot C_{t-1} + I_t \odot G_t \qquad
+        H_t  = O_t \odot \tanh(C_t)
+
+    State is the pair ``(h, c)``, each (L, B, H); the output is h. Arguments as
+    :class:`ScratchRNN` without ``nonlinearity`` and ``bptt_engine``.
+    """
+
+    gates = 4
+
+    def step(self, weight_hh: Tensor, bias_hh: Tensor, xw_t: Tensor,
+             state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        h, c = state
+        gates = torch.addmm(xw_t, h, weight_hh.t())
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def _zero_state(self, batch_size, x):
+        h = super()._zero_state(batch_size, x)
+        return h, torch.zeros_like(h)
+
+    def _split_layers(self, hx):
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError("ScratchLSTM expects the state as a pair (h_0, c_0)")
+        for part in hx:
+            self._check_state(part)
+        return list(zip(hx[0].unbind(0), hx[1].unbind(0)))
+
+    def _stack_layers(self, finals):
+        return torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals])
+
+    def _map_state(self, hx, fn):
+        return fn(hx[0]), fn(hx[1])
+
+
+_SCRATCH = {"rnn": ScratchRNN, "gru": ScratchGRU, "lstm": ScratchLSTM}
+_FUSED = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+def make_core(cell: str, impl: str, input_size: int, hidden_size: int, num_layers: int = 1,
+              *, nonlinearity: str = "tanh", dropout: float = 0.0, init: str = "torch",
+              bptt_engine: str = "autograd", truncation=None) -> nn.Module:
+    """Build a recurrent core: a scratch core or ``torch.nn.RNN/GRU/LSTM(batch_first=True)``.
+
+    Both kinds share parameter names and the ``forward(input, hx) -> (output, h_n)`` contract,
+    so the rest of the model never branches on which one it holds.
+
+    Args:
+        cell: ``'rnn'``, ``'gru'`` or ``'lstm'``.
+        impl: ``'scratch'`` (this module) or ``'fused'`` (torch's cuDNN/MKL kernels).
+        input_size, hidden_size, num_layers, dropout, init: as :class:`ScratchRNN`.
+        nonlinearity: ``'tanh'`` or ``'relu'``; only ``'tanh'`` for GRU and LSTM.
+        bptt_engine: ``'manual'`` needs cell ``'rnn'`` and impl ``'scratch'``.
+        truncation: a ``Truncation``, its text, or None; fused cores take only window/full.
+
+    Raises:
+        ConfigError: an unknown choice or a combination the chosen core cannot run.
+    """
+    _check_choice("cell", cell, CELLS)
+    _check_choice("impl", impl, IMPLS)
+    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    _check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
+    if cell != "rnn" and nonlinearity != "tanh":
+        raise ConfigError(f"nonlinearity={nonlinearity!r} applies only to cell 'rnn', not "
+                          f"{cell!r}; drop it or use cell 'rnn'")
+    if bptt_engine == "manual" and (cell, impl) != ("rnn", "scratch"):
+        raise ConfigError(f"bptt_engine='manual' needs cell 'rnn' and impl 'scratch', got "
+                          f"cell {cell!r} impl {impl!r}; use bptt_engine 'autograd'")
+    kwargs = {"dropout": dropout, "init": init, "truncation": truncation}
+    if impl == "scratch":
+        if cell == "rnn":
+            kwargs.update(nonlinearity=nonlinearity, bptt_engine=bptt_engine)
+        return _SCRATCH[cell](input_size, hidden_size, num_layers, **kwargs)
+    return _make_fused(cell, input_size, hidden_size, num_layers, nonlinearity=nonlinearity,
+                       **kwargs)
+
+
+def _make_fused(cell, input_size, hidden_size, num_layers, *, nonlinearity, dropout, init,
+                truncation) -> nn.Module:
+    if _resolve_truncation(truncation) is not None:
+        raise ConfigError(f"truncation={truncation!s} needs impl 'scratch'; fused cores "
+                          "support only 'window' and 'full'")
+    _check_choice("init", init, INITS)
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout={dropout!r} must be in [0, 1)")
+    extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+    # torch warns about dropout on a single layer, where it would have no effect anyway
+    core = _FUSED[cell](input_size, hidden_size, num_layers, batch_first=True,
+                        dropout=dropout if num_layers > 1 else 0.0, **extra)
+    if init == "d2l":
+        init_d2l_(core)
+    return core
