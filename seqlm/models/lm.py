@@ -1,0 +1,242 @@
+"""The recurrent language model: tokens → (one-hot or embedding) → core → dropout → logits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlm.errors import ConfigError
+from seqlm.models.scratch import (BPTT_ENGINES, CELLS, IMPLS, INITS, NONLINEARITIES, State,
+                                  init_d2l_, make_core)
+
+
+def _help(text: str, choices: tuple[str, ...] | None = None) -> dict:
+    return {"help": text, "choices": list(choices)} if choices else {"help": text}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an :class:`RNNLM` (saved in every checkpoint).
+
+    Raises:
+        ConfigError: from ``__post_init__``, naming the field and the value it cannot use.
+    """
+
+    vocab_size: int = field(metadata=_help("number of token ids V (set from the vocabulary)"))
+    cell: str = field(default="rnn", metadata=_help("recurrent cell", CELLS))
+    impl: str = field(default="scratch", metadata=_help(
+        "'scratch': the chapter's equations in Python; 'fused': torch's cuDNN/MKL kernels",
+        IMPLS))
+    hidden_size: int = field(default=256, metadata=_help("hidden units H per layer"))
+    num_layers: int = field(default=1, metadata=_help("stacked recurrent layers L"))
+    embedding_dim: int | None = field(default=None, metadata=_help(
+        "learned embedding size E; None feeds the chapter's one-hot vectors"))
+    dropout: float = field(default=0.0, metadata=_help(
+        "dropout probability on embeddings, between layers and before the decoder, in [0, 1)"))
+    tie_weights: bool = field(default=False, metadata=_help(
+        "share the embedding matrix with the decoder (needs embedding_dim == hidden_size)"))
+    nonlinearity: str = field(default="tanh", metadata=_help(
+        "activation of the plain RNN cell", NONLINEARITIES))
+    init: str = field(default="torch", metadata=_help(
+        "'torch': U(-1/sqrt(H), 1/sqrt(H)); 'd2l': the book's N(0, 0.01^2) weights, zero biases",
+        INITS))
+    bptt_engine: str = field(default="autograd", metadata=_help(
+        "'manual' runs the hand-written backward pass (cell rnn, impl scratch only)",
+        BPTT_ENGINES))
+    truncation: str = field(default="window", metadata=_help(
+        "BPTT truncation: 'window', 'full', or a strategy of seqlm.models.bptt (scratch only)"))
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers"):
+            _check_positive_int(name, getattr(self, name))
+        if self.embedding_dim is not None:
+            _check_positive_int("embedding_dim", self.embedding_dim)
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name}={getattr(self, f.name)!r} is not supported; use "
+                                  f"one of {', '.join(choices)}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout!r} must be a probability in [0, 1)")
+        if self.tie_weights and self.embedding_dim != self.hidden_size:
+            raise ConfigError(f"tie_weights=True needs embedding_dim == hidden_size, got "
+                              f"embedding_dim={self.embedding_dim} hidden_size="
+                              f"{self.hidden_size}; set embedding_dim to {self.hidden_size}")
+        if self.cell != "rnn" and self.nonlinearity != "tanh":
+            raise ConfigError(f"nonlinearity={self.nonlinearity!r} applies only to cell 'rnn', "
+                              f"not {self.cell!r}; use nonlinearity 'tanh'")
+        if self.bptt_engine == "manual" and (self.cell, self.impl) != ("rnn", "scratch"):
+            raise ConfigError(f"bptt_engine='manual' needs cell 'rnn' and impl 'scratch', got "
+                              f"cell {self.cell!r} impl {self.impl!r}; use 'autograd'")
+        if not isinstance(self.truncation, str):
+            raise ConfigError(f"truncation={self.truncation!r} must be text such as 'window'")
+        if self.truncation not in ("window", "full"):
+            from seqlm.models.bptt import Truncation  # lazy: only non-default policies need it
+
+            Truncation.parse(self.truncation)  # raises ConfigError naming the accepted forms
+        if self.truncation not in ("window", "full") and self.impl != "scratch":
+            raise ConfigError(f"truncation={self.truncation!r} needs impl 'scratch'; fused "
+                              "cores support only 'window' and 'full'")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+
+class RNNLM(nn.Module):
+    r"""Recurrent language model: ``logits_t = decoder(dropout(core(input_t, state)))``.
+
+    Input. With ``embedding_dim=None`` the input is the chapter's one-hot vector
+    :math:`X_t = \mathrm{onehot}(x_t) \in \{0,1\}^V`, so the first layer computes
+    :math:`X_t W_{xh}`. Multiplying by a one-hot vector selects row :math:`x_t` of
+    :math:`W_{xh}`, so scratch cores receive the token ids and look the row up in
+    ``weight_ih_l0`` — the same number without a (B·T, V) × (V, H) product over zeros. Set
+    ``literal_one_hot=True`` (or assign the attribute) to build the one-hot tensor and
+    multiply, as the book does; fused cores always take that path because torch's kernels
+    accept only dense input. With ``embedding_dim=E`` a learned ``nn.Embedding(V, E)`` feeds
+    the core instead, and ``tie_weights`` makes the decoder reuse its matrix.
+
+    Dropout (probability ``config.dropout``) is applied to learned embeddings, between
+    layers (inside the core) and before the decoder, as in Zaremba et al. (2014).
+
+    Args:
+        config: the architecture.
+        literal_one_hot: feed a dense one-hot tensor to scratch cores too (teaching path).
+
+    Raises:
+        ConfigError: ``config.truncation`` cannot be parsed or does not suit the core.
+    """
+
+    def __init__(self, config: ModelConfig, *, literal_one_hot: bool = False) -> None:
+        super().__init__()
+        self.config, self.literal_one_hot = config, literal_one_hot
+        c = config
+        self.embedding = nn.Embedding(c.vocab_size, c.embedding_dim) if c.embedding_dim else None
+        self.core = make_core(c.cell, c.impl, c.embedding_dim or c.vocab_size, c.hidden_size,
+                              c.num_layers, nonlinearity=c.nonlinearity, dropout=c.dropout,
+                              init=c.init, bptt_engine=c.bptt_engine, truncation=c.truncation)
+        self.drop = nn.Dropout(c.dropout)
+        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
+        if c.init == "d2l":
+            init_d2l_(self.decoder)  # the book's W_hq ~ N(0, 0.01²), b_q = 0
+            if self.embedding is not None:
+                init_d2l_(self.embedding)
+        if c.tie_weights:
+            self.decoder.weight = self.embedding.weight
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.config.impl == "scratch"
+
+    def forward(self, tokens: Tensor, state: State | None = None, *,
+                generator: torch.Generator | None = None) -> tuple[Tensor, State]:
+        """Score the next token at every position.
+
+        Args:
+            tokens: (B, T) int64 ids in ``[0, V)``.
+            state: (L, B, H), for LSTM a pair of them, or None for zeros.
+            generator: random source for randomized truncation (scratch cores only).
+
+        Returns:
+            ``(logits, state)``: logits (B, T, V) for the token after each position, and the
+            state after the last step (same layout as ``state``).
+
+        Raises:
+            ValueError: ``tokens`` is not a 2-D integer tensor.
+        """
+        if tokens.dim() != 2 or tokens.is_floating_point():
+            raise ValueError(f"RNNLM expects integer tokens (B, T); got {tokens.dtype} "
+                             f"{tuple(tokens.shape)}")
+        kwargs = {"generator": generator} if self.is_scratch else {}
+        output, state = self.core(self.embed(tokens), state, **kwargs)
+        return self.decoder(self.drop(output)), state
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """The core's input: (B, T, E) embeddings, (B, T, V) one-hot, or the (B, T) ids."""
+        if self.embedding is not None:
+            return self.drop(self.embedding(tokens))
+        if self.literal_one_hot or not self.is_scratch:
+            return F.one_hot(tokens, self.config.vocab_size).to(self.decoder.weight.dtype)
+        return tokens
+
+    def next_logits(self, state: State) -> Tensor:
+        """(B, V) logits of the token that follows ``state``: the decoder on the top layer's h.
+
+        For a state returned by :meth:`forward` this equals the last column of its logits (in
+        eval mode); for the zero state it is the decoder bias.
+        """
+        h = state[0] if isinstance(state, tuple) else state
+        return self.decoder(h[-1])
+
+    def begin_state(self, batch_size: int, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> State:
+        """Zero state (L, B, H) — a pair for LSTM — on ``device`` (default: the model's)."""
+        ref = self.decoder.weight
+        h = torch.zeros(self.config.num_layers, batch_size, self.config.hidden_size,
+                        device=ref.device if device is None else device, dtype=dtype or ref.dtype)
+        return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
+
+    def save_pretrained(self, directory: str | Path, tokenizer, **kwargs) -> Path:
+        """Save with :func:`seqlm.checkpoint.save_checkpoint`; keyword arguments pass through."""
+        from seqlm.checkpoint import save_checkpoint  # lazy: checkpoint sits downstream
+
+        return save_checkpoint(directory, self, tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu"):
+        """Load ``(model, tokenizer)`` with :func:`seqlm.checkpoint.load_checkpoint`."""
+        from seqlm.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(directory, device=device)
+        return loaded.model, loaded.tokenizer
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the autograd history of a state: new tensors (never in place); tuples stay tuples."""
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+_CUDA_INDEX = re.compile(r"cuda:(\d+)")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Turn ``'auto'|'cpu'|'cuda'|'cuda:N'|'mps'`` into an available ``torch.device``.
+
+    ``'auto'`` picks CUDA, then MPS, then CPU.
+
+    Raises:
+        ConfigError: the name is unknown or that device is not available here.
+    """
+    name = str(name)
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not mps_ok:
+            raise ConfigError("--device mps: Apple MPS is not available on this machine; use "
+                              "--device cpu or auto")
+        return torch.device("mps")
+    match = _CUDA_INDEX.fullmatch(name)
+    if name == "cuda" or match:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use "
+                              "--device cpu or auto")
+        count = torch.cuda.device_count()
+        if match and int(match.group(1)) >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}; use one of those or cuda")
+        return torch.device(name)
+    raise ConfigError(f"--device {name}: unknown device; use auto, cpu, cuda, cuda:N or mps")
