@@ -227,3 +227,25 @@ def build_corpus(text: str, *, tokenizer: str = "char",
         splits["train"] = splits["train"][:max_tokens]
     oov = {name: float(np.mean(ids == 0)) if len(ids) else 0.0 for name, ids in splits.items()}
     return Corpus(tok, splits, oov)
+
+
+def load_corpus(cfg) -> Corpus:
+    """The corpus a :class:`~seqlm.config.DataConfig` describes: a prepared directory as it
+    is (memory-mapped), or text read, cleaned, split and encoded.
+
+    Raises:
+        CorpusError: as :func:`seqlm.text.read_corpus`, or the cleaning left nothing.
+    """
+    from seqlm.text import clean, read_corpus
+
+    if is_prepared(cfg.corpus):
+        corpus = Corpus.load(cfg.corpus)
+        if cfg.max_tokens is not None:
+            corpus.splits["train"] = corpus.splits["train"][: cfg.max_tokens]
+        return corpus
+    text = clean(read_corpus(cfg.corpus, encoding=cfg.encoding), cfg.clean)
+    if not text.strip():
+        raise CorpusError(f"{cfg.corpus}: nothing is left after --clean {cfg.clean}; use "
+                          "--clean none or a corpus with letters in it")
+    return build_corpus(text, tokenizer=cfg.tokenizer, split=cfg.split_fractions(),
+                        max_tokens=cfg.max_tokens, tokenizer_options=cfg.tokenizer_options())
