@@ -1,0 +1,57 @@
+"""The ``seqlm`` command line: a thin shell that turns flags into configs and prints.
+
+Every user-facing failure is one line on stderr and exit status 2; interrupted training
+exits 130 (Ctrl-C) or 143 (SIGTERM) after saving ``checkpoints/last``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from seqlm.cli.flags import Parser
+from seqlm.errors import SeqlmError
+
+
+def build_parser() -> Parser:
+    from seqlm.cli import commands, training
+
+    parser = Parser(prog="seqlm", description="Recurrent-neural-network language models: "
+                    "prepare text, train, evaluate, generate, and look inside BPTT.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                metavar="COMMAND")
+    training.register(sub)
+    commands.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from seqlm import __version__
+
+    return f"seqlm {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.handler(args) or 0)
+        except SeqlmError as exc:
+            print(f"seqlm {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"seqlm {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # e.g. `seqlm generate ... | head`
+            sys.stderr.close()
+            return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message).splitlines()[0] if str(message) else category.__name__
+    print(f"seqlm: warning: {text}", file=sys.stderr)

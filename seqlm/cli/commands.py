@@ -1,0 +1,192 @@
+"""``seqlm stats``, ``prepare``, ``evaluate`` and ``generate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from seqlm.cli.flags import add_config_flags, given
+from seqlm.config import DataConfig
+from seqlm.errors import ConfigError
+
+TEXT_FIELDS = ("corpus", "encoding", "clean", "tokenizer", "min_freq", "max_vocab",
+               "vocab_size", "keep_newlines")
+NOT_TEXT = tuple(f for f in DataConfig.__dataclass_fields__ if f not in TEXT_FIELDS)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("stats", help="token counts, n-gram tables, Zipf exponent, log-log plot")
+    add_config_flags(p, DataConfig, title="corpus", skip=NOT_TEXT)
+    p.add_argument("--top", type=int, default=10, help="rows of each frequency table")
+    p.add_argument("--plot", metavar="PNG", help="write the n-gram frequency figure here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_stats)
+
+    p = sub.add_parser("prepare", help="encode a corpus once into memory-mappable arrays")
+    p.add_argument("out", help="directory to write (train/val/test .npy + corpus.json)")
+    add_config_flags(p, DataConfig, title="corpus",
+                     skip=("sampler", "batch_size", "num_steps", "max_tokens"))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_prepare)
+
+    p = sub.add_parser("evaluate", help="loss, perplexity and bits of a checkpoint on a split")
+    p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    p.add_argument("--corpus", help="evaluate on this corpus instead of the run's")
+    p.add_argument("--encoding", default="utf-8", help="encoding of --corpus")
+    p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
+                   help="which part (the run's fractions); all = the whole corpus")
+    p.add_argument("--batch-size", type=int, default=32, help="rows evaluated side by side")
+    p.add_argument("--num-steps", type=int, default=64, help="time steps per forward call")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="continue a prefix with a trained model")
+    p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    p.add_argument("--prefix", default="", help="text to continue (fed through first: warm-up)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (the book's)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    p.add_argument("--num-samples", type=int, default=1, help="continuations side by side")
+    p.add_argument("--stop", default=None, help="end a sample where this text appears")
+    p.add_argument("--strict", action="store_true", help="unknown prefix tokens are an error")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_generate)
+
+
+def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
+    if path.exists() and not overwrite and (path.is_file() or any(path.iterdir())):
+        raise ConfigError(f"{path} already exists; pass --overwrite to replace the {what}, or "
+                          "choose another path")
+
+
+def cmd_stats(args) -> int:
+    from seqlm.stats import corpus_stats, plot_frequencies
+    from seqlm.text import clean, read_corpus
+    from seqlm.tokenize import fit_tokenizer
+
+    if args.top < 0:
+        raise ConfigError(f"--top must be >= 0, got {args.top}")
+    cfg = DataConfig(**given(args, DataConfig))
+    if args.plot:
+        _refuse_existing(Path(args.plot), args.overwrite, "plot")
+    text = clean(read_corpus(cfg.corpus, encoding=cfg.encoding), cfg.clean)
+    tok = fit_tokenizer(cfg.tokenizer, text, **cfg.tokenizer_options())
+    ids = tok.encode(text)
+    stats = corpus_stats(ids, tok.vocab, top=args.top)
+    tables = stats.pop("_tables")
+    stats.update({"corpus": cfg.corpus, "clean": cfg.clean, "tokenizer": cfg.tokenizer,
+                  "characters": len(text)})
+    if args.plot:
+        plot_frequencies(tables, args.plot, title=f"{cfg.corpus} ({cfg.tokenizer} tokens)")
+        stats["plot"] = args.plot
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False))
+        return 0
+    print(f"{cfg.corpus}: {stats['characters']:,} characters, {stats['tokens']:,} "
+          f"{cfg.tokenizer} tokens, vocabulary {stats['vocab_size']:,} (with <unk>)")
+    for name in ("unigrams", "bigrams", "trigrams"):
+        block = stats[name]
+        print(f"\n{name}: {block['distinct']:,} distinct, Zipf exponent "
+              f"{block['zipf_exponent']:.3f}")
+        for row in block["top"]:
+            shown = " ".join(repr(t)[1:-1] if t.strip() else repr(t) for t in row["tokens"])
+            print(f"  {row['count']:>8,}  {shown}")
+    if args.plot:
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from seqlm.data import load_corpus
+
+    cfg = DataConfig(**given(args, DataConfig))
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite, "prepared corpus")
+    corpus = load_corpus(cfg)
+    corpus.save(out)
+    report = {"out": str(out), "vocab_size": corpus.vocab_size,
+              "tokens": {k: len(v) for k, v in corpus.splits.items()},
+              "dtype": str(corpus.tokenizer.dtype), "oov_rate": corpus.oov_rate}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        sizes = ", ".join(f"{k} {v:,}" for k, v in report["tokens"].items())
+        print(f"prepared {out}: vocabulary {corpus.vocab_size:,}, tokens {sizes} "
+              f"({report['dtype']}); train with --corpus {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+    from seqlm.data import split_text
+    from seqlm.models.lm import resolve_device
+    from seqlm.text import clean, read_corpus
+    from seqlm.train import evaluate
+
+    for name in ("batch_size", "num_steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=device)
+    data = DataConfig(**ckpt.config.get("data", {}))
+    corpus_name = args.corpus or data.corpus
+    encoding = args.encoding if args.corpus else data.encoding
+    text = clean(read_corpus(corpus_name, encoding=encoding), data.clean)
+    parts = dict(zip(("train", "val", "test"), split_text(text, data.split_fractions())))
+    part = text if args.split == "all" else parts[args.split]
+    ids = ckpt.tokenizer.encode(part)
+    if len(ids) < 2:
+        raise ConfigError(f"the {args.split} split of {corpus_name} has {len(ids)} tokens; "
+                          "choose another --split or corpus")
+    meter = evaluate(ckpt.model, ids, batch_size=args.batch_size, num_steps=args.num_steps,
+                     device=device)
+    report = {"checkpoint": str(ckpt.path), "corpus": corpus_name, "split": args.split,
+              **meter.report(), "oov_rate": float((ids == 0).mean())}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        unit = "character" if data.tokenizer == "char" else "token"
+        print(f"{corpus_name} [{args.split}]: loss {report['loss']:.4f} nats/{unit}, "
+              f"perplexity {report['ppl']:.3f}, {report['bits']:.3f} bits/{unit}, "
+              f"{report['tokens']:,} tokens, OOV {report['oov_rate']:.2%}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+    from seqlm.generate import generate
+    from seqlm.models.lm import resolve_device
+
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=device)
+    stream = not args.json and args.num_samples == 1
+    if stream:
+        print(args.prefix, end="", flush=True)
+    texts = generate(ckpt.model, ckpt.tokenizer, args.prefix,
+                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
+                     seed=args.seed if args.seed is not None else torch.seed() % 2**31,
+                     stop=args.stop, strict=args.strict,
+                     on_text=(lambda i, piece: print(piece, end="", flush=True))
+                     if stream else None)
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt.path), "prefix": args.prefix,
+                          "samples": texts}, ensure_ascii=False))
+    elif stream:
+        print()
+    else:
+        for i, text in enumerate(texts):
+            print(f"--- sample {i + 1}\n{text}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,247 @@
+"""A training run on disk, and the functions that start, resume and finish one.
+
+``runs/<name>/`` holds ``config.json`` (the resolved data, model and train configs),
+``metrics.jsonl`` (one record per log step and per evaluation), ``checkpoints/last`` and
+``checkpoints/best`` (see :mod:`seqlm.checkpoint`), ``curves.png`` and ``samples.txt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from seqlm import __version__
+from seqlm.checkpoint import load_checkpoint, save_checkpoint
+from seqlm.config import DataConfig, TrainConfig
+from seqlm.data import Corpus, load_corpus
+from seqlm.errors import CheckpointError, ConfigError
+from seqlm.generate import generate
+from seqlm.metrics import ngram_baselines
+from seqlm.models.lm import RNNLM, ModelConfig, resolve_device
+from seqlm.train import Hooks, Trainer
+
+BUDGET_FIELDS = ("epochs", "max_steps", "time_budget", "early_stopping")
+
+
+class RunDir:
+    """The files of one run; creating one never overwrites a run without ``overwrite``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+
+    @classmethod
+    def check_available(cls, path: str | Path, *, overwrite: bool = False) -> None:
+        """Raises:
+            ConfigError: the directory exists and is not empty (without ``overwrite``), or is
+                not a seqlm run (``overwrite`` only ever replaces runs), or is a file.
+        """
+        run = cls(path)
+        if run.path.is_file():
+            raise ConfigError(f"{run.path} is a file; choose a directory for --out")
+        if run.path.exists() and any(run.path.iterdir()):
+            if not overwrite:
+                raise ConfigError(f"{run.path} already exists; pass --overwrite to replace it, "
+                                  "--resume to continue it, or choose another --out")
+            if not run.config.is_file():
+                raise ConfigError(f"{run.path} exists and is not a seqlm run; --overwrite only "
+                                  "replaces runs; choose another --out")
+
+    @classmethod
+    def create(cls, path: str | Path, *, overwrite: bool = False) -> RunDir:
+        """Creates the run directory (see :meth:`check_available` for what is refused).
+
+        Raises:
+            ConfigError: as :meth:`check_available`, or the directory cannot be created.
+        """
+        cls.check_available(path, overwrite=overwrite)
+        run = cls(path)
+        if run.path.exists() and any(run.path.iterdir()):
+            shutil.rmtree(run.path)
+        try:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run directory {run.path} ({exc.strerror}); "
+                              "choose a writable --out") from None
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run = cls(path)
+        if not run.config.is_file():
+            raise CheckpointError(f"{run.path} is not a seqlm run (no config.json); give the "
+                                  "directory seqlm train created")
+        return run
+
+    def write_config(self, configs: dict) -> None:
+        self.config.write_text(json.dumps(configs, indent=2, ensure_ascii=False))
+
+    def read_config(self) -> dict:
+        try:
+            return json.loads(self.config.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{self.config}: unreadable ({exc}); the run cannot be "
+                                  "resumed") from None
+
+    def append(self, name: str, record: dict) -> None:
+        with open(self.path / name, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drops records written after ``step`` (by a run killed after its last checkpoint)."""
+        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def model_from_run(configs: dict, vocab_size: int) -> ModelConfig:
+    fields = {k: v for k, v in configs["model"].items() if k != "vocab_size"}
+    return ModelConfig(vocab_size=vocab_size, **fields)
+
+
+class RunSession:
+    """Builds the corpus, model and trainer for a run, saves its checkpoints and curves."""
+
+    def __init__(self, run: RunDir, data: DataConfig, model_fields: dict, train: TrainConfig,
+                 *, preset: str | None = None) -> None:
+        self.run, self.data, self.train_cfg, self.preset = run, data, train, preset
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        self.device = resolve_device(train.device)
+        torch.manual_seed(train.seed)
+        self.corpus: Corpus = load_corpus(data)
+        fields = {k: v for k, v in model_fields.items() if k != "vocab_size"}
+        self.model_cfg = ModelConfig(vocab_size=self.corpus.vocab_size, **fields)
+        model = RNNLM(self.model_cfg).to(self.device)
+        self.trainer = Trainer(model, self.corpus, data, train, self.device)
+        self.baselines = ngram_baselines(self.corpus.splits["train"],
+                                         self.corpus.splits.get("val", []),
+                                         self.corpus.vocab_size)
+        self.samples: list[dict] = []
+
+    @property
+    def tokenizer(self):
+        return self.corpus.tokenizer
+
+    def configs(self) -> dict:
+        return {"seqlm_version": __version__, "preset": self.preset, "data": asdict(self.data),
+                "model": asdict(self.model_cfg), "train": asdict(self.train_cfg)}
+
+    def save(self, kind: str, trainer: Trainer) -> None:
+        tensors, meta = trainer.state_dict()
+        save_checkpoint(self.run.checkpoints / kind, trainer.model, self.tokenizer,
+                        extra_config={k: v for k, v in self.configs().items() if k != "model"},
+                        trainer_tensors=tensors if kind == "last" else None,
+                        trainer_state=meta if kind == "last" else {"progress": meta["progress"]})
+
+    def resume(self) -> None:
+        """Loads ``checkpoints/last`` into the trainer.
+
+        Raises:
+            CheckpointError: no usable checkpoint, or its vocabulary differs from the corpus.
+        """
+        ckpt = load_checkpoint(self.run.checkpoints / "last", device=self.device)
+        if ckpt.tokenizer.vocab != self.tokenizer.vocab:
+            raise CheckpointError(f"{self.run.path}: the corpus gives another vocabulary than "
+                                  "the saved run; resume with the same corpus and settings")
+        if ckpt.trainer_tensors is None or ckpt.trainer_state is None:
+            raise CheckpointError(f"{ckpt.path}: has no trainer state; it cannot be resumed")
+        self.trainer.model.load_state_dict(ckpt.model.state_dict())
+        self.trainer.load_state_dict(ckpt.trainer_tensors, ckpt.trainer_state)
+        self.run.truncate_metrics(self.trainer.progress.step)
+
+    def sample(self, step: int) -> str:
+        cfg = self.train_cfg
+        prefix = cfg.sample_prefix
+        if prefix is None:
+            val = self.corpus.splits.get("val")
+            source = val if val is not None and len(val) else self.corpus.splits["train"]
+            prefix = self.tokenizer.decode(source[:8 if self.data.tokenizer != "char" else 24])
+        with torch.random.fork_rng(devices=[]):  # never disturb the training RNG
+            text = generate(self.trainer.model, self.tokenizer, prefix,
+                            max_new_tokens=max(cfg.sample_tokens, 1),
+                            temperature=cfg.sample_temperature, seed=cfg.seed)[0]
+        self.samples.append({"step": step, "text": text})
+        with open(self.run.path / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"--- step {step}\n{text}\n")
+        return text
+
+
+def hooks_for(session: RunSession, *, on_log=None, on_eval=None, on_step=None,
+              should_stop=None) -> Hooks:
+    """Hooks that write metrics, samples and checkpoints, then call the caller's reporters."""
+
+    def log(record: dict) -> None:
+        session.run.append("metrics.jsonl", record)
+        if on_log:
+            on_log(record)
+
+    def evaluate(record: dict) -> None:
+        if session.train_cfg.sample_tokens:
+            record["sample"] = session.sample(record["step"])
+        session.run.append("metrics.jsonl", record)
+        if on_eval:
+            on_eval(record)
+
+    return Hooks(on_log=log, on_eval=evaluate, on_step=on_step or (lambda p: None),
+                 should_stop=should_stop or (lambda: False), save=session.save)
+
+
+def budget_overrides(saved: dict, given: dict) -> dict:
+    """On ``--resume``, only budget flags may change; anything else must match the run.
+
+    Raises:
+        ConfigError: a flag contradicts the saved run.
+    """
+    for name, value in given.items():
+        if name in BUDGET_FIELDS:
+            continue
+        for section in ("data", "model", "train"):
+            if name in saved.get(section, {}) and saved[section][name] != value:
+                raise ConfigError(f"--{name.replace('_', '-')} {value} contradicts the saved "
+                                  f"run ({saved[section][name]}); only "
+                                  f"{', '.join('--' + b.replace('_', '-') for b in BUDGET_FIELDS)}"
+                                  " may change on --resume; start a new run for other settings")
+    return {k: v for k, v in given.items() if k in BUDGET_FIELDS}
+
+
+def resolve_train_config(saved: dict, overrides: dict) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def finish(session: RunSession, wall: float) -> dict:
+    """Writes ``curves.png`` and returns the run's summary."""
+    from seqlm.plots import plot_curves
+
+    history = session.run.records()
+    plot_curves(history, session.baselines, session.run.path / "curves.png")
+    train = [r for r in history if r.get("kind") == "train"]
+    evals = [r for r in history if r.get("kind") == "eval" and "val_loss" in r]
+    p = session.trainer.progress
+    final_train = train[-1] if train else {}
+    return {
+        "run": str(session.run.path), "stop_reason": p.stop_reason, "steps": p.step,
+        "epochs": p.epoch, "tokens": p.tokens, "wall_s": wall,
+        "train": {k: final_train.get(k) for k in ("loss", "ppl", "bits")} if train else None,
+        "val": {k: evals[-1][f"val_{k}"] for k in ("loss", "ppl", "bits")} if evals else None,
+        "best_val_loss": p.best_val if evals else None,
+        "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
+        "baselines": session.baselines, "vocab_size": session.corpus.vocab_size,
+        "sample": session.samples[-1]["text"] if session.samples else None,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

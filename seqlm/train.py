@@ -1,0 +1,357 @@
+"""The training loop: the chapter's hidden-state rules, clipping, evaluation, budgets, resume.
+
+Hidden-state policy comes from the sampler, never from the model type: with random sampling
+(``contiguous = False``) every minibatch starts from a fresh zero state; with sequential
+partitioning (``contiguous = True``) the state starts at zero each epoch and is carried
+across minibatches, detached from the previous graph (truncated BPTT), so backward never
+runs "through the graph a second time". Tensor states and LSTM ``(h, c)`` tuples alike.
+
+The loop never syncs the host per step for metrics: losses and gradient norms are summed on
+the device and read every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from seqlm.config import DataConfig, TrainConfig
+from seqlm.data import SAMPLERS, Corpus
+from seqlm.errors import SeqlmError
+from seqlm.metrics import LossMeter, summary
+from seqlm.models.lm import RNNLM, detach_state
+
+
+class TrainingDiverged(SeqlmError):
+    """A step's loss was NaN or infinite; the saved checkpoints are the last good ones."""
+
+
+@dataclass
+class Progress:
+    """Counters that say where training stands; saved with every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    best_val: float = math.inf
+    best_step: int = 0
+    stale_evals: int = 0
+    stop_reason: str = ""
+
+
+@dataclass
+class Hooks:
+    """How the loop reports and is told to stop (the library never prints)."""
+
+    on_log: Callable[[dict], None] = lambda record: None
+    on_eval: Callable[[dict], None] = lambda record: None
+    on_step: Callable[[Progress], None] = lambda progress: None
+    should_stop: Callable[[], bool] = lambda: False
+    save: Callable[[str, "Trainer"], None] = lambda kind, trainer: None
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int | None) -> float:
+    """The multiplier of the peak lr at ``step``: linear warm-up, then constant or a cosine
+    decay to ``min_lr_ratio`` over ``total_steps`` (constant when the length is unknown)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule != "cosine" or not total_steps:
+        return 1.0
+    span = max(total_steps - cfg.warmup_steps, 1)
+    frac = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def eval_batches(tokens: np.ndarray, batch_size: int, num_steps: int):
+    """Every token of a split once, in order: the stream cut into ``batch_size`` rows read
+    ``num_steps`` columns at a time (the last piece shorter), for a carried-state evaluation."""
+    rows = max(1, min(batch_size, (len(tokens) - 1) // max(num_steps, 1)))
+    row_len = (len(tokens) - 1) // rows
+    if row_len < 1:
+        return
+    data = torch.from_numpy(np.asarray(tokens[: rows * row_len + 1], dtype=np.int64))
+    X = data[:-1].reshape(rows, row_len)
+    Y = data[1:].reshape(rows, row_len) if rows == 1 else torch.stack(
+        [data[r * row_len + 1: (r + 1) * row_len + 1] for r in range(rows)])
+    for col in range(0, row_len, num_steps):
+        yield X[:, col: col + num_steps], Y[:, col: col + num_steps]
+
+
+@torch.inference_mode()
+def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_steps: int = 35,
+             device: torch.device | str = "cpu", autocast=contextlib.nullcontext) -> LossMeter:
+    """Token-weighted NLL of ``model`` on ``tokens``, every token predicted once with the
+    hidden state carried through each row."""
+    was_training = model.training
+    model.eval()
+    meter = LossMeter()
+    state = None
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for X, Y in eval_batches(tokens, batch_size, num_steps):
+        X, Y = X.to(device), Y.to(device)
+        with autocast():
+            logits, state = model(X, state)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), Y.reshape(-1),
+                                 reduction="sum").double()
+        count += Y.numel()
+    meter.add(float(total), count)
+    model.train(was_training)
+    return meter
+
+
+@dataclass
+class Trainer:
+    """Owns the model, optimizer, schedule, random generators and counters of one run."""
+
+    model: RNNLM
+    corpus: Corpus
+    data: DataConfig
+    cfg: TrainConfig
+    device: torch.device
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self) -> None:
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.sampler = SAMPLERS[self.data.sampler]
+        self.generator = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self.epoch_generator_state = self.generator.get_state()
+        self.state = None  # carried hidden state (sequential partitioning)
+        self.plateau_lr = 1.0
+        self.total_steps = self._total_steps()
+        self.autocast = self._autocast()
+        self.history: list[dict] = []
+
+    def _total_steps(self) -> int | None:
+        from seqlm.data import min_batches_per_epoch
+
+        per_epoch = min_batches_per_epoch(len(self.corpus.splits["train"]),
+                                          self.data.batch_size, self.data.num_steps)
+        candidates = [self.cfg.max_steps] if self.cfg.max_steps else []
+        if self.cfg.epochs:
+            candidates.append(self.cfg.epochs * max(per_epoch, 1))
+        return min(candidates) if candidates else None
+
+    def _autocast(self):
+        if self.cfg.dtype != "bfloat16":
+            return contextlib.nullcontext
+        return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def set_lr(self) -> float:
+        lr = self.cfg.lr * lr_factor(self.cfg, self.progress.step, self.total_steps)
+        lr *= self.plateau_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def batches(self):
+        """The rest of the current epoch's minibatches, from the saved epoch start."""
+        self.generator.set_state(self.epoch_generator_state)
+        return self.sampler(self.corpus.splits["train"], self.data.batch_size,
+                            self.data.num_steps, generator=self.generator,
+                            start=self.progress.batch_in_epoch)
+
+    def step(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the summed NLL and the pre-clip gradient norm, both
+        still on the device."""
+        X, Y = X.to(self.device, non_blocking=True), Y.to(self.device, non_blocking=True)
+        state = detach_state(self.state) if self.sampler.contiguous else None
+        with self.autocast():
+            logits, state = self.model(X, state)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), Y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.cfg.clip if self.cfg.clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.state = detach_state(state) if self.sampler.contiguous else None
+        return loss.detach() * Y.numel(), grad_norm.detach()
+
+    def validate(self) -> dict | None:
+        val = self.corpus.splits.get("val")
+        if val is None or len(val) < 2:
+            return None
+        meter = evaluate(self.model, val, batch_size=self.data.batch_size,
+                         num_steps=self.data.num_steps, device=self.device,
+                         autocast=self.autocast)
+        return meter.report()
+
+    def done(self) -> str:
+        cfg, p = self.cfg, self.progress
+        if cfg.max_steps and p.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.epochs and p.epoch >= cfg.epochs:
+            return "epochs"
+        if cfg.time_budget and p.elapsed >= cfg.time_budget:
+            return "time_budget"
+        if cfg.early_stopping and p.stale_evals >= cfg.early_stopping:
+            return "early_stopping"
+        return ""
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self, hooks: Hooks) -> Progress:
+        """Trains until a budget is spent, early stopping triggers or ``hooks.should_stop()``.
+
+        Raises:
+            TrainingDiverged: a step's loss was not finite (checked at every log interval and
+                before every save, so saved checkpoints never hold a diverged model).
+        """
+        p, cfg = self.progress, self.cfg
+        self.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        norm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        norm_max = torch.zeros((), dtype=torch.float64, device=self.device)
+        bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        window = {"steps": 0, "tokens": 0, "start": time.perf_counter()}
+        tick = time.perf_counter()
+        p.stop_reason = self.done()
+        while not p.stop_reason:
+            for X, Y in self.batches():
+                lr = self.set_lr()
+                nll, norm = self.step(X, Y)
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(nll),
+                                       torch.full_like(bad_step, p.step + 1), bad_step)
+                loss_sum += nll
+                norm_sum += norm
+                norm_max = torch.maximum(norm_max, norm.double())
+                p.step += 1
+                p.batch_in_epoch += 1
+                p.tokens += Y.numel()
+                window["steps"] += 1
+                window["tokens"] += Y.numel()
+                now = time.perf_counter()
+                p.elapsed, tick = p.elapsed + now - tick, now  # wall time, evaluations included
+                hooks.on_step(p)
+                if p.step % cfg.log_every == 0:
+                    self._check_finite(bad_step)
+                    record = self._log_record(loss_sum, norm_sum, norm_max, window, lr)
+                    self.history.append(record)
+                    hooks.on_log(record)
+                    loss_sum.zero_(), norm_sum.zero_(), norm_max.zero_()
+                    window = {"steps": 0, "tokens": 0, "start": time.perf_counter()}
+                if cfg.eval_every and p.step % cfg.eval_every == 0:
+                    self._check_finite(bad_step)
+                    self._evaluate(hooks)
+                stop = self.done() or ("interrupted" if hooks.should_stop() else "")
+                if stop:
+                    p.stop_reason = stop
+                    break
+            else:
+                self._end_epoch()
+                p.stop_reason = self.done()
+        self._check_finite(bad_step)
+        if window["steps"]:
+            record = self._log_record(loss_sum, norm_sum, norm_max, window, self.set_lr())
+            self.history.append(record)
+            hooks.on_log(record)
+        last_eval = next((r["step"] for r in reversed(self.history) if r["kind"] == "eval"), -1)
+        if p.stop_reason != "interrupted" and last_eval != p.step:
+            self._evaluate(hooks, final=True)
+        hooks.save("last", self)
+        return p
+
+    def _end_epoch(self) -> None:
+        self.progress.epoch += 1
+        self.progress.batch_in_epoch = 0
+        self.epoch_generator_state = self.generator.get_state()
+        self.state = None  # the chapter: a fresh state at the start of every epoch
+
+    def _check_finite(self, bad_step: torch.Tensor) -> None:
+        step = int(bad_step)
+        if step >= 0:
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite at step {step}; lower --lr (now "
+                f"{self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints are the "
+                "last good ones")
+
+    def _log_record(self, loss_sum, norm_sum, norm_max, window, lr) -> dict:
+        p = self.progress
+        seconds = max(time.perf_counter() - window["start"], 1e-9)
+        loss = float(loss_sum) / max(window["tokens"], 1)
+        return {"kind": "train", "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
+                **summary(loss, window["tokens"]),
+                "grad_norm": float(norm_sum) / max(window["steps"], 1),
+                "grad_norm_max": float(norm_max), "lr": lr,
+                "tokens_per_s": window["tokens"] / seconds, "elapsed": p.elapsed}
+
+    def _evaluate(self, hooks: Hooks, *, final: bool = False) -> None:
+        p = self.progress
+        report = self.validate()
+        record = {"kind": "eval", "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
+                  "elapsed": p.elapsed, "final": final}
+        if report is not None:
+            record.update({f"val_{k}": v for k, v in report.items()})
+            improved = report["loss"] < p.best_val - 1e-6
+            if improved:
+                p.best_val, p.best_step, p.stale_evals = report["loss"], p.step, 0
+            else:
+                p.stale_evals += 1
+                if self.cfg.schedule == "plateau":
+                    self.plateau_lr /= 4
+            record["best"] = improved
+            if improved:
+                hooks.save("best", self)
+        self.history.append(record)
+        hooks.on_eval(record)
+        if not final:
+            hooks.save("last", self)
+
+    # ---- exact resume -----------------------------------------------------------------------
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything beyond the weights that an exact resume needs: tensors and JSON."""
+        tensors = {"rng.torch": torch.get_rng_state(),
+                   "rng.sampler": self.generator.get_state(),
+                   "rng.sampler_epoch": self.epoch_generator_state}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.state is not None:
+            parts = self.state if isinstance(self.state, tuple) else (self.state,)
+            for i, s in enumerate(parts):
+                tensors[f"carried_state.{i}"] = s
+        optim = self.optimizer.state_dict()
+        for index, slots in optim["state"].items():
+            for name, value in slots.items():
+                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
+        meta = {"progress": vars(self.progress).copy(), "plateau_lr": self.plateau_lr,
+                "param_groups": optim["param_groups"],
+                "carried_state_parts": len(self.state) if isinstance(self.state, tuple)
+                else (1 if self.state is not None else 0)}
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.progress = Progress(**meta["progress"])
+        self.plateau_lr = meta["plateau_lr"]
+        torch.set_rng_state(tensors["rng.torch"])
+        self.generator.set_state(tensors["rng.sampler"])
+        self.epoch_generator_state = tensors["rng.sampler_epoch"]
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        parts = [tensors[f"carried_state.{i}"].to(self.device)
+                 for i in range(meta["carried_state_parts"])]
+        self.state = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]
+        state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
