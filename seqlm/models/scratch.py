@@ -67,6 +67,8 @@ class _ScratchCore(nn.Module):
     """Shared parameters, layer stacking and time loop of the three scratch cores."""
 
     gates = 1  # number of H-wide blocks stacked in weight_ih / weight_hh
+    fold_hidden_bias = True  # bias_hh is constant over time unless a gate multiplies it
+    pair_state = False  # LSTM carries (h, c)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  dropout: float = 0.0, init: str = "torch", truncation=None) -> None:
@@ -131,24 +133,19 @@ class _ScratchCore(nn.Module):
             ValueError: the input has the wrong number of dimensions or feature size.
         """
         unbatched = input.is_floating_point() and input.dim() == 2
-        if unbatched:
-            input = input.unsqueeze(0)
-            hx = None if hx is None else self._map_state(hx, lambda s: s.unsqueeze(1))
-        x = self._time_major(input)
-        T, B = x.shape[0], x.shape[1]
-        if hx is None:
-            hx = self._zero_state(B, x)
-        h0 = self._split_layers(hx)
+        x = self._time_major(input.unsqueeze(0) if unbatched else input)
+        parts = self._state_parts(hx, x, unbatched)  # (h,) or (h, c), each (L, B, H)
         finals = []
         for k in range(self.num_layers):
             if k > 0 and self.dropout > 0.0:
                 x = F.dropout(x, self.dropout, self.training)
-            x, h_k = self._run_layer(k, x, h0[k], generator)
-            finals.append(h_k)
-        output, h_n = x.transpose(0, 1).contiguous(), self._stack_layers(finals)
+            x, h_k = self._run_layer(k, x, self._join([p[k] for p in parts]), generator)
+            finals.append(h_k if self.pair_state else (h_k,))
+        h_n = [torch.stack(layers) for layers in zip(*finals)]
+        output = x.transpose(0, 1).contiguous()
         if unbatched:
-            output, h_n = output.squeeze(0), self._map_state(h_n, lambda s: s.squeeze(1))
-        return output, h_n
+            output, h_n = output.squeeze(0), [h.squeeze(1) for h in h_n]
+        return output, self._join(h_n)
 
     def _time_major(self, input: Tensor) -> Tensor:
         """(B, T, I) → (T, B, I); integer (B, T) → (T, B) indices, validated for shape."""
@@ -184,28 +181,27 @@ class _ScratchCore(nn.Module):
             outputs.append(h[0] if isinstance(h, tuple) else h)
         return torch.stack(outputs), h
 
-    # -- per-cell hooks ------------------------------------------------------------------------
-    fold_hidden_bias = True  # bias_hh is constant over time unless a gate multiplies it
+    # -- state layout -------------------------------------------------------------------------
+    def _join(self, parts: list[Tensor]) -> State:
+        return tuple(parts) if self.pair_state else parts[0]
 
-    def _zero_state(self, batch_size: int, x: Tensor) -> State:
-        dtype = x.dtype if x.is_floating_point() else self.weight_hh_l0.dtype
-        return torch.zeros(self.num_layers, batch_size, self.hidden_size,
-                           dtype=dtype, device=x.device)
-
-    def _split_layers(self, hx: State) -> list[State]:
-        self._check_state(hx)
-        return list(hx.unbind(0))
-
-    def _stack_layers(self, finals: list[State]) -> State:
-        return torch.stack(finals)
-
-    def _map_state(self, hx: State, fn) -> State:
-        return fn(hx)
-
-    def _check_state(self, h: Tensor) -> None:
-        if h.dim() != 3 or h.shape[0] != self.num_layers or h.shape[2] != self.hidden_size:
-            raise ValueError(f"expected state (L={self.num_layers}, B, H={self.hidden_size}); "
-                             f"got {tuple(h.shape)}")
+    def _state_parts(self, hx: State | None, x: Tensor, unbatched: bool) -> tuple[Tensor, ...]:
+        """The state as a tuple of (L, B, H) tensors: zeros for None, validated otherwise."""
+        n = 2 if self.pair_state else 1
+        if hx is None:
+            dtype = x.dtype if x.is_floating_point() else self.weight_hh_l0.dtype
+            zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size, dtype=dtype)
+            return (zeros,) * n  # never written in place, so h and c may share it
+        parts = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+        if len(parts) != n:
+            raise ValueError(f"{type(self).__name__} expects the state as "
+                             f"{'a pair (h_0, c_0)' if n == 2 else 'one tensor'}")
+        parts = tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
+        for h in parts:
+            if h.dim() != 3 or h.shape[0] != self.num_layers or h.shape[2] != self.hidden_size:
+                raise ValueError(f"expected state (L={self.num_layers}, B, "
+                                 f"H={self.hidden_size}); got {tuple(h.shape)}")
+        return parts
 
 
 class ScratchRNN(_ScratchCore):
@@ -308,6 +304,7 @@ class ScratchLSTM(_ScratchCore):
     """
 
     gates = 4
+    pair_state = True
 
     def step(self, weight_hh: Tensor, bias_hh: Tensor, xw_t: Tensor,
              state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -316,23 +313,6 @@ class ScratchLSTM(_ScratchCore):
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
-
-    def _zero_state(self, batch_size, x):
-        h = super()._zero_state(batch_size, x)
-        return h, torch.zeros_like(h)
-
-    def _split_layers(self, hx):
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise ValueError("ScratchLSTM expects the state as a pair (h_0, c_0)")
-        for part in hx:
-            self._check_state(part)
-        return list(zip(hx[0].unbind(0), hx[1].unbind(0)))
-
-    def _stack_layers(self, finals):
-        return torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals])
-
-    def _map_state(self, hx, fn):
-        return fn(hx[0]), fn(hx[1])
 
 
 _SCRATCH = {"rnn": ScratchRNN, "gru": ScratchGRU, "lstm": ScratchLSTM}
