@@ -107,7 +107,12 @@ def encode_prefix(tokenizer, prefix: str, *, strict: bool = False) -> list[int]:
 
 
 class _Stream:
-    """Decoded text of one sample, the stop-string check, and the pieces not yet emitted."""
+    """Decoded text of one sample, the stop-string check, and the pieces not yet emitted.
+
+    Each token re-decodes the whole sample (quadratic in its length) because only a full
+    decode gets word spacing and multi-byte BPE characters right; it runs only when the caller
+    streams or gives a stop string.
+    """
 
     def __init__(self, tokenizer, prefix_ids: list[int], stop: str | None) -> None:
         self.tokenizer, self.ids, self.stop = tokenizer, list(prefix_ids), stop
