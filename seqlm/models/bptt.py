@@ -20,7 +20,8 @@ K deltas, one per age of the loss term it carries, so that every term is cut aft
 Multi-layer use: the truncation applies to each call, i.e. to each layer separately. Under
 ``tau:K`` the gradient of a loss term enters layer l at the steps its upper layer reached and
 is cut K steps further back there, so a lower layer can see a term up to l*(K-1)+1 steps back.
-:func:`seqlm.models.truncation.unroll` cuts the whole stacked state instead.
+:func:`seqlm.models.truncation.unroll` behaves the same when called layer by layer, and cuts
+the whole stack at once when its step advances every layer.
 Shapes: T time steps, B batch, H hidden.
 """
 
@@ -78,7 +79,8 @@ def _banded_backward(g: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, 
         alive = min(k, num_steps - t)
         carry[0].copy_(grad[t])
         if alive > 1:
-            torch.mm(band[: alive - 1].view(-1, hidden), weight, out=carry[1:alive].view(-1, hidden))
+            older = carry[1:alive].view(-1, hidden)
+            torch.mm(band[: alive - 1].view(-1, hidden), weight, out=older)
         torch.mul(carry[:alive], g[t], out=band[:alive])
         torch.sum(band[:alive], dim=0, out=g[t])
 

@@ -174,11 +174,12 @@ State = Any  # a tensor, a tuple of tensors (LSTM's (h, c)), or None before the 
 
 
 def _map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State:
+    """Apply ``fn`` to every tensor of a (possibly nested) tuple state; ``None`` stays."""
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
         return fn(state)
-    return type(state)(fn(s) for s in state)
+    return type(state)(_map_state(fn, s) for s in state)
 
 
 def _first(state: State) -> torch.Tensor:
@@ -196,7 +197,8 @@ def unroll(
     """Run ``h = step(xw[t], h)`` for t = 0 ... T-1 through autograd, applying a truncation.
 
     Works for any cell: the state is a tensor, or a tuple whose first element is the output
-    (LSTM's ``(h, c)``), or ``None`` if ``step`` accepts it (torch's cores do).
+    (LSTM's ``(h, c)``; nested tuples such as ``(output, (h, c))`` are fine), or ``None`` if
+    ``step`` accepts it (torch's cores do).
 
     * ``window`` / ``full``: a plain loop.
     * ``random:P``: :func:`scale_grad` with the drawn xi_t on the state before step t.
