@@ -350,3 +350,17 @@ def unweighted_cut_grads(xw, h0, w, go, p, seed):
         h = torch.tanh(xw[t] + scale_grad(h, keep[t]) @ w.t())
         outs.append(h)
     return grads((torch.stack(outs) * go).sum(), xw, h0, w)
+
+
+def test_unroll_without_autograd_runs_the_plain_loop_once_per_step():
+    calls = []
+    def step(x, h):
+        calls.append(1)
+        return torch.tanh(x + h)
+    xw, h0 = torch.randn(8, 2, 3, dtype=DT), torch.zeros(2, 3, dtype=DT)
+    with torch.no_grad():
+        out, _ = unroll(step, xw, h0, truncation="tau:2")
+    assert len(calls) == 8
+    torch.testing.assert_close(out, textbook_loop(xw, h0, torch.eye(3, dtype=DT), torch.tanh)[0])
+    unroll(step, xw.requires_grad_(), h0, truncation="tau:2")
+    assert len(calls) == 8 + 2 + 6 * 2  # K plain steps, then K recomputed steps per later term

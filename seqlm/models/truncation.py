@@ -207,6 +207,8 @@ def unroll(
       t-K+1 ... t. Cost: about K + (T-K)*K step evaluations and graphs of that size, i.e.
       O(T*K) time and memory instead of O(T). ``step`` must be deterministic (no dropout).
 
+    With autograd disabled every policy runs the plain loop (and draws nothing).
+
     Args:
         step: ``step(x_t, h_{t-1}) -> h_t``.
         xw: Per-step inputs, time-major ``(T, B, ...)``.
@@ -226,6 +228,8 @@ def unroll(
     num_steps = xw.shape[0]
     if num_steps == 0:
         raise ValueError("unroll needs at least one time step, got xw with T=0")
+    if not torch.is_grad_enabled():  # no backward pass: every policy is the plain loop
+        trunc = Truncation()
     if trunc.kind == "tau" and trunc.k < num_steps:
         return _unroll_tau(step, xw, h0, trunc.k)
     scales = keep_scales(num_steps, trunc.p, generator) if trunc.kind == "random" else None
