@@ -166,6 +166,13 @@ PRESETS: dict[str, dict] = {
         "sample_temperature": 0.0, "log_every": 8,
     },
 }
+# Recipes for a CPU budget (issue 9 measures and tunes them; docs/quality.md has the evidence).
+PRESETS["cpu-fast"] = {
+    "cell": "lstm", "impl": "fused", "hidden_size": 512, "embedding_dim": 64, "num_layers": 1,
+    "batch_size": 32, "num_steps": 64, "optimizer": "adam", "lr": 3e-3, "schedule": "cosine",
+    "warmup_steps": 50, "clip": 1.0, "time_budget": 95.0, "eval_every": 250,
+}
+PRESETS["cpu-quality"] = {**PRESETS["cpu-fast"], "time_budget": 540.0, "eval_every": 500}
 PRESETS["d2l-scratch-random"] = {**PRESETS["d2l-scratch"], "sampler": "random"}
 PRESETS["d2l-concise"] = {**PRESETS["d2l-scratch"], "impl": "fused", "hidden_size": 256,
                           "init": "torch"}

@@ -18,6 +18,8 @@ EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 # The model's vocab_size comes from the data; the name belongs to DataConfig's bpe target.
 SKIP = {"model": {"vocab_size"}}
+DEFAULT_PRESET = "cpu-fast"
+BUDGETS = ("epochs", "max_steps", "time_budget")
 
 
 def register(sub) -> None:
@@ -50,14 +52,16 @@ def register(sub) -> None:
 
 
 def resolve_configs(args) -> tuple[DataConfig, dict, TrainConfig]:
-    """Defaults < --preset < --config < flags, validated before any data is read."""
-    values: dict = {}
-    if args.preset:
-        values.update(preset(args.preset))
-    if args.config:
-        values.update(read_toml(args.config))
+    """Defaults < --preset (cpu-fast when none is named) < --config < flags, validated
+    before any data is read. A budget given in the config or flags replaces all of the
+    preset's budgets (epochs, max_steps, time_budget)."""
+    chosen: dict = read_toml(args.config) if args.config else {}
     for cls in (DataConfig, ModelConfig, TrainConfig):
-        values.update(given(args, cls))
+        chosen.update(given(args, cls))
+    values = preset(args.preset or DEFAULT_PRESET)
+    if any(name in chosen for name in BUDGETS):  # the user's budget replaces the preset's
+        values = {k: v for k, v in values.items() if k not in BUDGETS}
+    values.update(chosen)
     sections = split_overrides(values, SECTIONS, skip=SKIP)
     data, train = DataConfig(**sections["data"]), TrainConfig(**sections["train"])
     ModelConfig(vocab_size=2, **sections["model"])  # validate now; the data sets vocab_size
