@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from seqlm import __version__
+from seqlm import __version__, distributed
 from seqlm.checkpoint import load_checkpoint, save_checkpoint
 from seqlm.config import DataConfig, TrainConfig
 from seqlm.data import Corpus, load_corpus
 from seqlm.errors import CheckpointError, ConfigError
 from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
-from seqlm.models.lm import RNNLM, ModelConfig, resolve_device
+from seqlm.models.lm import RNNLM, ModelConfig
 from seqlm.train import Hooks, Trainer
 
 BUDGET_FIELDS = ("epochs", "max_steps", "time_budget", "early_stopping")
@@ -119,13 +119,16 @@ class RunSession:
         self.run, self.data, self.train_cfg, self.preset = run, data, train, preset
         if train.threads:
             torch.set_num_threads(train.threads)
-        self.device = resolve_device(train.device)
+        # Under torchrun: join the job, take this rank's device; only rank 0 writes files.
+        self.dist, self.device = distributed.init(train.device)
+        self.dist.check_batch_size(data.batch_size)
         torch.manual_seed(train.seed)
         self.corpus: Corpus = load_corpus(data)
         fields = {k: v for k, v in model_fields.items() if k != "vocab_size"}
         self.model_cfg = ModelConfig(vocab_size=self.corpus.vocab_size, **fields)
         model = RNNLM(self.model_cfg).to(self.device)
-        self.trainer = Trainer(model, self.corpus, data, train, self.device)
+        self.dist.reseed(train.seed, step=0)  # ranks > 0 draw their own dropout masks
+        self.trainer = Trainer(model, self.corpus, data, train, self.device, dist=self.dist)
         self.baselines = ngram_baselines(self.corpus.splits["train"],
                                          self.corpus.splits.get("val", []),
                                          self.corpus.vocab_size)
@@ -140,7 +143,9 @@ class RunSession:
                 "model": asdict(self.model_cfg), "train": asdict(self.train_cfg)}
 
     def save(self, kind: str, trainer: Trainer) -> None:
-        tensors, meta = trainer.state_dict()
+        tensors, meta = trainer.state_dict()  # every rank: it gathers the carried states
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.run.checkpoints / kind, trainer.model, self.tokenizer,
                         extra_config={k: v for k, v in self.configs().items() if k != "model"},
                         trainer_tensors=tensors if kind == "last" else None,
@@ -160,7 +165,8 @@ class RunSession:
             raise CheckpointError(f"{ckpt.path}: has no trainer state; it cannot be resumed")
         self.trainer.model.load_state_dict(ckpt.model.state_dict())
         self.trainer.load_state_dict(ckpt.trainer_tensors, ckpt.trainer_state)
-        self.run.truncate_metrics(self.trainer.progress.step)
+        if self.dist.is_main:
+            self.run.truncate_metrics(self.trainer.progress.step)
 
     def sample(self, step: int) -> str:
         cfg = self.train_cfg
@@ -181,7 +187,11 @@ class RunSession:
 
 def hooks_for(session: RunSession, *, on_log=None, on_eval=None, on_step=None,
               should_stop=None) -> Hooks:
-    """Hooks that write metrics, samples and checkpoints, then call the caller's reporters."""
+    """Hooks that write metrics, samples and checkpoints, then call the caller's reporters
+    (in a multi-process run, on rank 0 only; the other ranks only join the saves)."""
+    if not session.dist.is_main:
+        return Hooks(on_step=on_step or (lambda p: None),
+                     should_stop=should_stop or (lambda: False), save=session.save)
 
     def log(record: dict) -> None:
         session.run.append("metrics.jsonl", record)
@@ -229,7 +239,8 @@ def finish(session: RunSession, wall: float) -> dict:
     from seqlm.plots import plot_curves
 
     history = session.run.records()
-    plot_curves(history, session.baselines, session.run.path / "curves.png")
+    if session.dist.is_main:
+        plot_curves(history, session.baselines, session.run.path / "curves.png")
     train = [r for r in history if r.get("kind") == "train"]
     evals = [r for r in history if r.get("kind") == "eval" and "val_loss" in r]
     p = session.trainer.progress

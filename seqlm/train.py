@@ -8,6 +8,11 @@ runs "through the graph a second time". Tensor states and LSTM ``(h, c)`` tuples
 
 The loop never syncs the host per step for metrics: losses and gradient norms are summed on
 the device and read every ``log_every`` steps.
+
+Under torchrun (see :mod:`seqlm.distributed`) each rank trains on its rows of every global
+minibatch through DistributedDataParallel and carries the state of those rows. Ranks meet only
+at log intervals (losses, the NaN check, the clock and a stop request are reduced there),
+at evaluations (sharded, reduced token-weighted) and at saves (the carried states gathered).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 
 from seqlm.config import DataConfig, TrainConfig
 from seqlm.data import SAMPLERS, Corpus
+from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
 from seqlm.metrics import LossMeter, summary
 from seqlm.models.lm import RNNLM, detach_state
@@ -97,9 +103,11 @@ def eval_batches(tokens: np.ndarray, batch_size: int, num_steps: int):
 
 @torch.inference_mode()
 def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_steps: int = 35,
-             device: torch.device | str = "cpu", autocast=contextlib.nullcontext) -> LossMeter:
+             device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
+             dist: Dist | None = None) -> LossMeter:
     """Token-weighted NLL of ``model`` on ``tokens``, every token predicted once with the
-    hidden state carried through each row."""
+    hidden state carried through each row. With ``dist``, only this rank's share of the rows
+    (the caller sums the meters over the ranks)."""
     was_training = model.training
     model.eval()
     meter = LossMeter()
@@ -107,6 +115,11 @@ def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_step
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     for X, Y in eval_batches(tokens, batch_size, num_steps):
+        if dist is not None:
+            rows = dist.part(len(X))
+            X, Y = X[rows], Y[rows]
+        if not len(X):
+            break  # this rank has no rows of a split shorter than one row per rank
         X, Y = X.to(device), Y.to(device)
         with autocast():
             logits, state = model(X, state)
@@ -128,8 +141,12 @@ class Trainer:
     cfg: TrainConfig
     device: torch.device
     progress: Progress = field(default_factory=Progress)
+    dist: Dist = field(default_factory=Dist)
 
     def __post_init__(self) -> None:
+        self.dist.check_batch_size(self.data.batch_size)
+        # Under torchrun the step runs through DistributedDataParallel (None otherwise).
+        self.ddp_model = self.dist.wrap(self.model, self.device) if self.dist.enabled else None
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.sampler = SAMPLERS[self.data.sampler]
         self.generator = torch.Generator().manual_seed(self.cfg.seed + 1)
@@ -171,11 +188,13 @@ class Trainer:
 
     def step(self, X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns the summed NLL and the pre-clip gradient norm, both
-        still on the device."""
+        still on the device. ``X, Y`` are the global minibatch; this rank trains on its rows."""
+        X, Y = self.dist.shard(X), self.dist.shard(Y)
         X, Y = X.to(self.device, non_blocking=True), Y.to(self.device, non_blocking=True)
         state = detach_state(self.state) if self.sampler.contiguous else None
         with self.autocast():
-            logits, state = self.model(X, state)
+            model = self.model if self.ddp_model is None else self.ddp_model
+            logits, state = model(X, state)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), Y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -191,8 +210,9 @@ class Trainer:
             return None
         meter = evaluate(self.model, val, batch_size=self.data.batch_size,
                          num_steps=self.data.num_steps, device=self.device,
-                         autocast=self.autocast)
-        return meter.report()
+                         autocast=self.autocast, dist=self.dist)
+        nll, tokens = self.dist.sum(meter.nll, meter.tokens)
+        return LossMeter(nll, int(tokens)).report()
 
     def done(self) -> str:
         cfg, p = self.cfg, self.progress
@@ -222,7 +242,7 @@ class Trainer:
         norm_max = torch.zeros((), dtype=torch.float64, device=self.device)
         bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         window = {"steps": 0, "tokens": 0, "start": time.perf_counter()}
-        tick = time.perf_counter()
+        tick, clock = time.perf_counter(), 0.0
         p.stop_reason = self.done()
         while not p.stop_reason:
             for X, Y in self.batches():
@@ -239,7 +259,10 @@ class Trainer:
                 window["steps"] += 1
                 window["tokens"] += Y.numel()
                 now = time.perf_counter()
-                p.elapsed, tick = p.elapsed + now - tick, now  # wall time, evaluations included
+                clock, tick = clock + now - tick, now  # wall time, evaluations included
+                if not self.dist.enabled or p.step % cfg.log_every == 0:
+                    # Ranks share one clock (the slowest), so lr and time budget agree.
+                    p.elapsed, clock = p.elapsed + self.dist.max(clock), 0.0
                 hooks.on_step(p)
                 if p.step % cfg.log_every == 0:
                     self._check_finite(bad_step)
@@ -251,13 +274,14 @@ class Trainer:
                 if cfg.eval_every and p.step % cfg.eval_every == 0:
                     self._check_finite(bad_step)
                     self._evaluate(hooks)
-                stop = self.done() or ("interrupted" if hooks.should_stop() else "")
+                stop = self.done() or self._interrupted(hooks)
                 if stop:
                     p.stop_reason = stop
                     break
             else:
                 self._end_epoch()
                 p.stop_reason = self.done()
+        p.elapsed += self.dist.max(clock)  # the time since the last log interval
         self._check_finite(bad_step)
         if window["steps"]:
             record = self._log_record(loss_sum, norm_sum, norm_max, window, self.set_lr())
@@ -269,6 +293,15 @@ class Trainer:
         hooks.save("last", self)
         return p
 
+    def _interrupted(self, hooks: Hooks) -> str:
+        """'interrupted' once ``hooks.should_stop()``; with several ranks, agreed at log
+        intervals (a signal reaches the ranks at different steps)."""
+        if not self.dist.enabled:
+            return "interrupted" if hooks.should_stop() else ""
+        if self.progress.step % self.cfg.log_every:
+            return ""
+        return self.dist.agree("interrupted" if hooks.should_stop() else "", ("", "interrupted"))
+
     def _end_epoch(self) -> None:
         self.progress.epoch += 1
         self.progress.batch_in_epoch = 0
@@ -276,7 +309,7 @@ class Trainer:
         self.state = None  # the chapter: a fresh state at the start of every epoch
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
-        step = int(bad_step)
+        step = self.dist.first_step(bad_step)
         if step >= 0:
             raise TrainingDiverged(
                 f"the loss became NaN or infinite at step {step}; lower --lr (now "
@@ -286,7 +319,7 @@ class Trainer:
     def _log_record(self, loss_sum, norm_sum, norm_max, window, lr) -> dict:
         p = self.progress
         seconds = max(time.perf_counter() - window["start"], 1e-9)
-        loss = float(loss_sum) / max(window["tokens"], 1)
+        loss = float(self.dist.all_reduce_(loss_sum)) / max(window["tokens"], 1)  # global
         return {"kind": "train", "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
                 **summary(loss, window["tokens"]),
                 "grad_norm": float(norm_sum) / max(window["steps"], 1),
@@ -324,10 +357,13 @@ class Trainer:
                    "rng.sampler_epoch": self.epoch_generator_state}
         if torch.cuda.is_available() and self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.dist.enabled:  # every rank's own stream (dropout masks), (N, S) bytes
+            for key in [k for k in ("rng.torch", "rng.cuda") if k in tensors]:
+                tensors[f"{key}.ranks"] = self.dist.gather(tensors[key][None])
         if self.state is not None:
             parts = self.state if isinstance(self.state, tuple) else (self.state,)
-            for i, s in enumerate(parts):
-                tensors[f"carried_state.{i}"] = s
+            for i, s in enumerate(parts):  # the ranks' rows gathered: global (L, B, H)
+                tensors[f"carried_state.{i}"] = self.dist.gather(s, dim=1)
         optim = self.optimizer.state_dict()
         for index, slots in optim["state"].items():
             for name, value in slots.items():
@@ -341,12 +377,19 @@ class Trainer:
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.progress = Progress(**meta["progress"])
         self.plateau_lr = meta["plateau_lr"]
-        torch.set_rng_state(tensors["rng.torch"])
+        ranks = tensors.get("rng.torch.ranks")
+        own = ranks is not None and len(ranks) == self.dist.world_size  # same process count
+        torch.set_rng_state(ranks[self.dist.rank].clone() if own else tensors["rng.torch"])
         self.generator.set_state(tensors["rng.sampler"])
         self.epoch_generator_state = tensors["rng.sampler_epoch"]
         if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        parts = [tensors[f"carried_state.{i}"].to(self.device)
+            cuda = tensors.get("rng.cuda.ranks") if own else None
+            torch.cuda.set_rng_state(tensors["rng.cuda"] if cuda is None
+                                     else cuda[self.dist.rank].clone(), self.device)
+        if not own:  # saved by another number of processes: ranks > 0 begin fresh streams
+            self.dist.reseed(self.cfg.seed, self.progress.step)
+        # The global (L, B, H) state, whatever the saving process count: keep this rank's rows.
+        parts = [self.dist.shard(tensors[f"carried_state.{i}"], dim=1).to(self.device)
                  for i in range(meta["carried_state_parts"])]
         self.state = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]
         state: dict = {}

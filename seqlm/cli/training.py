@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -33,6 +34,9 @@ def register(sub) -> None:
                    "--epochs, --max-steps, --time-budget and --early-stopping may change")
     p.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.add_argument("--nproc", type=int, metavar="N", help="data-parallel training in N "
+                   "processes on this machine, started through torchrun; N must divide "
+                   "--batch-size (docs/distributed.md)")
     add_config_flags(p, DataConfig, title="data")
     add_config_flags(p, ModelConfig, title="model", skip=("vocab_size",))
     p.add_argument("--one-hot", dest="embedding_dim", action="store_const", const=None,
@@ -118,7 +122,9 @@ def run_training(session, args, reporter: _Reporter) -> dict:
     caught: list[int] = []
 
     def on_signal(signum, frame):
-        if caught:  # a second Ctrl-C stops at once
+        # A second Ctrl-C stops at once; under torchrun the second is torchrun forwarding the
+        # first (it kills the ranks itself if they do not stop).
+        if caught and not session.dist.enabled:
             raise KeyboardInterrupt
         caught.append(signum)
 
@@ -128,6 +134,11 @@ def run_training(session, args, reporter: _Reporter) -> dict:
         hooks = hooks_for(session, on_log=reporter.log, on_eval=reporter.eval,
                           on_step=reporter.step, should_stop=lambda: bool(caught))
         session.trainer.run(hooks)
+    except RuntimeError as exc:  # a collective failed: another rank died
+        lost = session.dist.lost_peer(exc)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -138,8 +149,14 @@ def run_training(session, args, reporter: _Reporter) -> dict:
 
 
 def cmd_train(args) -> int:
+    from seqlm import distributed
     from seqlm.run import RunDir, RunSession, budget_overrides, resolve_train_config
 
+    if args.nproc is not None:
+        _check_nproc(args.nproc)
+        if args.nproc > 1:
+            return _launch(args)
+    is_main = distributed.from_env().is_main  # only rank 0 creates and writes the run
     if args.resume:
         run = RunDir.open(args.resume)
         saved = run.read_config()
@@ -149,20 +166,75 @@ def cmd_train(args) -> int:
         train = resolve_train_config(saved["train"], budget)
         session = RunSession(run, data, saved["model"], train, preset=saved.get("preset"))
         session.resume()
-        run.write_config(session.configs())
+        if is_main:
+            run.write_config(session.configs())
     else:
         data, model_fields, train = resolve_configs(args)
         out = _default_out(args, model_fields)
-        RunDir.check_available(out, overwrite=args.overwrite)
+        if is_main:
+            RunDir.check_available(out, overwrite=args.overwrite)
         session = RunSession(None, data, model_fields, train, preset=args.preset)
-        session.run = RunDir.create(out, overwrite=args.overwrite)
-        session.run.write_config(session.configs())
-    reporter = _Reporter(args.quiet, args.json, session.trainer.total_steps)
-    if not args.quiet:
+        session.run = RunDir.create(out, overwrite=args.overwrite) if is_main else RunDir(out)
+        if is_main:
+            session.run.write_config(session.configs())
+    quiet = args.quiet or not is_main
+    reporter = _Reporter(quiet, args.json, session.trainer.total_steps)
+    if not quiet:
         _print_start(session, reporter)
-    summary = run_training(session, args, reporter)
-    _print_summary(summary, args, reporter)
+    try:
+        summary = run_training(session, args, reporter)
+    finally:
+        distributed.shutdown()
+    if is_main:
+        _print_summary(summary, args, reporter)
     return summary["exit_status"]
+
+
+def _check_nproc(nproc: int) -> None:
+    world = os.environ.get("WORLD_SIZE")
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be a positive number of processes, got {nproc}")
+    if world is not None and nproc != int(world):
+        raise ConfigError(f"--nproc {nproc} under torchrun, which started {world} processes; "
+                          "drop --nproc (torchrun's --nproc-per-node sets the count)")
+
+
+def _launch(args) -> int:
+    """``seqlm train --nproc N``: checks what it can, then runs this command without
+    ``--nproc`` under torchrun; a failed rank becomes one DistributedError."""
+    from seqlm.distributed import Dist, launch
+    from seqlm.run import RunDir, budget_overrides
+
+    if args.resume:
+        run = RunDir.open(args.resume)
+        saved = run.read_config()
+        budget_overrides(saved, {**given(args, DataConfig), **given(args, ModelConfig),
+                                 **given(args, TrainConfig)})
+        batch_size, out = saved["data"]["batch_size"], run.path
+    else:
+        data, model_fields, _ = resolve_configs(args)
+        out = _default_out(args, model_fields)
+        RunDir.check_available(out, overwrite=args.overwrite)
+        batch_size = data.batch_size
+    Dist(world_size=args.nproc).check_batch_size(batch_size)
+    return launch(["train", *_rank_flags(args, out)], args.nproc, run_dir=out)
+
+
+def _rank_flags(args, out: Path) -> list[str]:
+    """The flags every rank gets: this command's, with the run directory fixed."""
+    flags = ["--resume", str(args.resume)] if args.resume else ["--out", str(out)]
+    flags += [f"--{name}" for name in ("overwrite", "quiet", "json") if getattr(args, name)]
+    for name in ("preset", "config"):
+        if getattr(args, name):
+            flags += [f"--{name}", getattr(args, name)]
+    values = {**given(args, DataConfig), **given(args, ModelConfig), **given(args, TrainConfig)}
+    for name, value in values.items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            flags += [f"--{flag}", "none" if value is None else str(value)]
+    return flags
 
 
 def _print_start(session, reporter: _Reporter) -> None:
@@ -171,8 +243,10 @@ def _print_start(session, reporter: _Reporter) -> None:
     n_params = sum(p.numel() for p in session.trainer.model.parameters())
     reporter.write(f"corpus {session.data.corpus}: {session.data.tokenizer} tokens, vocabulary "
                    f"{c.vocab_size:,}; {sizes}")
+    world = session.dist.world_size
+    where = f"{world} processes on {session.device.type}" if world > 1 else session.device
     reporter.write(f"model {session.model_cfg.cell}/{session.model_cfg.impl}, "
-                   f"{n_params:,} parameters, on {session.device}; run {session.run.path}")
+                   f"{n_params:,} parameters, on {where}; run {session.run.path}")
     reporter.write(f"baselines on {b['split']}: unigram ppl {b['unigram']['ppl']:.3f}, "
                    f"bigram ppl {b['bigram']['ppl']:.3f} (add-k, k={b['bigram']['k']})")
 
