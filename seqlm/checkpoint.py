@@ -209,7 +209,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         CheckpointError: neither a checkpoint nor a run directory with one.
     """
     path = Path(path)
-    for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
+    run_dir = (path / "checkpoints").is_dir()  # a run also has a config.json of its own
+    inner = (path / "checkpoints" / "best", path / "checkpoints" / "last")
+    for candidate in (*inner, path) if run_dir else (path, *inner):
         found = _readable(candidate)
         if found is not None:
             return found

@@ -74,15 +74,25 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(cfg: TrainConfig, step: int, total_steps: int | None) -> float:
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int | None,
+              elapsed: float = 0.0) -> float:
     """The multiplier of the peak lr at ``step``: linear warm-up, then constant or a cosine
-    decay to ``min_lr_ratio`` over ``total_steps`` (constant when the length is unknown)."""
+    decay to ``min_lr_ratio`` by the end of the budget.
+
+    The cosine follows whichever budget is nearer its end: the fraction of ``total_steps``
+    done, or of ``cfg.time_budget`` spent (``elapsed`` seconds), so a run with only a time
+    budget still decays to ``min_lr_ratio`` as its time runs out.
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    if cfg.schedule != "cosine" or not total_steps:
+    fractions = []
+    if total_steps:
+        fractions.append(max(step - cfg.warmup_steps, 0) / max(total_steps - cfg.warmup_steps, 1))
+    if cfg.time_budget:
+        fractions.append(elapsed / cfg.time_budget)
+    if cfg.schedule != "cosine" or not fractions:
         return 1.0
-    span = max(total_steps - cfg.warmup_steps, 1)
-    frac = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    frac = min(max(fractions), 1.0)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
@@ -173,7 +183,8 @@ class Trainer:
         return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def set_lr(self) -> float:
-        lr = self.cfg.lr * lr_factor(self.cfg, self.progress.step, self.total_steps)
+        lr = self.cfg.lr * lr_factor(self.cfg, self.progress.step, self.total_steps,
+                                     self.progress.elapsed)
         lr *= self.plateau_lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -248,7 +259,8 @@ class Trainer:
             for X, Y in self.batches():
                 lr = self.set_lr()
                 nll, norm = self.step(X, Y)
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(nll),
+                bad = ~torch.isfinite(nll) | ~torch.isfinite(norm)
+                bad_step = torch.where((bad_step < 0) & bad,
                                        torch.full_like(bad_step, p.step + 1), bad_step)
                 loss_sum += nll
                 norm_sum += norm
@@ -290,8 +302,16 @@ class Trainer:
         last_eval = next((r["step"] for r in reversed(self.history) if r["kind"] == "eval"), -1)
         if p.stop_reason != "interrupted" and last_eval != p.step:
             self._evaluate(hooks, final=True)
+        self._check_weights()
         hooks.save("last", self)
         return p
+
+    def _check_weights(self) -> None:
+        if not all(bool(torch.isfinite(w).all()) for w in self.model.parameters()):
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite by step {self.progress.step}; lower --lr "
+                f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints "
+                "are the last good ones")
 
     def _interrupted(self, hooks: Hooks) -> str:
         """'interrupted' once ``hooks.should_stop()``; with several ranks, agreed at log
@@ -332,6 +352,11 @@ class Trainer:
         record = {"kind": "eval", "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
                   "elapsed": p.elapsed, "final": final}
         if report is not None:
+            if not math.isfinite(report["loss"]):
+                raise TrainingDiverged(
+                    f"the validation loss became {report['loss']} at step {p.step}; lower --lr "
+                    f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved "
+                    "checkpoints are the last good ones")
             record.update({f"val_{k}": v for k, v in report.items()})
             improved = report["loss"] < p.best_val - 1e-6
             if improved:
@@ -342,10 +367,12 @@ class Trainer:
                     self.plateau_lr /= 4
             record["best"] = improved
             if improved:
+                self._check_weights()
                 hooks.save("best", self)
         self.history.append(record)
         hooks.on_eval(record)
         if not final:
+            self._check_weights()
             hooks.save("last", self)
 
     # ---- exact resume -----------------------------------------------------------------------

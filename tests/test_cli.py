@@ -1,0 +1,98 @@
+"""End-to-end: the real command line in subprocesses, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_TEXT
+
+TINY_TRAIN = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4",
+              "--num-steps", "8", "--max-steps", "12", "--eval-every", "6", "--log-every", "3",
+              "--sample-tokens", "10", "--split", "0.8,0.2,0"]
+
+
+def seqlm(*args, cwd=None, env=None, check=True, stdin=None):
+    proc = subprocess.run([sys.executable, "-m", "seqlm", *map(str, args)], cwd=cwd,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+                          capture_output=True, text=True, input=stdin, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def test_stats_time_machine_letters_char_vocab_is_28(data_env):
+    out = json.loads(seqlm("stats", "--corpus", "timemachine", "--clean", "letters",
+                           "--tokenizer", "char", "--json").stdout)
+    assert out["vocab_size"] == 28 and out["tokens"] == 173_428
+
+
+def test_stats_word_level_reports_token_and_type_counts(data_env, tmp_path):
+    proc = seqlm("stats", "--corpus", "timemachine", "--clean", "letters", "--tokenizer", "word",
+                 "--plot", tmp_path / "zipf.png")
+    assert "32,775 word tokens, vocabulary 4,580" in proc.stdout
+    assert (tmp_path / "zipf.png").is_file()
+    again = seqlm("stats", "--corpus", "timemachine", "--plot", tmp_path / "zipf.png",
+                  check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_train_generate_evaluate_round_trip(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_TEXT)
+    run = tmp_path / "run"
+    summary = json.loads(seqlm("train", "--corpus", corpus, "--out", run, "--cell", "gru",
+                               *TINY_TRAIN, "--json").stdout)
+    assert summary["steps"] == 12 and summary["stop_reason"] == "max_steps"
+    assert summary["val"]["ppl"] > 1 and summary["baselines"]["bigram"]["ppl"] > 1
+    for name in ("config.json", "metrics.jsonl", "curves.png", "samples.txt",
+                 "checkpoints/last/model.safetensors", "checkpoints/best/vocab.json"):
+        assert (run / name).is_file(), name
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert {"step", "tokens", "loss", "ppl", "grad_norm", "lr", "tokens_per_s"} <= set(train[0])
+    gen = json.loads(seqlm("generate", run, "--prefix", "the time", "--max-new-tokens", "20",
+                           "--seed", "3", "--json").stdout)
+    assert gen["samples"][0].startswith("the time") and len(gen["samples"][0]) >= 28
+    again = json.loads(seqlm("generate", run, "--prefix", "the time", "--max-new-tokens", "20",
+                             "--seed", "3", "--json").stdout)
+    assert again == gen
+    ev = json.loads(seqlm("evaluate", run, "--split", "val", "--json").stdout)
+    assert ev["tokens"] > 0 and ev["ppl"] == pytest.approx(summary["val"]["ppl"], rel=0.05)
+    streamed = seqlm("generate", run / "checkpoints" / "last", "--prefix", "the zzz",
+                     "--max-new-tokens", "5")
+    assert streamed.stdout.startswith("the zzz") and "warning" in streamed.stderr
+
+
+def test_existing_run_is_not_overwritten_and_resume_continues(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_TEXT)
+    run = tmp_path / "run"
+    seqlm("train", "--corpus", corpus, "--out", run, *TINY_TRAIN, "--quiet")
+    before = (run / "checkpoints/last/model.safetensors").read_bytes()
+    clash = seqlm("train", "--corpus", corpus, "--out", run, *TINY_TRAIN, check=False)
+    assert clash.returncode == 2 and "--overwrite" in clash.stderr
+    assert (run / "checkpoints/last/model.safetensors").read_bytes() == before
+    wrong = seqlm("train", "--resume", run, "--hidden-size", "32", check=False)
+    assert wrong.returncode == 2 and "contradicts" in wrong.stderr
+    out = json.loads(seqlm("train", "--resume", run, "--max-steps", "15", "--quiet",
+                           "--json").stdout)
+    assert out["steps"] == 15
+
+
+def test_stdin_corpus_and_prepare(tmp_path):
+    prep = tmp_path / "prep"
+    seqlm("prepare", prep, "--corpus", "-", "--tokenizer", "word", stdin=TINY_TEXT)
+    assert (prep / "train.npy").is_file() and (prep / "corpus.json").is_file()
+    out = json.loads(seqlm("train", "--corpus", prep, "--out", tmp_path / "r", *TINY_TRAIN,
+                           "--json").stdout)
+    assert out["vocab_size"] < 100 and out["steps"] == 12
+
+
+def test_bad_flag_is_one_line_exit_2():
+    proc = seqlm("train", "--num-steps", "0", check=False)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--num-steps" in proc.stderr
+    assert "Traceback" not in proc.stderr
