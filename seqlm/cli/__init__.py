@@ -14,7 +14,7 @@ from seqlm.errors import SeqlmError
 
 
 def build_parser() -> Parser:
-    from seqlm.cli import commands, training
+    from seqlm.cli import analysis, bench, commands, training
 
     parser = Parser(prog="seqlm", description="Recurrent-neural-network language models: "
                     "prepare text, train, evaluate, generate, and look inside BPTT.")
@@ -22,7 +22,9 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
                                 metavar="COMMAND")
     training.register(sub)
+    bench.register(sub)
     commands.register(sub)
+    analysis.register(sub)
     return parser
 
 
