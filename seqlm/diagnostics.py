@@ -260,6 +260,7 @@ def sweep(
     hidden_size: int = 32,
     radii: Sequence[float] = (0.5, 1.0, 1.5),
     seed: int = 0,
+    inputs: torch.Tensor | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`gradient_flow` for RNNs with W_hh at several spectral radii, and for GRU/LSTM.
 
@@ -268,9 +269,14 @@ def sweep(
     grow, unless tanh saturates), then ``gru`` and ``lstm`` at torch's initialisation: all
     one-layer float64 ``torch.nn`` cores seeded from ``seed``, on the same N(0, 1) inputs.
 
+    ``inputs`` (B, T, I), e.g. one-hot characters of a corpus, replaces the N(0, 1) inputs
+    (and sets ``batch_size``, ``num_steps`` and ``input_size``).
+
     Raises:
         ConfigError: a size is not positive or a radius is not positive.
     """
+    if inputs is not None:
+        batch_size, num_steps, input_size = inputs.shape
     sizes = {"num_steps": num_steps, "batch_size": batch_size, "input_size": input_size,
              "hidden_size": hidden_size}
     for name, value in sizes.items():
@@ -279,7 +285,10 @@ def sweep(
     if not radii or any(not r > 0 for r in radii):
         raise ConfigError(f"radii must be positive spectral radii, got {list(radii)!r}")
     gen = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(batch_size, num_steps, input_size, generator=gen, dtype=torch.float64)
+    if inputs is None:
+        inputs = torch.randn(batch_size, num_steps, input_size, generator=gen,
+                             dtype=torch.float64)
+    inputs = inputs.double()
     curves = {}
     for nonlinearity in ("tanh", "relu"):
         for radius in radii:

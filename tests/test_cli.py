@@ -96,3 +96,22 @@ def test_bad_flag_is_one_line_exit_2():
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--num-steps" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bptt_diagnostics_and_compare(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_TEXT)
+    out = json.loads(seqlm("bptt", "--corpus", corpus, "--hidden-size", "8", "--steps", "12",
+                           "--batch-size", "2", "--truncation-error", "--plot",
+                           tmp_path / "g.png", "--json").stdout)
+    curve = out["curves"]["model"]
+    assert len(curve["grad_norm"]) == 12 and curve["jacobian_norm"][0] == 1.0
+    assert [r["tau"] for r in out["truncation_error"]] == [1, 2, 4, 8]
+    assert out["truncation_error"][-1]["rel_error"] < out["truncation_error"][0]["rel_error"]
+    assert (tmp_path / "g.png").is_file()
+    for name, trunc in (("a", "window"), ("b", "tau:3")):
+        seqlm("train", "--corpus", corpus, "--out", tmp_path / name, "--cell", "rnn",
+              "--impl", "scratch", "--truncation", trunc, *TINY_TRAIN, "--quiet")
+    cmp = json.loads(seqlm("compare", tmp_path / "a", tmp_path / "b", "--plot",
+                           tmp_path / "c.png", "--json").stdout)
+    assert set(cmp["runs"]) == {"a", "b"} and (tmp_path / "c.png").is_file()

@@ -1,0 +1,171 @@
+"""``seqlm bptt`` (gradient flow through time) and ``seqlm compare`` (runs side by side)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from seqlm.cli.commands import _refuse_existing
+from seqlm.cli.flags import add_config_flags, given
+from seqlm.config import DataConfig
+from seqlm.errors import ConfigError
+from seqlm.models.lm import ModelConfig
+
+SHOWN_LAGS = (0, 1, 2, 5, 10, 20, 50, 100, 150, 199)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bptt", help="how gradients vanish or explode through time")
+    p.add_argument("checkpoint", nargs="?", help="a run or checkpoint; without one, a freshly "
+                   "initialised model built from the model flags")
+    p.add_argument("--steps", type=int, default=200, help="sequence length T")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences averaged over")
+    p.add_argument("--sweep", action="store_true", help="W_hh at spectral radius 0.5/1/1.5, "
+                   "tanh vs relu, rnn vs gru vs lstm")
+    p.add_argument("--truncation-error", action="store_true",
+                   help="error of the tau-truncated gradient against the full one as tau grows")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fresh model and the data")
+    p.add_argument("--plot", metavar="PNG", help="figure path (default gradient-flow.png, in "
+                   "the run directory when one is given)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing figure")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_config_flags(p, DataConfig, title="data (for a fresh model)",
+                     skip=("split", "max_tokens", "sampler", "batch_size", "num_steps"))
+    add_config_flags(p, ModelConfig, title="model (for a fresh model)", skip=("vocab_size",))
+    p.set_defaults(handler=cmd_bptt)
+
+    p = sub.add_parser("compare", help="training curves of several runs in one plot")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--plot", metavar="PNG", default="compare.png", help="figure path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing figure")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_compare)
+
+
+def _model_and_tokens(args):
+    """The model (trained or fresh) and a (B, T+1) token batch from its corpus."""
+    from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+    from seqlm.models.lm import RNNLM
+    from seqlm.text import clean, read_corpus
+
+    torch.manual_seed(args.seed)
+    if args.checkpoint:
+        ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
+        model, tokenizer = ckpt.model, ckpt.tokenizer
+        data = DataConfig(**{**ckpt.config.get("data", {}), **given(args, DataConfig)})
+    else:
+        from seqlm.tokenize import fit_tokenizer
+
+        data = DataConfig(**given(args, DataConfig))
+        tokenizer = None
+    text = clean(read_corpus(data.corpus, encoding=data.encoding), data.clean)
+    if tokenizer is None:
+        tokenizer = fit_tokenizer(data.tokenizer, text, **data.tokenizer_options())
+        fields = {k: v for k, v in given(args, ModelConfig).items() if k != "vocab_size"}
+        model = RNNLM(ModelConfig(vocab_size=len(tokenizer.vocab), **fields))
+    ids = torch.as_tensor(tokenizer.encode(text).astype("int64"))
+    need = args.batch_size * (args.steps + 1)
+    if len(ids) < need:
+        raise ConfigError(f"the corpus has {len(ids)} tokens; --batch-size {args.batch_size} × "
+                          f"(--steps {args.steps} + 1) needs {need}; lower them")
+    gen = torch.Generator().manual_seed(args.seed)
+    starts = torch.randint(len(ids) - args.steps - 1, (args.batch_size,), generator=gen)
+    batch = torch.stack([ids[s: s + args.steps + 1] for s in starts.tolist()])
+    return model.double().eval(), batch, len(tokenizer.vocab)
+
+
+def cmd_bptt(args) -> int:
+    from seqlm import diagnostics
+
+    if args.steps < 2 or args.batch_size < 1:
+        raise ConfigError("--steps must be >= 2 and --batch-size >= 1")
+    model, batch, vocab_size = _model_and_tokens(args)
+    tokens, targets = batch[:, :-1], batch[:, 1:]
+
+    def core(x, h):  # the model's embedding (or one-hot lookup) and recurrent core
+        return model.core(model.embed(x), h)
+
+    def last_loss(o_T):  # the real next-token loss at the last step
+        return F.cross_entropy(model.decoder(o_T), targets[:, -1], reduction="none")
+
+    report: dict = {"model": vars(model.config), "steps": args.steps,
+                    "batch_size": args.batch_size}
+    curves = {"model": diagnostics.gradient_flow(core, tokens, loss_fn=last_loss)}
+    if args.sweep:
+        one_hot = F.one_hot(tokens, vocab_size).double()
+        curves.update(diagnostics.sweep(inputs=one_hot, seed=args.seed))
+    if args.truncation_error:
+        def seq_loss(outputs):
+            logits = model.decoder(outputs)
+            return F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1))
+
+        taus = [t for t in (1, 2, 4, 8, 16, 32, 64) if t < args.steps]
+        report["truncation_error"] = diagnostics.truncation_error(
+            core, tokens, seq_loss, taus, params=list(model.parameters()))
+    report["curves"] = curves
+    plot = Path(args.plot) if args.plot else (
+        Path(args.checkpoint) if args.checkpoint and Path(args.checkpoint).is_dir()
+        else Path(".")) / "gradient-flow.png"
+    _refuse_existing(plot, args.overwrite, "figure")
+    diagnostics.plot_gradient_flow(curves, str(plot))
+    report["plot"] = str(plot)
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        _print_bptt(report)
+    return 0
+
+
+def _print_bptt(report: dict) -> None:
+    curves = report["curves"]
+    lags = [k for k in SHOWN_LAGS if k < report["steps"]]
+    print("||dl_T/dh_(T-k)|| by lag k (batch mean); Jacobian-product spectral norm in brackets")
+    print(f"{'curve':<18}" + "".join(f"{'k=' + str(k):>18}" for k in lags))
+    for name, c in curves.items():
+        cells = []
+        for k in lags:
+            jac = c["jacobian_norm"][k] if c.get("jacobian_norm") else math.nan
+            cells.append(f"{c['grad_norm'][k]:9.2e} [{jac:7.1e}]")
+        print(f"{name:<18}" + "".join(f"{x:>18}" for x in cells))
+    for row in report.get("truncation_error", []):
+        print(f"tau {row['tau']:>3}: relative error {row['rel_error']:.3f}, cosine "
+              f"{row['cosine']:.4f}")
+    print(f"plot: {report['plot']}")
+
+
+def cmd_compare(args) -> int:
+    from seqlm.plots import plot_comparison
+    from seqlm.run import RunDir
+
+    runs = {}
+    for path in args.runs:
+        run = RunDir.open(path)
+        name = Path(path).name
+        runs[name if name not in runs else path] = run.records()
+    _refuse_existing(Path(args.plot), args.overwrite, "figure")
+    plot_comparison(runs, args.plot)
+    rows = {}
+    for name, records in runs.items():
+        train = [r for r in records if r.get("kind") == "train"]
+        val = [r.get("val_ppl") for r in records if r.get("kind") == "eval" and "val_ppl" in r]
+        rows[name] = {"steps": train[-1]["step"] if train else 0,
+                      "tokens": train[-1]["tokens"] if train else 0,
+                      "seconds": train[-1]["elapsed"] if train else 0.0,
+                      "train_ppl": train[-1]["ppl"] if train else None,
+                      "best_val_ppl": min(val) if val else None}
+    if args.json:
+        print(json.dumps({"runs": rows, "plot": args.plot}))
+        return 0
+    print(f"{'run':<28} {'steps':>7} {'tokens':>11} {'seconds':>8} {'train ppl':>9} "
+          f"{'best val ppl':>12}")
+    for name, r in rows.items():
+        best = f"{r['best_val_ppl']:.3f}" if r["best_val_ppl"] else "-"
+        train = f"{r['train_ppl']:.3f}" if r["train_ppl"] else "-"
+        print(f"{name:<28} {r['steps']:>7} {r['tokens']:>11,} {r['seconds']:>8.1f} "
+              f"{train:>9} {best:>12}")
+    print(f"plot: {args.plot}")
+    return 0
