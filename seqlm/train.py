@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from seqlm.config import DataConfig, TrainConfig
-from seqlm.data import SAMPLERS, Corpus
+from seqlm.data import SAMPLERS, Corpus, check_fits
 from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
 from seqlm.metrics import LossMeter, summary
@@ -154,6 +154,11 @@ class Trainer:
     dist: Dist = field(default_factory=Dist)
 
     def __post_init__(self) -> None:
+        """Raises:
+            CorpusError: the training split cannot fill one minibatch (checked before a run
+                directory is created or replaced).
+        """
+        check_fits(self.corpus.splits["train"], self.data.batch_size, self.data.num_steps)
         self.dist.check_batch_size(self.data.batch_size)
         # Under torchrun the step runs through DistributedDataParallel (None otherwise).
         self.ddp_model = self.dist.wrap(self.model, self.device) if self.dist.enabled else None
@@ -341,7 +346,7 @@ class Trainer:
         seconds = max(time.perf_counter() - window["start"], 1e-9)
         loss = float(self.dist.all_reduce_(loss_sum)) / max(window["tokens"], 1)  # global
         return {"kind": "train", "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
-                **summary(loss, window["tokens"]),
+                **{k: v for k, v in summary(loss, window["tokens"]).items() if k != "tokens"},
                 "grad_norm": float(norm_sum) / max(window["steps"], 1),
                 "grad_norm_max": float(norm_max), "lr": lr,
                 "tokens_per_s": window["tokens"] / seconds, "elapsed": p.elapsed}

@@ -106,6 +106,9 @@ def test_budgets_stop_training():
     trainer = _trainer(max_steps=7, log_every=3)
     trainer.run(Hooks())
     assert trainer.progress.step == 7 and trainer.progress.stop_reason == "max_steps"
+    logged = [r for r in trainer.history if r["kind"] == "train"]
+    assert [r["step"] for r in logged] == [3, 6, 7]
+    assert [r["tokens"] for r in logged] == [3 * 32, 6 * 32, 7 * 32]  # cumulative, B·T a step
     trainer = _trainer(max_steps=None, epochs=1, log_every=1000)
     trainer.run(Hooks())
     assert trainer.progress.epoch == 1 and trainer.progress.stop_reason == "epochs"
