@@ -400,14 +400,20 @@ class Trainer:
         for index, slots in optim["state"].items():
             for name, value in slots.items():
                 tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
-        meta = {"progress": vars(self.progress).copy(), "plateau_lr": self.plateau_lr,
+        progress = vars(self.progress).copy()
+        if not math.isfinite(progress["best_val"]):  # JSON has no infinity: no evaluation yet
+            progress["best_val"] = None
+        meta = {"progress": progress, "plateau_lr": self.plateau_lr,
                 "param_groups": optim["param_groups"],
                 "carried_state_parts": len(self.state) if isinstance(self.state, tuple)
                 else (1 if self.state is not None else 0)}
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        self.progress = Progress(**meta["progress"])
+        saved = dict(meta["progress"])
+        if saved.get("best_val") is None:
+            saved["best_val"] = math.inf
+        self.progress = Progress(**saved)
         self.plateau_lr = meta["plateau_lr"]
         ranks = tensors.get("rng.torch.ranks")
         own = ranks is not None and len(ranks) == self.dist.world_size  # same process count

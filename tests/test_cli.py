@@ -115,3 +115,25 @@ def test_bptt_diagnostics_and_compare(tmp_path):
     cmp = json.loads(seqlm("compare", tmp_path / "a", tmp_path / "b", "--plot",
                            tmp_path / "c.png", "--json").stdout)
     assert set(cmp["runs"]) == {"a", "b"} and (tmp_path / "c.png").is_file()
+
+
+def test_sigterm_saves_last_and_exits_143(tmp_path):
+    import signal
+    import time
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_TEXT)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "seqlm", "train", "--corpus", str(corpus), "--out", str(run),
+            "--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4", "--num-steps",
+            "8", "--time-budget", "120", "--eval-every", "0", "--log-every", "1", "--quiet",
+            "--split", "0.8,0.2,0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    state = json.loads((run / "checkpoints" / "last" / "trainer.json").read_text())
+    assert state["progress"]["step"] >= 1 and state["progress"]["stop_reason"] == "interrupted"
