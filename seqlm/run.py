@@ -253,6 +253,7 @@ def finish(session: RunSession, wall: float) -> dict:
         "best_val_loss": p.best_val if evals else None,
         "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
         "baselines": session.baselines, "vocab_size": session.corpus.vocab_size,
+        "oov_rate": session.corpus.oov_rate,
         "sample": session.samples[-1]["text"] if session.samples else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

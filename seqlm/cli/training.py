@@ -239,7 +239,8 @@ def _rank_flags(args, out: Path) -> list[str]:
 
 def _print_start(session, reporter: _Reporter) -> None:
     c, b = session.corpus, session.baselines
-    sizes = ", ".join(f"{k} {len(v):,}" for k, v in c.splits.items())
+    sizes = ", ".join(f"{k} {len(v):,}" + (f" (OOV {c.oov_rate[k]:.2%})" if c.oov_rate.get(k)
+                                           else "") for k, v in c.splits.items())
     n_params = sum(p.numel() for p in session.trainer.model.parameters())
     reporter.write(f"corpus {session.data.corpus}: {session.data.tokenizer} tokens, vocabulary "
                    f"{c.vocab_size:,}; {sizes}")
