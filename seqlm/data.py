@@ -27,7 +27,12 @@ from seqlm.tokenize import Tokenizer, fit_tokenizer, tokenizer_from_state
 SPLITS = ("train", "val", "test")
 
 
-def _check_size(tokens: np.ndarray, batch_size: int, num_steps: int, need: int) -> None:
+def check_fits(tokens: np.ndarray, batch_size: int, num_steps: int) -> None:
+    """Raises:
+        CorpusError: ``tokens`` cannot fill one minibatch of either strategy (the message
+            gives the numbers), which needs ``batch_size * num_steps + num_steps`` tokens.
+    """
+    need = batch_size * num_steps + num_steps
     if len(tokens) < need:
         raise CorpusError(
             f"corpus too short for one minibatch: {len(tokens)} tokens, but batch_size "
@@ -96,7 +101,7 @@ def random_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
     Raises:
         CorpusError: fewer tokens than one minibatch needs (the message gives the numbers).
     """
-    _check_size(tokens, batch_size, num_steps, batch_size * num_steps + num_steps)
+    check_fits(tokens, batch_size, num_steps)
     for starts in random_plan(len(tokens), batch_size, num_steps, generator)[start:]:
         yield _gather(tokens, starts, num_steps)
 
@@ -119,7 +124,7 @@ def sequential_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
     Raises:
         CorpusError: fewer tokens than one minibatch needs.
     """
-    _check_size(tokens, batch_size, num_steps, batch_size * num_steps + num_steps)
+    check_fits(tokens, batch_size, num_steps)
     for starts in sequential_plan(len(tokens), batch_size, num_steps, generator)[start:]:
         yield _gather(tokens, starts, num_steps)
 
