@@ -92,8 +92,10 @@ def save_checkpoint(directory: str | Path, model: RNNLM, tokenizer: Tokenizer, *
     except OSError as exc:
         raise CheckpointError(f"cannot create {target.parent}: {exc}; choose a writable "
                               "directory") from exc
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed save
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-    had_previous = target.exists()
+    had_previous = target.exists() or _old_sibling(target).exists()
     try:
         tmp.mkdir()
         for name, data in files.items():

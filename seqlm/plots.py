@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seqlm.errors import ConfigError
+
 
 def _pyplot():
     import matplotlib
@@ -12,6 +14,21 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, *, dpi: int = 110) -> None:
+    """Writes ``fig`` to ``path`` and closes it.
+
+    Raises:
+        ConfigError: ``path`` cannot be written (missing or read-only directory, disk full).
+    """
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); choose a writable "
+                          "path or free some disk space") from None
+    finally:
+        _pyplot().close(fig)
 
 
 def plot_curves(records: list[dict], baselines: dict | None, path: str | Path) -> None:
@@ -35,8 +52,7 @@ def plot_curves(records: list[dict], baselines: dict | None, path: str | Path) -
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> None:
@@ -60,5 +76,4 @@ def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> None:
         ax.grid(alpha=0.3, which="both")
     by_time.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from seqlm import __version__, distributed
-from seqlm.checkpoint import load_checkpoint, save_checkpoint
+from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.config import DataConfig, TrainConfig
 from seqlm.data import Corpus, load_corpus
 from seqlm.errors import CheckpointError, ConfigError
@@ -82,7 +83,29 @@ class RunDir:
         return run
 
     def write_config(self, configs: dict) -> None:
-        self.config.write_text(json.dumps(configs, indent=2, ensure_ascii=False))
+        self._replace(self.config, json.dumps(configs, indent=2, ensure_ascii=False))
+
+    def _replace(self, path: Path, text: str) -> None:
+        """Writes ``path`` whole or not at all (a temporary file renamed over it), so a run
+        killed meanwhile keeps the previous version.
+
+        Raises:
+            CheckpointError: the file cannot be written (the previous version is kept).
+        """
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._write_error(path, exc) from None
+
+    def _write_error(self, path: Path, exc: OSError) -> CheckpointError:
+        return CheckpointError(f"cannot write {path} ({exc.strerror or exc}); free some disk "
+                               f"space, then continue with --resume {self.path}")
 
     def read_config(self) -> dict:
         try:
@@ -92,18 +115,43 @@ class RunDir:
                                   "resumed") from None
 
     def append(self, name: str, record: dict) -> None:
-        with open(self.path / name, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.append_text(name, json.dumps(record, ensure_ascii=False) + "\n")
+
+    def append_text(self, name: str, text: str) -> None:
+        """Raises:
+            CheckpointError: the file cannot be written (e.g. the disk is full).
+        """
+        try:
+            with open(self.path / name, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise self._write_error(self.path / name, exc) from None
 
     def records(self) -> list[dict]:
+        """The metrics records; a last line cut short (a run killed while appending it) is
+        skipped.
+
+        Raises:
+            CheckpointError: a line before the last is not JSON.
+        """
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
+        lines = [line for line in self.metrics.read_text(encoding="utf-8").splitlines() if line]
+        out = []
+        for number, line in enumerate(lines, 1):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise CheckpointError(f"{self.metrics}: line {number} is not JSON; remove "
+                                          "that line to use the run") from None
+        return out
 
     def truncate_metrics(self, step: int) -> None:
         """Drops records written after ``step`` (by a run killed after its last checkpoint)."""
         kept = [r for r in self.records() if r.get("step", 0) <= step]
-        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._replace(self.metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                            for r in kept))
 
 
 def model_from_run(configs: dict, vocab_size: int) -> ModelConfig:
@@ -157,7 +205,13 @@ class RunSession:
         Raises:
             CheckpointError: no usable checkpoint, or its vocabulary differs from the corpus.
         """
-        ckpt = load_checkpoint(self.run.checkpoints / "last", device=self.device)
+        try:
+            last = resolve_checkpoint(self.run.checkpoints / "last")
+        except CheckpointError:
+            raise CheckpointError(f"{self.run.path} has no checkpoint to resume from "
+                                  "(no complete checkpoints/last: the run stopped before its "
+                                  "first save); start it again with --overwrite") from None
+        ckpt = load_checkpoint(last, device=self.device)
         if ckpt.tokenizer.vocab != self.tokenizer.vocab:
             raise CheckpointError(f"{self.run.path}: the corpus gives another vocabulary than "
                                   "the saved run; resume with the same corpus and settings")
@@ -180,8 +234,7 @@ class RunSession:
                             max_new_tokens=max(cfg.sample_tokens, 1),
                             temperature=cfg.sample_temperature, seed=cfg.seed)[0]
         self.samples.append({"step": step, "text": text})
-        with open(self.run.path / "samples.txt", "a", encoding="utf-8") as f:
-            f.write(f"--- step {step}\n{text}\n")
+        self.run.append_text("samples.txt", f"--- step {step}\n{text}\n")
         return text
 
 

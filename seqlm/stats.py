@@ -86,6 +86,8 @@ def plot_frequencies(tables: dict[int, NgramTable], path, *, title: str = "") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from seqlm.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for n, table in sorted(tables.items()):
         ranks = np.arange(1, len(table.counts) + 1)
@@ -95,5 +97,4 @@ def plot_frequencies(tables: dict[int, NgramTable], path, *, title: str = "") ->
     ax.set_title(title or "n-gram frequencies")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
