@@ -65,10 +65,14 @@ class RunDir:
         """
         cls.check_available(path, overwrite=overwrite)
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
-            shutil.rmtree(run.path)
         try:
-            run.checkpoints.mkdir(parents=True, exist_ok=True)
+            if run.path.exists() and any(run.path.iterdir()):
+                # Out of the way in one rename first: a kill while deleting leaves hidden
+                # debris, never a half-deleted run that is neither resumable nor replaceable.
+                doomed = run.path.with_name(f".{run.path.name}.replaced-{os.getpid()}")
+                os.replace(run.path, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+            run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the run directory {run.path} ({exc.strerror}); "
                               "choose a writable --out") from None
@@ -83,7 +87,13 @@ class RunDir:
         return run
 
     def write_config(self, configs: dict) -> None:
+        """Writes config.json, then makes checkpoints/ (so a run killed while being created is
+        an empty directory, or a run without checkpoints that --overwrite may replace)."""
         self._replace(self.config, json.dumps(configs, indent=2, ensure_ascii=False))
+        try:
+            self.checkpoints.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise self._write_error(self.checkpoints, exc) from None
 
     def _replace(self, path: Path, text: str) -> None:
         """Writes ``path`` whole or not at all (a temporary file renamed over it), so a run
