@@ -198,9 +198,10 @@ class Dist:
         if not isinstance(exc, torch_dist.DistError) and \
                 not any(s in text.lower() for s in _LOST_PEER):
             return None
+        reason = text.split(". ")[0][:160]
         return DistributedError(
             f"rank {self.rank} of {self.world_size} lost contact with the other ranks "
-            f"({text[:160]}); another rank failed or was killed — its own error comes first; "
+            f"({reason}): another rank failed or was killed (torchrun names it); "
             "checkpoints/last is the last whole checkpoint: continue with --resume")
 
 
@@ -291,10 +292,13 @@ def launch(command: list[str], nproc: int, *, run_dir: str | Path | None = None)
     except SignalException as exc:  # this launcher was signalled; the ranks saved and stopped
         return INTERRUPTED.get(int(exc.sigval), 1)
     except ChildFailedError as exc:
-        codes = {failure.exitcode for failure in exc.failures.values()}
-        if codes <= set(INTERRUPTED.values()) | {USER_ERROR}:
-            return max(codes)
-        rank, failure = exc.get_first_failure()
+        expected = set(INTERRUPTED.values()) | {USER_ERROR}
+        crashed = {r: f for r, f in exc.failures.items() if f.exitcode not in expected}
+        if not crashed:
+            return max(f.exitcode for f in exc.failures.values())
+        # The root cause: the first rank that crashed (the others then lost contact).
+        rank = min(crashed, key=lambda r: crashed[r].timestamp)
+        failure = crashed[rank]
         how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
                else f"exited with status {failure.exitcode}")
         raise DistributedError(f"rank {rank} of {nproc} (pid {failure.pid}) {how}, so torchrun "
