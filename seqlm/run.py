@@ -204,10 +204,16 @@ class RunSession:
         tensors, meta = trainer.state_dict()  # every rank: it gathers the carried states
         if not self.dist.is_main:
             return
-        save_checkpoint(self.run.checkpoints / kind, trainer.model, self.tokenizer,
-                        extra_config={k: v for k, v in self.configs().items() if k != "model"},
-                        trainer_tensors=tensors if kind == "last" else None,
-                        trainer_state=meta if kind == "last" else {"progress": meta["progress"]})
+        try:
+            save_checkpoint(self.run.checkpoints / kind, trainer.model, self.tokenizer,
+                            extra_config={k: v for k, v in self.configs().items()
+                                          if k != "model"},
+                            trainer_tensors=tensors if kind == "last" else None,
+                            trainer_state=meta if kind == "last" else
+                            {"progress": meta["progress"]})
+        except CheckpointError as exc:  # e.g. a full disk: say how the run goes on
+            raise CheckpointError(f"{exc}; then continue the run with --resume "
+                                  f"{self.run.path}") from None
 
     def resume(self) -> None:
         """Loads ``checkpoints/last`` into the trainer.
