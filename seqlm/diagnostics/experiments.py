@@ -1,0 +1,200 @@
+"""Experiments on gradient flow: recurrent weights at several spectral radii, gated cells,
+the cost of tau-truncation, and the figure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from seqlm.diagnostics.flow import DEFAULT_STEPS, Core, gradient_flow, readout_loss
+from seqlm.errors import ConfigError
+from seqlm.models.truncation import Truncation, unroll
+
+
+def _seeded_core(cell: str, input_size: int, hidden_size: int, nonlinearity: str,
+                 generator: torch.Generator) -> torch.nn.Module:
+    """A float64 torch core with torch's init distribution U(-1/sqrt(H), 1/sqrt(H)), seeded."""
+    kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+    module = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
+    core = module(input_size, hidden_size, batch_first=True, **kwargs).double()
+    bound = hidden_size**-0.5
+    with torch.no_grad():
+        for param in core.parameters():
+            param.uniform_(-bound, bound, generator=generator)
+    return core
+
+
+def set_spectral_radius_(weight: torch.Tensor, radius: float) -> torch.Tensor:
+    """Rescale a square matrix in place so that its largest |eigenvalue| is ``radius``."""
+    with torch.no_grad():
+        current = torch.linalg.eigvals(weight).abs().max().real
+        weight.mul_(radius / current.item())
+    return weight
+
+
+def sweep(
+    *,
+    num_steps: int = DEFAULT_STEPS,
+    batch_size: int = 8,
+    input_size: int = 8,
+    hidden_size: int = 32,
+    radii: Sequence[float] = (0.5, 1.0, 1.5),
+    seed: int = 0,
+    inputs: torch.Tensor | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`gradient_flow` for RNNs with W_hh at several spectral radii, and for GRU/LSTM.
+
+    Keys ``rnn-tanh-rho0.5`` ... ``rnn-relu-rho1.5``: RNNs with ``weight_hh_l0`` rescaled to
+    each spectral radius in ``radii`` (below 1 the Jacobian products vanish; above 1 they can
+    grow, unless tanh saturates), then ``gru`` and ``lstm`` at torch's initialisation: all
+    one-layer float64 ``torch.nn`` cores seeded from ``seed``, on the same N(0, 1) inputs.
+
+    ``inputs`` (B, T, I), e.g. one-hot characters of a corpus, replaces the N(0, 1) inputs
+    (and sets ``batch_size``, ``num_steps`` and ``input_size``).
+
+    Raises:
+        ConfigError: a size is not positive or a radius is not positive.
+    """
+    if inputs is not None:
+        batch_size, num_steps, input_size = inputs.shape
+    sizes = {"num_steps": num_steps, "batch_size": batch_size, "input_size": input_size,
+             "hidden_size": hidden_size}
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not radii or any(not r > 0 for r in radii):
+        raise ConfigError(f"radii must be positive spectral radii, got {list(radii)!r}")
+    gen = torch.Generator().manual_seed(seed)
+    if inputs is None:
+        inputs = torch.randn(batch_size, num_steps, input_size, generator=gen,
+                             dtype=torch.float64)
+    inputs = inputs.double()
+    curves = {}
+    for nonlinearity in ("tanh", "relu"):
+        for radius in radii:
+            core = _seeded_core("rnn", input_size, hidden_size, nonlinearity, gen)
+            set_spectral_radius_(core.weight_hh_l0, radius)
+            curves[f"rnn-{nonlinearity}-rho{radius:g}"] = gradient_flow(core, inputs)
+    for cell in ("gru", "lstm"):
+        curves[cell] = gradient_flow(_seeded_core(cell, input_size, hidden_size, "", gen), inputs)
+    return curves
+
+
+def truncation_error(
+    core: Core,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    taus: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    *,
+    h0: Any = None,
+    params: Sequence[torch.Tensor] | None = None,
+) -> list[dict[str, float]]:
+    """How far the ``tau:K`` gradient of the weights is from the full one, as K grows.
+
+    The loss is the chapter's L = (1/T) sum_t l(o_t, y_t) over all steps. Both gradients come
+    from :func:`seqlm.models.truncation.unroll` over the core stepped one time step at a
+    time, so ``tau:K`` cuts the whole stacked state; each tau costs O(T*K) core steps.
+
+    Args:
+        core: A recurrent core with torch's interface (or an embedding+core callable).
+        inputs: ``(B, T, ...)`` batch-first inputs.
+        targets: ``(B, T)`` class indices, scored by a fixed random linear readout of the
+            outputs (classes = max target + 1, seeded like :func:`readout_loss`) with
+            cross-entropy; or a callable ``loss(outputs (B, T, ...)) -> scalar``.
+        taus: Truncation lengths K >= 1.
+        h0: Initial state in the core's layout; ``None`` means zeros.
+        params: The weights to differentiate; default the core's parameters that require grad.
+
+    Returns:
+        One ``{"tau": K, "rel_error": ||g_K - g|| / ||g||, "cosine": <g_K, g>/(||g_K|| ||g||)}``
+        per K, in the order given (g the full gradient, all weights flattened together).
+
+    Raises:
+        ConfigError: a tau is not an integer >= 1, or there are no weights to differentiate.
+    """
+    truncations = [Truncation("tau", k=k) for k in taus]  # validates every K
+    if params is None:
+        params = core.parameters() if isinstance(core, torch.nn.Module) else []
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("truncation_error needs weights that require grad; pass params=")
+    outputs = _unrolled_outputs(core, inputs, h0, Truncation("full"))
+    loss_of = targets if callable(targets) else _mean_readout_loss(targets, outputs)
+
+    def weight_grad(out: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(loss_of(out), params, allow_unused=True,
+                                    materialize_grads=True)
+        return torch.cat([g.reshape(-1) for g in grads]).double()
+
+    full, rows = weight_grad(outputs), []
+    for truncation in truncations:
+        cut = weight_grad(_unrolled_outputs(core, inputs, h0, truncation))
+        rel = (cut - full).norm() / full.norm()
+        cos = F.cosine_similarity(cut, full, dim=0)
+        rows.append({"tau": truncation.k, "rel_error": rel.item(), "cosine": cos.item()})
+    return rows
+
+
+def _mean_readout_loss(targets: torch.Tensor, outputs: torch.Tensor):
+    if tuple(targets.shape) != tuple(outputs.shape[:2]):
+        raise ConfigError(f"targets must be (B, T) = {tuple(outputs.shape[:2])} class indices, "
+                          f"got {tuple(targets.shape)}")
+    per_step = readout_loss(targets, outputs[0, 0].numel())
+    return lambda out: per_step(out).mean()
+
+
+def _unrolled_outputs(core: Core, inputs: torch.Tensor, h0: Any,
+                      truncation: Truncation) -> torch.Tensor:
+    """Outputs (B, T, ...) of ``core`` stepped through :func:`unroll` with ``truncation``."""
+
+    def step(x_t: torch.Tensor, carried: tuple[Any, Any]) -> tuple[torch.Tensor, Any]:
+        out, state = core(x_t.unsqueeze(1), carried[1])
+        return out[:, 0], state
+
+    outputs, _ = unroll(step, inputs.transpose(0, 1), (None, h0), truncation=truncation)
+    return outputs.transpose(0, 1)
+
+
+def plot_gradient_flow(curves: Mapping[str, Any], path: str) -> str:
+    """Draw gradient-flow curves into one PNG: lag on x, log-scale y.
+
+    Left panel: ||dl_T/dh_{T-k}||; right panel: the spectral norm of the Jacobian product
+    (curves without one are left out there). Non-positive values are not drawn.
+
+    Args:
+        curves: name -> a :func:`gradient_flow` result, or a plain sequence of gradient norms.
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ConfigError: ``curves`` is empty.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ConfigError("plot_gradient_flow needs at least one curve, got none")
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    for name, curve in curves.items():
+        data = curve if isinstance(curve, Mapping) else {"grad_norm": list(curve)}
+        for ax, key in ((left, "grad_norm"), (right, "jacobian_norm")):
+            values = data.get(key)
+            if values:
+                shown = [v if v > 0 else float("nan") for v in values]
+                ax.plot(data.get("lag", range(len(values))), shown, label=name)
+    left.set_title("gradient of the last loss, ||dl_T / dh_{T-k}||")
+    right.set_title("Jacobian product, spectral norm")
+    for ax in (left, right):
+        ax.set_yscale("log")
+        ax.set_xlabel("lag k (steps back from T)")
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return path
