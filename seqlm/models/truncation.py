@@ -33,7 +33,6 @@ for the chapter's RNN lives in :mod:`seqlm.models.bptt`. Shapes: T time steps, B
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
