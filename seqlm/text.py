@@ -9,6 +9,7 @@ downloaded once, verified by sha1 and written atomically.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import re
@@ -16,12 +17,16 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from seqlm.errors import ConfigError, CorpusError
 
 CLEANING = ("none", "lower", "letters")
+_BLOCK_BYTES = 1 << 24  # read_pieces: 16 MiB of a file at a time
+_BINARY_PROBE = 1 << 16  # NUL bytes in a file's first 64 KiB mark it as binary
+_HELD_CHARS = 1 << 22  # clean_pieces("lower") holds at most this much text back
 
 
 @dataclass(frozen=True)
@@ -64,22 +69,97 @@ def read_corpus(spec: str = "builtin", *, encoding: str = "utf-8") -> str:
     elif spec in CORPORA:
         text = _builtin_text() if spec == "builtin" else read_file(fetch(spec), "utf-8")
     else:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files = sorted(path.glob("*.txt"))
-            if not files:
-                raise CorpusError(f"{path}: directory has no .txt files; put the text in *.txt "
-                                  "files or pass one file")
-            text = "\n".join(read_file(f, encoding) for f in files)
-        elif path.exists():
-            text = read_file(path, encoding)
-        else:
-            known = ", ".join(CORPORA)
-            raise CorpusError(f"{spec}: no such file or directory, and not a known corpus name "
-                              f"({known})")
+        text = "\n".join(read_file(f, encoding) for f in corpus_files(spec))
     if not text.strip():
-        raise CorpusError(f"{spec}: the corpus is empty; give a file with some text")
+        raise _empty(spec)
     return text
+
+
+def _empty(spec: str) -> CorpusError:
+    return CorpusError(f"{spec}: the corpus is empty; give a file with some text")
+
+
+def corpus_files(spec: str) -> list[Path]:
+    """The files a path ``--corpus`` names: the file itself, or a directory's ``*.txt``.
+
+    Raises:
+        CorpusError: no such path, or a directory without ``.txt`` files.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise CorpusError(f"{path}: directory has no .txt files; put the text in *.txt "
+                              "files or pass one file")
+        return files
+    if path.exists():
+        return [path]
+    raise CorpusError(f"{spec}: no such file or directory, and not a known corpus name "
+                      f"({', '.join(CORPORA)})")
+
+
+def read_pieces(spec: str = "builtin", *, encoding: str = "utf-8",
+                block: int = _BLOCK_BYTES) -> Iterator[str]:
+    """The text :func:`read_corpus` returns, in pieces: files are read ``block`` bytes at a
+    time, so memory stays bounded however large they are (stdin and named corpora come in
+    one piece). Joined, the pieces equal ``read_corpus(spec, encoding=encoding)``.
+
+    Raises:
+        CorpusError: as :func:`read_corpus`; an empty corpus is reported after its pieces.
+    """
+    if spec == "-" or spec in CORPORA:
+        yield read_corpus(spec, encoding=encoding)
+        return
+    seen_text = False
+    for i, path in enumerate(corpus_files(spec)):
+        if i:
+            yield "\n"
+        for piece in _decode_blocks(path, encoding, block):
+            seen_text = seen_text or (bool(piece) and not piece.isspace())
+            yield piece
+    if not seen_text:
+        raise _empty(spec)
+
+
+def _decode_blocks(path: Path, encoding: str, block: int) -> Iterator[str]:
+    """:func:`read_file` a block at a time: the same checks, the same text, in pieces.
+    UTF-16 and UTF-32 files are read whole: their block decoders insist on a BOM that
+    decoding a whole file does not need."""
+    try:
+        b"".decode(encoding)  # refuses names that are not text encodings, as read_file does
+        decoder = codecs.getincrementaldecoder(encoding)()
+    except LookupError:
+        raise CorpusError(f"--encoding {encoding}: unknown encoding; try utf-8 or latin-1") from None
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        yield read_file(path, encoding)
+        return
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read ({exc.strerror}); check the path and "
+                          "permissions") from None
+    offset, at_start, held = 0, True, ""
+    with handle:
+        data = handle.read(max(block, _BINARY_PROBE))
+        _check_not_binary(data, str(path), encoding)
+        while True:
+            final = not data
+            offset += len(data)
+            try:
+                text = decoder.decode(data, final)
+            except UnicodeDecodeError as exc:
+                raise _undecodable(str(path), encoding, exc, offset) from None
+            if at_start:  # a BOM, however many, only at the very start
+                text = text.lstrip("\ufeff")
+                at_start = not text
+            text, held = held + text, ""
+            if text.endswith("\r") and not final:  # it may be half of a \r\n
+                text, held = text[:-1], "\r"
+            if text:
+                yield text.replace("\r\n", "\n").replace("\r", "\n")
+            if final:
+                return
+            data = handle.read(block)
 
 
 def read_file(path: Path, encoding: str) -> str:
@@ -97,17 +177,29 @@ def decode_bytes(data: bytes, name: str, encoding: str) -> str:
     Raises:
         CorpusError: binary data, or a byte sequence invalid in ``encoding`` (with its offset).
     """
-    if b"\x00" in data[:65536] and not encoding.lower().startswith("utf-16"):
-        raise CorpusError(f"{name}: looks like a binary file (it has NUL bytes); give a text file")
+    _check_not_binary(data, name, encoding)
     try:
         text = data.decode(encoding)
     except LookupError:
         raise CorpusError(f"--encoding {encoding}: unknown encoding; try utf-8 or latin-1") from None
     except UnicodeDecodeError as exc:
-        raise CorpusError(
-            f"{name}: not valid {encoding}: byte 0x{data[exc.start]:02x} at offset {exc.start}; "
-            "pass --encoding with the file's encoding (e.g. --encoding latin-1)") from None
+        raise _undecodable(name, encoding, exc, len(data)) from None
     return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _check_not_binary(data: bytes, name: str, encoding: str) -> None:
+    if b"\x00" in data[:_BINARY_PROBE] and not encoding.lower().startswith("utf-16"):
+        raise CorpusError(f"{name}: looks like a binary file (it has NUL bytes); give a text file")
+
+
+def _undecodable(name: str, encoding: str, exc: UnicodeDecodeError, end: int) -> CorpusError:
+    """The error for ``exc``, raised decoding bytes that end at file offset ``end``: the
+    bytes a codec was looking at are always the last ones it was given (utf-8-sig leaves
+    out the BOM), so the bad byte sits at ``end - len(exc.object) + exc.start``."""
+    at = end - len(exc.object) + exc.start
+    return CorpusError(f"{name}: not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at "
+                       f"offset {at}; pass --encoding with the file's encoding (e.g. "
+                       "--encoding latin-1)")
 
 
 def _builtin_text() -> str:
@@ -205,3 +297,42 @@ def clean(text: str, mode: str = "none") -> str:
     if mode == "letters":
         return re.sub(r"[^A-Za-z]+", " ", text).lower()
     raise ConfigError(f"unknown --clean {mode!r}; choose one of {', '.join(CLEANING)}")
+
+
+def clean_pieces(pieces, mode: str = "none") -> Iterator[str]:
+    """:func:`clean` for a text given in pieces (``pieces`` an iterable of str): joined, the
+    output equals ``clean("".join(pieces), mode)``.
+
+    ``letters`` merges a run of non-letters cut by a piece boundary into its one space;
+    ``lower`` lowercases up to the last space or newline of what it has (Greek final sigma
+    depends on the letters around it, and a space ends that context), holding back at most
+    4 Mi characters of a text without spaces.
+
+    Raises:
+        ConfigError: an unknown mode.
+    """
+    clean("", mode)  # raises for an unknown mode before any piece is read
+    if mode == "none":
+        yield from pieces
+    elif mode == "lower":
+        held = ""
+        for piece in pieces:
+            text = held + piece
+            cut = max(text.rfind(" "), text.rfind("\n")) + 1
+            if not cut and len(text) < _HELD_CHARS:
+                held = text
+                continue
+            cut = cut or len(text)
+            held = text[cut:]
+            yield text[:cut].lower()
+        if held:
+            yield held.lower()
+    else:
+        after_space = False
+        for piece in pieces:
+            out = clean(piece, mode)
+            if after_space and out.startswith(" "):
+                out = out[1:]
+            if out:
+                after_space = out.endswith(" ")
+                yield out

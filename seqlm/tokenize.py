@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -40,12 +40,34 @@ def _chunks(text: str, size: int = _CHUNK_CHARS) -> Iterator[str]:
     where there is any, so no word is split between two pieces."""
     start = 0
     while start < len(text):
-        end = min(start + size, len(text))
-        if end < len(text):
-            cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
-            end = cut + 1 if cut > start else end
+        end = _chunk_end(text, start, size)
         yield text[start:end]
         start = end
+
+
+def _chunk_end(text: str, start: int, size: int) -> int:
+    end = min(start + size, len(text))
+    if end < len(text):
+        cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+        end = cut + 1 if cut > start else end
+    return end
+
+
+def rechunk(pieces: Iterable[str], size: int = _CHUNK_CHARS) -> Iterator[str]:
+    """The chunks ``_chunks("".join(pieces), size)`` gives, from a text that arrives in
+    pieces, holding only the current piece and the unfinished chunk before it."""
+    held, start = "", 0
+    for piece in pieces:
+        held, start = held[start:] + piece, 0
+        while len(held) - start > size:  # more text follows the window: its cut is final
+            end = _chunk_end(held, start, size)
+            yield held[start:end]
+            start = end
+    yield from _chunks(held[start:], size)
+
+
+def _pieces(text: str | Iterable[str], size: int = _CHUNK_CHARS) -> Iterator[str]:
+    return _chunks(text, size) if isinstance(text, str) else rechunk(text, size)
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -75,8 +97,14 @@ class Tokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """Indices of the tokens of ``text`` (unknown tokens → 0), shape ``(n,)``."""
-        parts = [self._encode_chunk(chunk) for chunk in _chunks(text)]
+        parts = list(self.encode_pieces([text]))
         return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
+
+    def encode_pieces(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
+        """:meth:`encode` of the text the pieces make up, a few MB of indices at a time:
+        concatenated, the arrays equal ``encode("".join(pieces))``."""
+        for chunk in rechunk(pieces):
+            yield self._encode_chunk(chunk)
 
     def _encode_chunk(self, chunk: str) -> np.ndarray:
         ids = list(map(self._lookup.__getitem__, self.tokens(chunk)))
@@ -113,12 +141,14 @@ class CharTokenizer(Tokenizer):
     kind = "char"
 
     @classmethod
-    def fit(cls, text: str, *, min_freq=1, max_size=None, reserved_tokens=()) -> CharTokenizer:
-        """Builds the vocabulary from ``text`` (counts taken with numpy, chunk by chunk)."""
+    def fit(cls, text: str | Iterable[str], *, min_freq=1, max_size=None,
+            reserved_tokens=()) -> CharTokenizer:
+        """Builds the vocabulary from ``text`` (a str, or the pieces of one; counts taken with
+        numpy, chunk by chunk)."""
         counts = np.zeros(0x110000, dtype=np.int64)
         first = np.full(0x110000, np.iinfo(np.int64).max, dtype=np.int64)
         offset = 0
-        for chunk in _chunks(text):
+        for chunk in _pieces(text):
             cps = _codepoints(chunk)
             counts += np.bincount(cps, minlength=0x110000)
             seen, where = np.unique(cps, return_index=True)
@@ -158,11 +188,12 @@ class WordTokenizer(Tokenizer):
         self._pattern = re.compile(r"\w+|[^\w\s]|\n" if keep_newlines else r"\w+|[^\w\s]")
 
     @classmethod
-    def fit(cls, text: str, *, min_freq=1, max_size=None, reserved_tokens=(),
+    def fit(cls, text: str | Iterable[str], *, min_freq=1, max_size=None, reserved_tokens=(),
             keep_newlines: bool = False) -> WordTokenizer:
+        """Counts the words of ``text`` (a str, or the pieces of one) in order."""
         pattern = cls(Vocab(), keep_newlines=keep_newlines)._pattern
         counts: Counter[str] = Counter()
-        for chunk in _chunks(text):
+        for chunk in _pieces(text):
             counts.update(pattern.findall(chunk))
         vocab = Vocab(counts.items(), min_freq=min_freq, max_size=max_size,
                       reserved_tokens=reserved_tokens)
@@ -193,9 +224,9 @@ class BPETokenizer(Tokenizer):
         self.model = model
 
     @classmethod
-    def fit(cls, text: str, *, vocab_size: int = 2000, min_freq=2, max_size=None,
-            reserved_tokens=()) -> BPETokenizer:
-        """Trains the merges on ``text``.
+    def fit(cls, text: str | Iterable[str], *, vocab_size: int = 2000, min_freq=2,
+            max_size=None, reserved_tokens=()) -> BPETokenizer:
+        """Trains the merges on ``text`` (a str, or the pieces of one).
 
         Raises:
             ConfigError: ``tokenizers`` is not installed, or ``vocab_size`` is too small.
@@ -212,7 +243,7 @@ class BPETokenizer(Tokenizer):
             vocab_size=min(vocab_size, max_size or vocab_size), min_frequency=min_freq,
             special_tokens=specials, show_progress=False,
             initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
-        model.train_from_iterator(_chunks(text, 1 << 16), trainer)
+        model.train_from_iterator(_pieces(text, 1 << 16), trainer)
         return cls._from_model(model, reserved_tokens, vocab_size=vocab_size)
 
     @classmethod
@@ -245,8 +276,9 @@ def _import_tokenizers():
     return tokenizers
 
 
-def fit_tokenizer(kind: str, text: str, **options) -> Tokenizer:
-    """Builds a tokenizer of ``kind`` ('char', 'word' or 'bpe') from ``text``.
+def fit_tokenizer(kind: str, text: str | Iterable[str], **options) -> Tokenizer:
+    """Builds a tokenizer of ``kind`` ('char', 'word' or 'bpe') from ``text`` (a str, or
+    the pieces of one: the same tokenizer either way).
 
     Raises:
         ConfigError: an unknown kind (the message lists the known ones).

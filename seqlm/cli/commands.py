@@ -106,13 +106,11 @@ def cmd_stats(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from seqlm.data import load_corpus
+    from seqlm.prepare import prepare_corpus
 
     cfg = DataConfig(**given(args, DataConfig))
     out = Path(args.out)
-    _refuse_existing(out, args.overwrite, "prepared corpus")
-    corpus = load_corpus(cfg)
-    corpus.save(out)
+    corpus = prepare_corpus(cfg, out, overwrite=args.overwrite)
     report = {"out": str(out), "vocab_size": corpus.vocab_size,
               "tokens": {k: len(v) for k, v in corpus.splits.items()},
               "dtype": str(corpus.tokenizer.dtype), "oov_rate": corpus.oov_rate}
