@@ -98,17 +98,19 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int | None,
 
 def eval_batches(tokens: np.ndarray, batch_size: int, num_steps: int):
     """Every token of a split once, in order: the stream cut into ``batch_size`` rows read
-    ``num_steps`` columns at a time (the last piece shorter), for a carried-state evaluation."""
+    ``num_steps`` columns at a time (the last piece shorter), for a carried-state evaluation.
+    Each piece is gathered when it is needed, so a memory-mapped split is never copied
+    whole."""
     rows = max(1, min(batch_size, (len(tokens) - 1) // max(num_steps, 1)))
     row_len = (len(tokens) - 1) // rows
     if row_len < 1:
         return
-    data = torch.from_numpy(np.asarray(tokens[: rows * row_len + 1], dtype=np.int64))
-    X = data[:-1].reshape(rows, row_len)
-    Y = data[1:].reshape(rows, row_len) if rows == 1 else torch.stack(
-        [data[r * row_len + 1: (r + 1) * row_len + 1] for r in range(rows)])
+    starts = np.arange(rows)[:, None] * row_len
     for col in range(0, row_len, num_steps):
-        yield X[:, col: col + num_steps], Y[:, col: col + num_steps]
+        width = min(num_steps, row_len - col)
+        window = torch.from_numpy(np.asarray(tokens[starts + col + np.arange(width + 1)],
+                                             dtype=np.int64))
+        yield window[:, :-1], window[:, 1:]
 
 
 @torch.inference_mode()
