@@ -124,7 +124,7 @@ def test_trainer_and_cli_refuse_a_process_count_that_does_not_divide_the_batch(t
 
 # ---- N processes against one --------------------------------------------------------------------
 
-CLIP = 0.5
+CLIP = 0.3
 TRAIN = ["--cell", "lstm", "--impl", "fused", "--num-layers", "2", "--hidden-size", "24",
          "--embedding-dim", "12", "--dropout", "0", "--batch-size", "4", "--num-steps", "8",
          "--optimizer", "adam", "--lr", "0.01", "--schedule", "constant", "--warmup-steps", "0",
