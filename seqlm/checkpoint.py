@@ -313,8 +313,10 @@ def _check_header(file: Path) -> None:
     else:
         try:
             entries = json.loads(header)
-            end = max((e["data_offsets"][1] for k, e in entries.items() if k != "__metadata__"),
-                      default=0)
+            ends = [e["data_offsets"][1] for k, e in entries.items() if k != "__metadata__"]
+            if not all(type(x) is int for x in ends):  # noqa: E721 - bools are not offsets
+                raise TypeError("data_offsets must be integers")
+            end = max(ends, default=0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             entries, end, problem = None, 0, f"its header is not valid safetensors JSON ({exc})"
         if problem is None and 8 + n + end > size:
@@ -370,8 +372,10 @@ def _read_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
     try:
         tokenizer = tokenizer_from_state(state)
     except (SeqlmError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{path / VOCAB_FILE} does not describe a tokenizer ({exc}); "
-                              "save the checkpoint again") from exc
+        what = (f"{path / VOCAB_FILE} and {BPE_FILE} do" if "bpe_model" in state
+                else f"{path / VOCAB_FILE} does")
+        raise CheckpointError(f"{what} not describe a tokenizer ({exc}); save the checkpoint "
+                              "again") from exc
     if len(tokenizer.vocab) != vocab_size:
         raise CheckpointError(f"{path / VOCAB_FILE} has {len(tokenizer.vocab)} tokens but "
                               f"{path / CONFIG_FILE} says vocab_size={vocab_size}; the files "

@@ -305,7 +305,11 @@ def tokenizer_from_state(state: dict) -> Tokenizer:
     if kind == "bpe":
         if "bpe_model" not in state:
             raise ConfigError("a bpe tokenizer needs its tokenizer.json; it is missing")
-        model = _import_tokenizers().Tokenizer.from_str(state["bpe_model"])
+        try:
+            model = _import_tokenizers().Tokenizer.from_str(state["bpe_model"])
+        except Exception as exc:  # tokenizers raises bare Exception for a malformed file
+            raise ConfigError(f"the saved bpe tokenizer cannot be read ({exc}); it is "
+                              "corrupt") from None
         tok = BPETokenizer._from_model(model, vocab.reserved_tokens, **options)
         return tok
     raise ConfigError(f"unknown tokenizer kind {kind!r} in saved state: {json.dumps(kind)}")
