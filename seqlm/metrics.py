@@ -44,55 +44,68 @@ def summary(loss: float, tokens: int) -> dict:
 
 
 BASELINE_TOKENS = 1 << 24  # baselines fit and score at most this many tokens of a split
-_COUNT_CHUNK = 1 << 20  # training tokens counted at a time
+BIGRAM_K = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)  # the add-k grid of the bigram baseline
+_CHUNK = 1 << 20  # tokens counted or scored at a time
 
 
-class _Counts:
-    """What the n-gram baselines need from ``train``, counted a chunk at a time (a
-    memory-mapped split is never copied whole): unigram counts, the context counts c(a) over
-    ``train[:-1]``, and c(a, b) for each distinct bigram of ``test`` (the only pairs scored).
+def _chunks(tokens: np.ndarray):
+    """``(block, own)``: ``tokens`` a chunk at a time as int64, each block with the next
+    one's first token (so every bigram lies in exactly one block) and ``own`` the tokens
+    that are its alone; a memory-mapped split is never copied whole."""
+    for start in range(0, max(len(tokens) - 1, 1), _CHUNK):
+        block = np.asarray(tokens[start:start + _CHUNK + 1], dtype=np.int64)
+        yield block, block if start + _CHUNK >= len(tokens) - 1 else block[:-1]
+
+
+def ngram_nlls(train: np.ndarray, test: np.ndarray, vocab_size: int,
+               ks: tuple[float, ...] = BIGRAM_K) -> tuple[float, dict[float, float]]:
+    """Mean NLL on ``test`` of the add-one unigram model and of the add-``k`` bigram models
+    P(b | a) = (c(a, b) + k) / (c(a) + k·V) fitted on ``train`` (the bigram scores the first
+    test token with the unigram), in one pass over each split, a chunk at a time.
+
+    Returns:
+        ``(unigram NLL, {k: bigram NLL})``.
     """
-
-    def __init__(self, train: np.ndarray, test: np.ndarray, vocab_size: int) -> None:
-        V, test = vocab_size, np.asarray(test, dtype=np.int64)
-        self.keys, self.inverse = np.unique(test[:-1] * V + test[1:], return_inverse=True)
-        self.unigram = np.zeros(V, dtype=np.int64)
-        self.context = np.zeros(V, dtype=np.int64)
-        self.pairs = np.zeros(len(self.keys), dtype=np.int64)
-        for start in range(0, len(train), _COUNT_CHUNK):
-            block = np.asarray(train[start:start + _COUNT_CHUNK + 1], dtype=np.int64)
-            self.unigram += np.bincount(block[:_COUNT_CHUNK], minlength=V)
-            a, b = block[:-1], block[1:]  # the pairs that start in this chunk
-            self.context += np.bincount(a, minlength=V)
-            if len(self.keys):
-                keys = a * V + b
-                pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-                hit = self.keys[pos] == keys
-                self.pairs += np.bincount(pos[hit], minlength=len(self.keys))
-
-    def unigram_logp(self) -> np.ndarray:
-        counts = self.unigram + 1.0
-        return np.log(counts) - np.log(counts.sum())
-
-    def bigram_nll(self, test: np.ndarray, k: float) -> float:
-        V = len(self.context)
-        test = np.asarray(test, dtype=np.int64)
-        logp = (np.log(self.pairs[self.inverse] + k)
-                - np.log(self.context[test[:-1]].astype(np.float64) + k * V))
-        first = -float(self.unigram_logp()[test[0]]) if len(test) else 0.0
-        return float((first - logp.sum()) / max(len(test), 1))
+    V = vocab_size
+    keys = np.zeros(0, dtype=np.int64)  # the distinct bigrams of test: the only ones scored
+    for block, _ in _chunks(test):
+        keys = np.union1d(keys, block[:-1] * V + block[1:])
+    unigram, context = np.zeros(V, dtype=np.int64), np.zeros(V, dtype=np.int64)
+    pairs = np.zeros(len(keys), dtype=np.int64)
+    for block, own in _chunks(train):
+        unigram += np.bincount(own, minlength=V)
+        a, b = block[:-1], block[1:]
+        context += np.bincount(a, minlength=V)
+        if len(keys):
+            query = a * V + b
+            pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+            hit = keys[pos] == query
+            pairs += np.bincount(pos[hit], minlength=len(keys))
+    logp_unigram = np.log(unigram + 1.0) - np.log(unigram.sum() + V)
+    uni_sum, bigram_sum = 0.0, dict.fromkeys(ks, 0.0)
+    for block, own in _chunks(test):
+        uni_sum -= float(logp_unigram[own].sum())
+        if len(block) < 2:
+            continue
+        c_ab = pairs[np.searchsorted(keys, block[:-1] * V + block[1:])]
+        c_a = context[block[:-1]].astype(np.float64)
+        for k in ks:
+            bigram_sum[k] += float((np.log(c_ab + k) - np.log(c_a + k * V)).sum())
+    n = len(test)
+    first = -float(logp_unigram[int(test[0])]) if n else 0.0
+    return (uni_sum / n if n else float("nan"),
+            {k: (first - total) / max(n, 1) for k, total in bigram_sum.items()})
 
 
 def unigram_nll(train: np.ndarray, test: np.ndarray, vocab_size: int) -> float:
     """Mean NLL on ``test`` of add-one-smoothed unigram frequencies fitted on ``train``."""
-    logp = _Counts(train, test[:0], vocab_size).unigram_logp()
-    return float(-logp[np.asarray(test, dtype=np.int64)].mean())
+    return ngram_nlls(train, test, vocab_size, ks=())[0]
 
 
 def bigram_nll(train: np.ndarray, test: np.ndarray, vocab_size: int, k: float) -> float:
     """Mean NLL on ``test`` of an add-``k`` bigram model fitted on ``train``:
     P(b | a) = (c(a, b) + k) / (c(a) + k·V). The first test token is scored by the unigram."""
-    return _Counts(train, test, vocab_size).bigram_nll(test, k)
+    return ngram_nlls(train, test, vocab_size, ks=(k,))[1][k]
 
 
 def ngram_baselines(train: np.ndarray, val: np.ndarray, vocab_size: int, *,
@@ -108,14 +121,12 @@ def ngram_baselines(train: np.ndarray, val: np.ndarray, vocab_size: int, *,
     """
     target = val if len(val) > 1 else train
     split = "val" if target is val else "train"
-    fit, target = train[:max_tokens], np.asarray(target[:max_tokens], dtype=np.int64)
-    counts = _Counts(fit, target, vocab_size)
-    uni = float(-counts.unigram_logp()[target].mean())
-    best_k, best = min(((k, counts.bigram_nll(target, k))
-                        for k in (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)), key=lambda kv: kv[1])
+    fit, target = train[:max_tokens], target[:max_tokens]
+    uni, bigram = ngram_nlls(fit, target, vocab_size)
+    best_k = min(bigram, key=bigram.get)
     return {
         "split": split,
         "fit_tokens": len(fit),
         "unigram": summary(uni, len(target)),
-        "bigram": {**summary(best, len(target)), "k": best_k},
+        "bigram": {**summary(bigram[best_k], len(target)), "k": best_k},
     }
