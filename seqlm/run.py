@@ -118,11 +118,28 @@ class RunDir:
                                f"space, then continue with --resume {self.path}")
 
     def read_config(self) -> dict:
+        """The saved settings, checked against the config classes.
+
+        Raises:
+            CheckpointError: config.json is unreadable, not JSON, or not a seqlm run config.
+        """
         try:
-            return json.loads(self.config.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            saved = json.loads(self.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
             raise CheckpointError(f"{self.config}: unreadable ({exc}); the run cannot be "
                                   "resumed") from None
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+        for name, cls in sections.items():
+            values = saved.get(name) if isinstance(saved, dict) else None
+            if not isinstance(values, dict):
+                raise CheckpointError(f"{self.config} has no [{name}] settings; it is not a "
+                                      "seqlm run config, so the run cannot be resumed")
+            unknown = sorted(values.keys() - {f.name for f in dataclasses.fields(cls)})
+            if unknown and name != "train":  # unknown train settings are dropped on resume
+                raise CheckpointError(f"{self.config}: unknown [{name}] settings {unknown} "
+                                      "(written by another seqlm version?); remove them to "
+                                      "resume the run")
+        return saved
 
     def append(self, name: str, record: dict) -> None:
         self.append_text(name, json.dumps(record, ensure_ascii=False) + "\n")
@@ -146,15 +163,19 @@ class RunDir:
         """
         if not self.metrics.is_file():
             return []
-        lines = [line for line in self.metrics.read_text(encoding="utf-8").splitlines() if line]
+        text = self.metrics.read_bytes().decode("utf-8", errors="replace")
+        lines = [line for line in text.splitlines() if line]
         out = []
         for number, line in enumerate(lines, 1):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number < len(lines):
-                    raise CheckpointError(f"{self.metrics}: line {number} is not JSON; remove "
-                                          "that line to use the run") from None
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                out.append(record)
+            elif number < len(lines):
+                raise CheckpointError(f"{self.metrics}: line {number} is not a JSON record; "
+                                      "remove that line to use the run")
         return out
 
     def truncate_metrics(self, step: int) -> None:
