@@ -188,10 +188,12 @@ def runs(tmp_path_factory):
     _in_process("--resume", root / "two20-one25", "--max-steps", 25)
     shutil.copytree(root / "one20", root / "one25")
     _in_process("--resume", root / "one25", "--max-steps", 25)
+    shutil.copytree(root / "two20", root / "two20-two25")
     shutil.copytree(root / "one10", root / "one10-two20")
-    subprocess.run([sys.executable, "-m", "seqlm", "train", "--nproc", "2", "--resume",
-                    str(root / "one10-two20"), "--max-steps", "20"],
-                   env=_env(), check=True, capture_output=True, timeout=180)
+    for run, steps in (("two20-two25", "25"), ("one10-two20", "20")):
+        subprocess.run([sys.executable, "-m", "seqlm", "train", "--nproc", "2", "--resume",
+                        str(root / run), "--max-steps", steps],
+                       env=_env(), check=True, capture_output=True, timeout=180)
     return root
 
 
@@ -222,6 +224,13 @@ def test_checkpoint_of_two_processes_holds_the_global_state_and_resumes_in_one(r
     assert resumed == pytest.approx(_losses(runs / "one25"), abs=1e-5)
     assert max(resumed) == 25
     _assert_same_weights(runs / "two20-one25", runs / "one25")
+
+
+def test_two_processes_resume_their_own_checkpoint(runs):
+    resumed = _losses(runs / "two20-two25")
+    assert sorted(resumed) == list(range(1, 26))
+    assert resumed == pytest.approx(_losses(runs / "one25"), abs=1e-5)
+    _assert_same_weights(runs / "two20-two25", runs / "one25")
 
 
 def test_checkpoint_of_one_process_resumes_in_two(runs):
