@@ -274,8 +274,8 @@ def launch(command: list[str], nproc: int, *, run_dir: str | Path | None = None)
             failure message).
 
     Returns:
-        0 when every rank finished; 130 or 143 when they were interrupted (each saved its
-        part first); 2 when a rank reported a user error (it printed the message).
+        0 when every rank finished; 2 when a rank reported a user error (it printed the
+        message); else 130 or 143 when they were interrupted (each saved its part first).
 
     Raises:
         DistributedError: a rank crashed or was killed; the message names the rank, how it
@@ -292,12 +292,14 @@ def launch(command: list[str], nproc: int, *, run_dir: str | Path | None = None)
     except SignalException as exc:  # this launcher was signalled; the ranks saved and stopped
         return INTERRUPTED.get(int(exc.sigval), 1)
     except ChildFailedError as exc:
-        expected = set(INTERRUPTED.values()) | {USER_ERROR}
-        crashed = {r: f for r, f in exc.failures.items() if f.exitcode not in expected}
+        # Ranks that torchrun stopped (SIGTERM/SIGINT), that were interrupted or that printed
+        # a one-line error (such as losing contact) are consequences; any other end is a cause.
+        stopped = {USER_ERROR, *INTERRUPTED.values(), *(-sig for sig in INTERRUPTED)}
+        crashed = {r: f for r, f in exc.failures.items() if f.exitcode not in stopped}
         if not crashed:
-            return max(f.exitcode for f in exc.failures.values())
-        # The root cause: the first rank that crashed (the others then lost contact).
-        rank = min(crashed, key=lambda r: crashed[r].timestamp)
+            codes = {INTERRUPTED.get(-f.exitcode, f.exitcode) for f in exc.failures.values()}
+            return USER_ERROR if USER_ERROR in codes else max(codes)
+        rank = min(crashed, key=lambda r: crashed[r].timestamp)  # (whole seconds)
         failure = crashed[rank]
         how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
                else f"exited with status {failure.exitcode}")

@@ -91,6 +91,33 @@ def test_lost_peer_turns_only_collective_failures_into_one_clear_error():
     assert rank1.lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
 
 
+@pytest.mark.parametrize("exits, outcome", [
+    ({0: 2, 1: -9}, "rank 1 of 2 (pid 101) was killed by SIGKILL"),  # 0 then lost contact
+    ({0: -15, 1: 1}, "rank 1 of 2 (pid 101) exited with status 1"),
+    ({0: -15, 1: 2}, 2),  # rank 1 printed a user error; torchrun stopped rank 0
+    ({0: 130, 1: -2}, 130),  # Ctrl-C: the ranks saved and stopped
+])
+def test_launch_names_the_rank_that_crashed_or_passes_the_exit_status_on(
+        monkeypatch, tmp_path, exits, outcome):
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from seqlm.distributed import launch
+
+    def failing(args):
+        assert args.nproc_per_node == "2" and args.training_script == "seqlm" and args.module
+        raise ChildFailedError("seqlm", {r: ProcessFailure(r, 100 + r, code, "")
+                                         for r, code in exits.items()})
+
+    monkeypatch.setattr(torchrun, "run", failing)
+    if isinstance(outcome, int):
+        assert launch(["train"], 2, run_dir=tmp_path) == outcome
+        return
+    with pytest.raises(DistributedError) as info:
+        launch(["train"], 2, run_dir=tmp_path)
+    assert str(info.value).startswith(outcome) and "no whole checkpoint" in str(info.value)
+
+
 def test_sharded_evaluation_sums_to_the_single_process_evaluation():
     corpus = build_corpus(TINY_TEXT, tokenizer="char")
     torch.manual_seed(0)
