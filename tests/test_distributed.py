@@ -10,6 +10,7 @@ other masks than one process would, so no equality is claimed there.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -23,18 +24,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TEXT
 from safetensors.torch import load_file
 
-from seqlm.cli import main
 from seqlm.checkpoint import load_checkpoint
+from seqlm.cli import main
 from seqlm.config import DataConfig, TrainConfig
 from seqlm.data import build_corpus, random_batches, sequential_batches
 from seqlm.distributed import Dist, DistributedError, from_env
 from seqlm.errors import ConfigError
 from seqlm.models.lm import RNNLM, ModelConfig
 from seqlm.train import Trainer, evaluate
-
-from conftest import TINY_TEXT
 
 # ---- in one process ---------------------------------------------------------------------------
 
@@ -68,7 +68,7 @@ def test_each_rank_owns_its_rows_and_sequential_rows_continue_per_rank(sampler):
         assert all(x.shape == (2, 5) for x, _ in shards)
     if sampler.contiguous:  # rank r's row i of batch k+1 starts where its row i of batch k ended
         for r in range(4):
-            for (_, Y0), (X1, _) in zip(batches, batches[1:]):
+            for (_, Y0), (X1, _) in itertools.pairwise(batches):
                 assert torch.equal(Dist(r, 4).shard(X1)[:, 0], Dist(r, 4).shard(Y0)[:, -1])
 
 
@@ -100,7 +100,10 @@ def test_lost_peer_turns_only_collective_failures_into_one_clear_error():
 def test_launch_names_the_rank_that_crashed_or_passes_the_exit_status_on(
         monkeypatch, tmp_path, exits, outcome):
     from torch.distributed import run as torchrun
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+    from torch.distributed.elastic.multiprocessing.errors import (
+        ChildFailedError,
+        ProcessFailure,
+    )
 
     from seqlm.distributed import launch
 
