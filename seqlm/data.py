@@ -14,6 +14,7 @@ with ``Y`` the tokens that follow ``X``: ``Y[b, t] == tokens[s_b + t + 1]`` when
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 import secrets
@@ -49,7 +50,20 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, num_steps: int) -> tuple[tor
     """Rows ``tokens[s : s+num_steps]`` and ``tokens[s+1 : s+num_steps+1]`` for each start."""
     index = starts[:, None] + np.arange(num_steps + 1)
     window = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
+    release_pages(tokens)
     return window[:, :-1], window[:, 1:]
+
+
+def release_pages(tokens: np.ndarray) -> None:
+    """Unmaps the pages a memory-mapped token array has touched (they stay in the OS page
+    cache, so reading them again costs no I/O). Windows read at random, or a whole epoch
+    read in order, would otherwise map all of a large prepared corpus into the process's
+    resident memory. A no-op for arrays in memory or where the OS has no ``madvise``."""
+    base = tokens
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def _offset(num_steps: int, generator: torch.Generator | None) -> int:

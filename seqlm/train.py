@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from seqlm.config import DataConfig, TrainConfig
-from seqlm.data import SAMPLERS, Corpus, check_fits
+from seqlm.data import SAMPLERS, Corpus, check_fits, release_pages
 from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
 from seqlm.metrics import LossMeter, summary
@@ -110,6 +110,7 @@ def eval_batches(tokens: np.ndarray, batch_size: int, num_steps: int):
         width = min(num_steps, row_len - col)
         window = torch.from_numpy(np.asarray(tokens[starts + col + np.arange(width + 1)],
                                              dtype=np.int64))
+        release_pages(tokens)
         yield window[:, :-1], window[:, 1:]
 
 

@@ -248,3 +248,31 @@ def test_evaluation_predicts_every_token_once_in_order(n, B, T):
     assert torch.equal(X[:, 0], torch.arange(rows) * row_len)  # rows are contiguous pieces
     assert torch.equal(Y.flatten(), torch.arange(1, rows * row_len + 1))  # each once, in order
     assert n - 1 - rows * row_len < rows  # what is left out is shorter than one per row
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ")[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sampler", [random_batches, sequential_batches])
+def test_reading_a_memory_mapped_split_keeps_no_pages_mapped(tmp_path, sampler):
+    path = tmp_path / "train.npy"
+    np.save(path, np.arange(1 << 21, dtype=np.uint8) % 97)  # 2 MiB, 512 pages
+    tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    most = 0
+    for i, _ in enumerate(sampler(tokens, 32, 64, generator=torch.Generator().manual_seed(0))):
+        if i % 50 == 0:
+            most = max(most, _mapped_kib(path))
+    assert i > 500 and most <= 64  # without releasing, most of the file ends up mapped
+    for i, _ in enumerate(eval_batches(tokens, 32, 64)):
+        if i % 50 == 0:
+            most = max(most, _mapped_kib(path))
+    assert most <= 64
