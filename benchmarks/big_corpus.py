@@ -2,7 +2,7 @@
 
 Writes a synthetic text of ``--size-mb`` megabytes (Zipf-distributed pseudo-words, made a
 block at a time), runs ``seqlm prepare`` on it and ``seqlm train --max-steps 200`` on the
-result, each as its own process, and reports each process's peak resident set size (from
+result (once per minibatch strategy), each as its own process, and reports each process's peak resident set size (from
 ``os.wait4``, i.e. the kernel's ``ru_maxrss``) and wall time. ``--small-mb`` prepares a
 smaller corpus first, so the two peaks show whether ``prepare``'s memory grows with the
 input. Exits with status 1 when a peak exceeds ``--max-rss-mb``.
@@ -70,6 +70,8 @@ def main() -> int:
                         help="a smaller corpus prepared first (0: skip)")
     parser.add_argument("--steps", type=int, default=200, help="training steps")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    parser.add_argument("--samplers", default="sequential,random",
+                        help="train once with each of these minibatch strategies")
     parser.add_argument("--split", default="0.998,0.001,0.001",
                         help="train,val,test (a small validation split keeps evaluation short)")
     parser.add_argument("--max-rss-mb", type=float, default=1024, help="the memory budget")
@@ -91,14 +93,16 @@ def main() -> int:
                 ["prepare", str(work / f"{name}-prepared"), "--corpus", str(text),
                  "--split", args.split, "--overwrite", "--json"], work)
             text.unlink()  # the prepared arrays are all training needs
-        rows[f"train {args.steps} steps"] = measure(
-            ["train", "--corpus", str(work / "big-prepared"), "--out", str(work / "run"),
-             "--overwrite", "--max-steps", str(args.steps), "--eval-every", "0",
-             "--threads", str(args.threads), "--quiet", "--json"], work)
+        for sampler in args.samplers.split(","):
+            rows[f"train {args.steps} steps, {sampler}"] = measure(
+                ["train", "--corpus", str(work / "big-prepared"), "--out", str(work / "run"),
+                 "--overwrite", "--sampler", sampler, "--max-steps", str(args.steps),
+                 "--eval-every", "0", "--threads", str(args.threads), "--quiet", "--json"],
+                work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{'command':<22} {'peak RSS MiB':>12} {'wall s':>8}  notes")
+    print(f"{'command':<32} {'peak RSS MiB':>12} {'wall s':>8}  notes")
     over = False
     for name, row in rows.items():
         r = row["report"]
@@ -109,7 +113,7 @@ def main() -> int:
             notes = (f"{r['steps']} steps, {r['tokens_per_s']:,.0f} tokens/s, val ppl "
                      f"{r['val']['ppl']:.2f} (bigram {r['baselines']['bigram']['ppl']:.2f})")
         over = over or row["peak_rss_mib"] > args.max_rss_mb
-        print(f"{name:<22} {row['peak_rss_mib']:>12.0f} {row['wall_s']:>8.1f}  {notes}")
+        print(f"{name:<32} {row['peak_rss_mib']:>12.0f} {row['wall_s']:>8.1f}  {notes}")
     print(json.dumps({k: {"peak_rss_mib": round(v["peak_rss_mib"], 1),
                           "wall_s": round(v["wall_s"], 1)} for k, v in rows.items()}))
     if over:
