@@ -28,7 +28,8 @@ def save_figure(fig, path: str | Path, *, dpi: int = 110) -> None:
         raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); choose a writable "
                           "path or free some disk space") from None
     finally:
-        _pyplot().close(fig)
+        if fig.canvas.manager is not None:  # made through pyplot, which keeps a reference
+            _pyplot().close(fig)
 
 
 def plot_curves(records: list[dict], baselines: dict | None, path: str | Path) -> None:

@@ -172,10 +172,12 @@ def plot_gradient_flow(curves: Mapping[str, Any], path: str) -> str:
         ``path``.
 
     Raises:
-        ConfigError: ``curves`` is empty.
+        ConfigError: ``curves`` is empty, or ``path`` cannot be written.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from seqlm.plots import save_figure
 
     if not curves:
         raise ConfigError("plot_gradient_flow needs at least one curve, got none")
@@ -196,5 +198,5 @@ def plot_gradient_flow(curves: Mapping[str, Any], path: str) -> str:
         ax.set_xlabel("lag k (steps back from T)")
         ax.grid(True, which="both", alpha=0.3)
     left.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
