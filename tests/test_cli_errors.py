@@ -341,7 +341,7 @@ def test_out_of_vocabulary_prefix_warns_and_generates(workspace, runner):
 
 def test_forked_cases_answer_like_fresh_interpreters(workspace, runner):
     """The zygote's children behave as ``python -m seqlm`` started from scratch."""
-    sample = [["train", "--corpus", "latin.txt"], ["generate", "ckpt_trunc"],
+    sample = [["train", "--corpus", "latin.txt"],
               ["generate", "run", "--prefix", "Zt", "--max-new-tokens", "5", "--seed", "2"]]
     for argv in sample:
         assert runner.run(argv, workspace, base_env()) == fresh(argv, workspace, base_env())
