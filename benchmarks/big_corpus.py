@@ -2,10 +2,10 @@
 
 Writes a synthetic text of ``--size-mb`` megabytes (Zipf-distributed pseudo-words, made a
 block at a time), runs ``seqlm prepare`` on it and ``seqlm train --max-steps 200`` on the
-result (once per minibatch strategy), each as its own process, and reports each process's peak resident set size (from
-``os.wait4``, i.e. the kernel's ``ru_maxrss``) and wall time. ``--small-mb`` prepares a
-smaller corpus first, so the two peaks show whether ``prepare``'s memory grows with the
-input. Exits with status 1 when a peak exceeds ``--max-rss-mb``.
+result (once per minibatch strategy), each as its own process, and reports each process's
+peak resident set size (from ``os.wait4``, i.e. the kernel's ``ru_maxrss``) and wall time.
+``--small-mb`` prepares a smaller corpus first, so the two peaks show whether ``prepare``'s
+memory grows with the input. Exits with status 1 when a peak exceeds ``--max-rss-mb``.
 
     flock /tmp/seqlm-cpu.lock python benchmarks/big_corpus.py            # 500 MB, 200 steps
     python benchmarks/big_corpus.py --size-mb 20 --small-mb 5 --steps 20  # a quick look

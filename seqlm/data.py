@@ -165,7 +165,7 @@ def _cut_targets(length: int, fractions: tuple[float, ...]) -> list[int]:
     targets, total = [], 0.0
     for frac in fractions[:-1]:
         total += frac
-        targets.append(min(int(round(total * length)), length))
+        targets.append(min(round(total * length), length))
     return targets
 
 

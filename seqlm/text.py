@@ -129,7 +129,7 @@ def _decode_blocks(path: Path, encoding: str, block: int) -> Iterator[str]:
         b"".decode(encoding)  # refuses names that are not text encodings, as read_file does
         decoder = codecs.getincrementaldecoder(encoding)()
     except LookupError:
-        raise CorpusError(f"--encoding {encoding}: unknown encoding; try utf-8 or latin-1") from None
+        raise _unknown_encoding(encoding) from None
     if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
         yield read_file(path, encoding)
         return
@@ -181,10 +181,14 @@ def decode_bytes(data: bytes, name: str, encoding: str) -> str:
     try:
         text = data.decode(encoding)
     except LookupError:
-        raise CorpusError(f"--encoding {encoding}: unknown encoding; try utf-8 or latin-1") from None
+        raise _unknown_encoding(encoding) from None
     except UnicodeDecodeError as exc:
         raise _undecodable(name, encoding, exc, len(data)) from None
     return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _unknown_encoding(encoding: str) -> CorpusError:
+    return CorpusError(f"--encoding {encoding}: unknown encoding; try utf-8 or latin-1")
 
 
 def _check_not_binary(data: bytes, name: str, encoding: str) -> None:

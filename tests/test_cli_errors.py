@@ -63,7 +63,7 @@ def snapshot(root: Path) -> dict[str, str]:
 class _WrongFile(http.server.BaseHTTPRequestHandler):
     """A loopback proxy that answers every request with the wrong bytes."""
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):
         body = b"this is not the book you asked for\n"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -224,7 +224,8 @@ CASES = [
          r"unknown --preset 'huge'; choose one of .*d2l-scratch"),
     case("unknown-device", ["train", "--device", "tpu"],
          r"--device tpu: unknown device; use auto, cpu, cuda"),
-    case("cuda-where-there-is-none", ["train", *CORPUS, *TINY, "--device", "cuda", "--out", "o_cuda"],
+    case("cuda-where-there-is-none",
+         ["train", *CORPUS, *TINY, "--device", "cuda", "--out", "o_cuda"],
          r"--device cuda: CUDA is not available on this machine; use --device cpu or auto",
          skip="this machine has CUDA" if torch.cuda.is_available() else None),
     case("generate-on-cuda-where-there-is-none", ["generate", "run", "--device", "cuda"],

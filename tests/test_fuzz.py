@@ -25,8 +25,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from seqlm.config import DataConfig
-from seqlm.data import (build_corpus, load_corpus, random_batches, sequential_batches,
-                        split_pieces, split_text)
+from seqlm.data import load_corpus, random_batches, sequential_batches, split_pieces, split_text
 from seqlm.errors import CorpusError
 from seqlm.prepare import prepare_corpus
 from seqlm.text import clean, clean_pieces, read_corpus, read_pieces
