@@ -221,19 +221,23 @@ def _warm_up(model, tokenizer, prefix_ids: Sequence[int], n: int, device):
 
 def _decode_loop(model, logits: Tensor, state, max_new_tokens: int, knobs: dict,
                  streams: list[_Stream] | None, on_text) -> list[list[int]]:
-    """Sample, feed back, repeat. Syncs with the host once per token only when streaming."""
+    """Sample, feed back, repeat. Syncs with the host once per token only when streaming.
+
+    Each token goes through :meth:`RNNLM.stepper <seqlm.models.RNNLM.stepper>` (a row gather
+    and one cell update per layer) rather than a full ``forward`` call on a (B, 1) batch.
+    """
     n = logits.shape[0]
     out = torch.empty(n, max_new_tokens, dtype=torch.long, device=logits.device)
+    advance = model.stepper()
     produced = 0
     for step in range(max_new_tokens):
         token = sample_next(logits, **knobs)
-        out[:, step] = token
+        out.select(1, step).copy_(token)
         produced = step + 1
         if streams is not None and _stream(streams, token.tolist(), on_text):
             break
         if step + 1 < max_new_tokens:
-            logits, state = model(token[:, None], state)
-            logits = logits[:, -1]
+            logits, state = advance(token, state)
     if streams is not None and on_text is not None:
         for i, s in enumerate(streams):
             if piece := s.flush():

@@ -174,6 +174,54 @@ class RNNLM(nn.Module):
         h = state[0] if isinstance(state, tuple) else state
         return self.decoder(h[-1])
 
+    @torch.no_grad()
+    def stepper(self):
+        r"""A function ``step(tokens, state) -> (logits, state)`` that advances one token.
+
+        ``tokens`` (B,) int64, ``state`` as in :meth:`forward`, ``logits`` (B, V). It computes
+        what :meth:`forward` does on (B, 1) tokens in eval mode, without its per-call work:
+        the first layer's input term of every token, :math:`\mathrm{embed}(v) W_{ih}^T + b`,
+        is tabulated once as a (V, G·H) matrix, so a step gathers one row per sequence
+        instead of building a one-hot vector (or an embedding) and multiplying it; then each
+        layer runs its cell's update once and the decoder reads the top h. Fused cores run
+        through a scratch twin holding a copy of their weights. For generation: no dropout,
+        no autograd, and the weights are read now (make a new stepper after changing them).
+        """
+        c = self.config
+        core = self.core
+        if not self.is_scratch:  # same parameter names, so the weights load as they are
+            core = make_core(c.cell, "scratch", core.input_size, c.hidden_size, c.num_layers,
+                             nonlinearity=c.nonlinearity).to(self.decoder.weight)
+            core.load_state_dict(self.core.state_dict())
+        w_ih, _, b_ih, b_hh = core.layer_weights(0)
+        bias = b_ih + b_hh if core.fold_hidden_bias else b_ih
+        table = (F.linear(self.embedding.weight, w_ih, bias) if self.embedding is not None
+                 else w_ih.t() + bias).contiguous()
+        layers = []
+        for k in range(c.num_layers):
+            w_ih, w_hh, b_ih, b_hh = core.layer_weights(k)
+            bias = b_ih + b_hh if core.fold_hidden_bias else b_ih
+            layers.append((w_ih.t(), bias, w_hh, b_hh))
+        w_out, b_out, pair = self.decoder.weight.t(), self.decoder.bias, core.pair_state
+
+        @torch.no_grad()
+        def step(tokens: Tensor, state: State) -> tuple[Tensor, State]:
+            x = table.index_select(0, tokens)
+            parts = state if pair else (state,)
+            finals = []
+            for k, (w_x, bias, w_hh, b_hh) in enumerate(layers):
+                if k:
+                    x = torch.addmm(bias, x, w_x)
+                h = core.step(w_hh, b_hh, x, tuple(p[k] for p in parts) if pair else parts[0][k])
+                finals.append(h if pair else (h,))
+                x = h[0] if pair else h
+            # one layer: a view instead of the copy torch.stack makes
+            new = tuple(layer[0].unsqueeze(0) if len(layer) == 1 else torch.stack(layer)
+                        for layer in zip(*finals))
+            return torch.addmm(b_out, x, w_out), new if pair else new[0]
+
+        return step
+
     def begin_state(self, batch_size: int, device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None) -> State:
         """Zero state (L, B, H) — a pair for LSTM — on ``device`` (default: the model's)."""
