@@ -24,12 +24,13 @@ GEMM_BOUND = "GEMM bound"
 BATCHES = 8  # distinct minibatches each path cycles through
 
 
-def run_bench(cfg: BenchConfig, *,
+def run_bench(cfg: BenchConfig, *, workloads: list[Workload] | None = None,
               on_progress: Callable[[str], None] = lambda message: None) -> dict:
     """Run the sections of ``cfg`` and return the report (see :func:`format_report`).
 
     Args:
         cfg: what to run.
+        workloads: model shapes to use instead of ``cfg.workloads`` (e.g. tiny ones).
         on_progress: called with a short line before each part (the library never prints).
 
     Returns:
@@ -51,7 +52,7 @@ def run_bench(cfg: BenchConfig, *,
         if "train" in sections:
             on_progress(f"GEMM peak ({cfg.peak_size}^3, float32 and bfloat16)")
             report["peaks"] = machine_peaks(cfg.peak_size, device, sync)
-        for w in cfg.workload_list():
+        for w in workloads or cfg.workload_list():
             if "train" in sections:
                 on_progress(f"training {w.name}")
                 report["train"].append(bench_training(w, cfg, device, report["peaks"]))

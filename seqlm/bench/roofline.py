@@ -64,11 +64,10 @@ def gemm_gflops(m: int, k: int, n: int, *, device: torch.device,
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
     out = torch.empty(m, n, device=device, dtype=dtype)
-    probe = interleave({"mm": lambda: torch.mm(a, b, out=out)}, rounds=1, reps=2, warmup=2,
-                       sync=sync)["mm"][0]
-    reps = max(1, int(seconds / 5 / max(probe, 1e-7)))
-    times = interleave({"mm": lambda: torch.mm(a, b, out=out)}, rounds=5, reps=reps, warmup=0,
-                       sync=sync)["mm"]
+    task = {"mm": lambda: torch.mm(a, b, out=out)}
+    probe = interleave(task, rounds=1, reps=10, warmup=2, sync=sync)["mm"][0]
+    reps = max(1, int(seconds / 5 / probe))
+    times = interleave(task, rounds=5, reps=reps, warmup=0, sync=sync)["mm"]
     return 2 * m * k * n / median(times) / 1e9
 
 

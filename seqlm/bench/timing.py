@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import statistics
 import sys
 import time
@@ -115,7 +114,8 @@ class PeakMemory:
         self._before: int | None = None
 
     def __enter__(self) -> PeakMemory:
-        gc.collect()
+        # no gc.collect(): tensors are freed by reference counting, and a full collection
+        # takes a quarter of a second once torch's compiler modules are loaded
         _malloc_trim()
         try:
             _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
@@ -134,7 +134,6 @@ def step_peak_mb(fn: Callable[[], object], device: torch.device) -> float | None
     """Memory (MB) one call of ``fn`` needs on top of what was resident before it: RSS on
     the CPU (see :class:`PeakMemory`), the caching allocator's peak on CUDA."""
     if device.type == "cuda":
-        gc.collect()
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
