@@ -49,3 +49,12 @@ def tiny_corpus(tmp_path) -> Path:
     path = tmp_path / "tiny.txt"
     path.write_text(TINY_TEXT, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """torch on one thread for a module of tiny-tensor tests, restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -16,12 +16,8 @@ ACT = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def one_thread(single_thread):
     """These tensors are tiny; a second thread only adds waits when the other core is busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_problem(T, B, H, seed, *, h0_grad=True, scale=0.6):

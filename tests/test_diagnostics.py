@@ -21,12 +21,8 @@ DT = torch.float64
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def one_thread(single_thread):
     """These tensors are tiny; a second thread only adds waits when the other core is busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class LinearRNN(torch.nn.Module):

@@ -242,7 +242,7 @@ def test_evaluation_predicts_every_token_once_in_order(n, B, T):
     Y = torch.cat([y for _, y in batches], dim=1)
     assert torch.equal(Y, X + 1)  # each target is the token after its input
     rows = X.shape[0]
-    assert 1 <= rows <= B and all(x.shape[1] <= T for x, _ in batches)
+    assert rows >= 1 and rows <= B and all(x.shape[1] <= T for x, _ in batches)
     row_len = X.shape[1]
     assert torch.equal(X[:, 0], torch.arange(rows) * row_len)  # rows are contiguous pieces
     assert torch.equal(Y.flatten(), torch.arange(1, rows * row_len + 1))  # each once, in order
