@@ -391,6 +391,47 @@ def run_parallel(args, prefix: str) -> dict:
     return models
 
 
+def throughput(args) -> list[str]:
+    """Training tokens/s of each RNN spec at each thread count, measured in interleaved rounds
+    in this one process (the order flips every round); medians over ``--rounds``."""
+    import statistics
+
+    from seqlm.models.lm import RNNLM
+    from seqlm.train import make_optimizer
+
+    vocab = load_corpus(DataConfig(corpus=args.corpus, clean="none", split=SPLIT)).vocab_size
+    steps = {}
+    for spec in args.models:
+        data, model_fields, train = rnn_configs(spec, args.corpus, 1.0, 1)
+        model = RNNLM(ModelConfig(vocab_size=vocab, **model_fields))
+        opt = make_optimizer(model, train)
+        X = torch.randint(vocab, (data.batch_size, data.num_steps))
+
+        def step(model=model, opt=opt, X=X, clip=train.clip or math.inf):
+            logits, _ = model(X)
+            loss = F.cross_entropy(logits.reshape(-1, vocab), X.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+        steps[spec] = (step, X.numel())
+    rates = {(spec, t): [] for spec in steps for t in args.thread_counts}
+    for r in range(args.rounds):
+        order = [(spec, t) for spec in steps for t in args.thread_counts]
+        for spec, t in order if r % 2 == 0 else order[::-1]:
+            torch.set_num_threads(t)
+            fn, n = steps[spec]
+            fn()  # settle the thread pool at this size
+            start, count = time.perf_counter(), 0
+            while time.perf_counter() - start < args.seconds:
+                fn()
+                count += 1
+            rates[(spec, t)].append(count * n / (time.perf_counter() - start))
+    return [f"{spec} threads={t}: median {statistics.median(v):,.0f} tokens/s "
+            f"(min {min(v):,.0f}, max {max(v):,.0f}, {len(v)} rounds)"
+            for (spec, t), v in rates.items()]
+
+
 def table(results: list[dict]) -> str:
     lines = ["| corpus | budget | model | params | steps | tokens/s | best val loss (nats/char) "
              "| bits/char | within 95 s |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -413,10 +454,13 @@ def plot(results: list[dict], path: Path) -> None:
     corpora = sorted({r["corpus"] for r in results})
     fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.5), squeeze=False)
     for ax, name in zip(axes[0], corpora):
-        for res in (r for r in results if r["corpus"] == name):
+        runs = [r for r in results if r["corpus"] == name]
+        longest = max(r["budget"] for r in runs)
+        for res in runs:
             for spec, r in res["models"].items():
                 pts = r["curve"]
-                ax.plot([p["elapsed"] for p in pts], [p["loss"] for p in pts], "o-", ms=3,
+                ax.plot([p["elapsed"] for p in pts], [p["loss"] for p in pts],
+                        "o-" if res["budget"] == longest else "s--", ms=3,
                         label=f"{spec} ({res['budget']:g} s, {res['threads']} thread"
                         f"{'s' if res['threads'] > 1 else ''})")
         ax.axhline(res["bigram_loss"], color="grey", ls="--", label="bigram (add-0.1)")
@@ -451,6 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="directory for results and plot")
+    p = sub.add_parser("throughput", help="interleaved A/B of training tokens/s by threads")
+    p.add_argument("--corpus", default="builtin", help="sets the vocabulary size")
+    p.add_argument("--models", nargs="+", default=["cpu-fast"])
+    p.add_argument("--thread-counts", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--seconds", type=float, default=1.0, help="per measurement")
     p = sub.add_parser("plot", help="one PNG (a panel per corpus) from results.json files")
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
@@ -464,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
         plot([results], args.out / "curves.png")
         print(table([results]))
+        return 0
+    if args.command == "throughput":
+        print("\n".join(throughput(args)))
         return 0
     results = [json.loads(p.read_text(encoding="utf-8")) for p in args.results]
     plot(results, args.out)

@@ -90,6 +90,13 @@ def test_model_specs_are_parsed_and_typed(quality):
         quality.parse_spec("cpu-fast:hidden_size")
 
 
+def test_throughput_ab_reports_every_spec_and_thread_count(quality, capsys):
+    assert quality.main(["throughput", "--models", "cpu-fast:hidden_size=8,embedding_dim=4",
+                         "--thread-counts", "1", "--rounds", "2", "--seconds", "0.05"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "threads=1" in lines[0] and "2 rounds" in lines[0]
+
+
 def test_cosine_follows_the_time_budget_when_the_length_in_steps_is_unknown():
     cfg = TrainConfig(schedule="cosine", warmup_steps=5, min_lr_ratio=0.1, time_budget=100.0)
     assert lr_factor(cfg, 2, None, elapsed=1.0) == pytest.approx(3 / 5)  # warm-up in steps
