@@ -4,7 +4,7 @@ Each model trains for the same wall-clock budget on the same contiguous split of
 character stream (``--split 0.9,0.1,0``: the last 10 % held out, vocabulary from the training
 part), and is evaluated at the same moments of its budget on the **whole** validation split,
 token-weighted. The budget is training time on both sides: each evaluation is taken off the
-model's clock (a full-split evaluation costs the transformer about three times what it costs
+model's clock (a full-split evaluation costs the transformer about twice what it costs
 an RNN, so counting it would tax the peer for the protocol). Evaluations run at every
 ``--eval-every`` seconds of training and once more on the final weights when the budget is
 spent; every model keeps its best evaluation.
@@ -301,7 +301,7 @@ def train_rnn(spec: str, corpus_name: str, budget: float, eval_every: float, thr
 
     start = time.perf_counter()
     trainer.run(Hooks(on_step=on_step, on_eval=on_eval))
-    final_s = time.perf_counter() - start - trainer.progress.elapsed
+    final_s = time.perf_counter() - start - trainer.progress.elapsed - state["eval_s"]
     p = trainer.progress
     n_params = sum(q.numel() for q in trainer.model.parameters())
     return {"kind": "rnn", "config": session.configs(), "params": n_params, "steps": p.step,
@@ -435,7 +435,7 @@ def throughput(args) -> list[str]:
 def table(results: list[dict]) -> str:
     lines = ["| corpus | budget | model | params | steps | tokens/s | best val loss (nats/char) "
              "| bits/char | within 95 s |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for res in results:
+    for res in sorted(results, key=lambda r: (r["corpus"], r["budget"])):
         for name, r in res["models"].items():
             b95 = r["best"].get("95")
             lines.append(f"| {res['corpus']} | {res['budget']:g} s | {name} | {r['params']:,} "
