@@ -234,3 +234,27 @@ def test_stepper_equals_forward_one_token_at_a_time(cell, impl, embedding_dim, n
                         want_state if cell == "lstm" else (want_state,)):
         assert got.shape == ref.shape
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_onednn_decoder_matches_nn_linear_forward_and_backward():
+    """The word model's decoder fast path (oneDNN products) against nn.Linear."""
+    from seqlm.models import lm
+
+    if not lm._ONEDNN:
+        pytest.skip("this torch build has no oneDNN linear")
+    torch.manual_seed(0)
+    model = lm.RNNLM(lm.ModelConfig(vocab_size=1100, hidden_size=240, impl="fused"))
+    assert model.decoder.weight.numel() >= lm.ONEDNN_MIN_WEIGHT
+    h = torch.randn(3, 4, 240, requires_grad=True)
+    g = torch.randn(3, 4, 1100)
+    model.decode(h).backward(g)
+    got = [h.grad.clone(), model.decoder.weight.grad.clone(), model.decoder.bias.grad.clone()]
+    h.grad = None
+    model.zero_grad()
+    want_out = model.decoder(h)
+    want_out.backward(g)
+    torch.testing.assert_close(model.decode(h), want_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, [h.grad, model.decoder.weight.grad, model.decoder.bias.grad]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps nn.Linear's path
+        assert model.decode(h).dtype == torch.bfloat16
