@@ -226,14 +226,11 @@ def _decode_loop(model, logits: Tensor, state, max_new_tokens: int, knobs: dict,
     Each token goes through :meth:`RNNLM.stepper <seqlm.models.RNNLM.stepper>` (a row gather
     and one cell update per layer) rather than a full ``forward`` call on a (B, 1) batch.
     """
-    n = logits.shape[0]
-    out = torch.empty(n, max_new_tokens, dtype=torch.long, device=logits.device)
     advance = model.stepper()
-    produced = 0
+    tokens: list[Tensor] = []  # stacked once at the end: no per-token copy into a buffer
     for step in range(max_new_tokens):
         token = sample_next(logits, **knobs)
-        out.select(1, step).copy_(token)
-        produced = step + 1
+        tokens.append(token)
         if streams is not None and _stream(streams, token.tolist(), on_text):
             break
         if step + 1 < max_new_tokens:
@@ -242,7 +239,7 @@ def _decode_loop(model, logits: Tensor, state, max_new_tokens: int, knobs: dict,
         for i, s in enumerate(streams):
             if piece := s.flush():
                 on_text(i, piece)
-    return out[:, :produced].tolist()
+    return torch.stack(tokens, dim=1).tolist()
 
 
 def _stream(streams: list[_Stream], ids: list[int], on_text) -> bool:
