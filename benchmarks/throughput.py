@@ -57,7 +57,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 rows")
-    parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    parser.add_argument("--compile", default="char-rnn",
+                        help="workloads with a torch.compile row ('none' for none)")
     parser.add_argument("--json", metavar="FILE", help="write the report here")
     args = parser.parse_args()
     cfg = BenchConfig(workloads=args.workloads, sections="train,generate", rounds=args.rounds,

@@ -59,8 +59,9 @@ class BenchConfig:
     encode_mb: float = opt(100.0, "size of the synthetic text for the encode benchmark (MB)")
     peak_size: int = opt(2048, "side of the square float32 GEMM that measures the peak")
     bf16: bool = opt(True, "also time seqlm's paths under bfloat16 autocast")
-    compile: bool = opt(False, "also time torch.compile of seqlm's scratch model (slow to "
-                        "compile on two cores)")
+    compile: str = opt("char-rnn", "comma-separated workloads whose scratch (autograd) model "
+                       "is also timed under torch.compile; 'none' for none (each compile takes "
+                       "30-60 s on two cores)")
     memory: bool = opt(True, "measure each path's peak memory (RSS) during one step")
     seed: int = opt(0, "seed of the weights and token streams")
 
@@ -73,6 +74,7 @@ class BenchConfig:
         _check(self.encode_mb > 0, "encode_mb", self.encode_mb, "a positive number of MB")
         self.workload_list()
         self.section_list()
+        self.compile_list()
 
     def workload_list(self) -> list[Workload]:
         names = [n.strip() for n in self.workloads.split(",") if n.strip()]
@@ -89,9 +91,17 @@ class BenchConfig:
                               f"{', '.join(SECTIONS)}")
         return list(dict.fromkeys(names))
 
+    def compile_list(self) -> list[str]:
+        names = [n.strip() for n in self.compile.split(",") if n.strip() not in ("", "none")]
+        if any(n not in WORKLOADS for n in names):
+            raise ConfigError(f"--compile {self.compile!r}: use 'none' or a comma-separated list "
+                              f"of {', '.join(WORKLOADS)}")
+        return names
+
     @classmethod
     def quick(cls, **overrides) -> BenchConfig:
-        """A run of well under a minute: fewer rounds, a 10 MB text, no bf16 rows."""
+        """A run of well under a minute: fewer rounds, a 10 MB text, no bf16 or compiled rows,
+        no memory probes."""
         base = cls(rounds=5, steps_per_round=2, warmup_steps=2, gen_rounds=3, gen_tokens=200,
-                   encode_mb=10.0, peak_size=1024, bf16=False, memory=False)
+                   encode_mb=10.0, peak_size=1024, bf16=False, memory=False, compile="none")
         return replace(base, **overrides)

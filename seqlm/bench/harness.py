@@ -93,7 +93,8 @@ def bench_training(w: Workload, cfg: BenchConfig, device: torch.device, peaks: d
     """Interleaved training steps of every path of ``w``, and the GEMM bound."""
     sync = synchronizer(device)
     batches = make_batches(w, BATCHES, cfg.seed, device)
-    tasks = training_tasks(w, batches, device, cfg.seed, bf16=cfg.bf16, compile=cfg.compile)
+    tasks = training_tasks(w, batches, device, cfg.seed, bf16=cfg.bf16,
+                           compile=w.name in cfg.compile_list())
     tasks[GEMM_BOUND] = gemm_bound_task(w, device)
     samples = interleave(tasks, rounds=cfg.rounds, reps=cfg.steps_per_round,
                          warmup=cfg.warmup_steps, sync=sync)

@@ -15,8 +15,11 @@ def format_report(report: dict) -> str:
              f"{m['threads']} threads"]
     peaks = report.get("peaks") or {}
     if peaks:
-        lines.append(f"GEMM peak ({cfg['peak_size']}^3): float32 {peaks['float32']:.0f} "
-                     f"GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s")
+        onednn = peaks.get("float32_onednn")
+        lines.append(f"GEMM peak ({cfg['peak_size']}^3): float32 {peaks['float32_mm']:.0f} "
+                     f"GFLOP/s (torch.mm){f', {onednn:.0f} (oneDNN)' if onednn else ''}; "
+                     f"bfloat16 {peaks['bfloat16']:.0f}; roof = {peaks['float32']:.0f} float32, "
+                     f"{peaks['bfloat16']:.0f} bfloat16")
     if report["train"]:
         lines += ["", f"training: tokens/s = batch x num_steps per step; medians of "
                   f"{cfg['rounds']} interleaved rounds of {cfg['steps_per_round']} steps; "
