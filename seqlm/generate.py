@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,12 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None =
         ConfigError: a knob is out of range (see :func:`check_sampling`).
     """
     check_sampling(temperature, top_k, top_p)
+    return _pick(logits, temperature, top_k, top_p, generator)
+
+
+def _pick(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+          generator: torch.Generator | None) -> Tensor:
+    """:func:`sample_next` without the checks (the decoding loop checks the knobs once)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     scores = logits.float() / temperature
@@ -224,12 +231,14 @@ def _decode_loop(model, logits: Tensor, state, max_new_tokens: int, knobs: dict,
     """Sample, feed back, repeat. Syncs with the host once per token only when streaming.
 
     Each token goes through :meth:`RNNLM.stepper <seqlm.models.RNNLM.stepper>` (a row gather
-    and one cell update per layer) rather than a full ``forward`` call on a (B, 1) batch.
+    and one cell update per layer) rather than a full ``forward`` call on a (B, 1) batch; a
+    single float32 stream on the CPU steps in numpy (:mod:`seqlm.models.cpu_step`).
     """
-    advance = model.stepper()
+    advance = model.stepper(batch_size=logits.shape[0])
+    pick = partial(_pick, **knobs)
     tokens: list[Tensor] = []  # stacked once at the end: no per-token copy into a buffer
     for step in range(max_new_tokens):
-        token = sample_next(logits, **knobs)
+        token = pick(logits)
         tokens.append(token)
         if streams is not None and _stream(streams, token.tolist(), on_text):
             break

@@ -210,19 +210,23 @@ def test_bench_config_validation():
     assert BenchConfig.quick(threads=1).threads == 1
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "rnn-relu"])
 @pytest.mark.parametrize("impl,embedding_dim,num_layers", [("scratch", None, 1),
                                                            ("fused", None, 2),
                                                            ("scratch", 6, 2)])
-def test_stepper_equals_forward_one_token_at_a_time(cell, impl, embedding_dim, num_layers):
-    """The generation fast path (RNNLM.stepper) computes forward's logits and states."""
+def test_stepper_equals_forward_one_token_at_a_time(cell, impl, embedding_dim, num_layers,
+                                                    backend):
+    """The generation fast paths (RNNLM.stepper, torch and numpy) compute forward's logits and
+    states."""
     torch.manual_seed(0)
     from seqlm.models.lm import RNNLM, ModelConfig
 
+    cell, _, nonlinearity = cell.partition("-")
     model = RNNLM(ModelConfig(vocab_size=11, cell=cell, impl=impl, hidden_size=8,
                               num_layers=num_layers, embedding_dim=embedding_dim,
-                              dropout=0.3)).eval()
-    step = model.stepper()
+                              nonlinearity=nonlinearity or "tanh", dropout=0.3)).eval()
+    step = model.stepper(backend)
     tokens = torch.randint(0, 11, (3, 6))
     want, want_state = model(tokens)
     state = model.begin_state(3)
@@ -234,6 +238,37 @@ def test_stepper_equals_forward_one_token_at_a_time(cell, impl, embedding_dim, n
                         want_state if cell == "lstm" else (want_state,)):
         assert got.shape == ref.shape
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_stepper_backend_choice():
+    """'auto' takes numpy only for one float32 CPU row; 'numpy' refuses what it cannot run."""
+    from seqlm.models.cpu_step import NumpyStepper
+    from seqlm.models.lm import RNNLM, ModelConfig
+
+    model = RNNLM(ModelConfig(vocab_size=11, cell="gru", hidden_size=8))
+    assert isinstance(model.stepper(batch_size=1), NumpyStepper)
+    assert not isinstance(model.stepper(batch_size=3), NumpyStepper)
+    assert not isinstance(model.stepper(), NumpyStepper)
+    with pytest.raises(ConfigError, match="backend"):
+        model.stepper("jax")
+    model.to(torch.bfloat16)
+    assert not isinstance(model.stepper(batch_size=1), NumpyStepper)
+    with pytest.raises(ConfigError, match="float32 model on the CPU"):
+        model.stepper("numpy")
+
+
+def test_numpy_stepper_takes_a_state_that_requires_grad_and_copies_the_weights():
+    from seqlm.models.lm import RNNLM, ModelConfig
+
+    torch.manual_seed(0)
+    model = RNNLM(ModelConfig(vocab_size=5, cell="lstm", hidden_size=4))
+    step = model.stepper("numpy")
+    state = tuple(s.requires_grad_() for s in model.begin_state(1))
+    logits, _ = step(torch.tensor([2]), state)
+    with torch.no_grad():
+        model.decoder.bias.add_(1.0)  # read when the stepper was built, not now
+    again, _ = step(torch.tensor([2]), state)
+    torch.testing.assert_close(logits, again)
 
 
 def test_onednn_decoder_matches_nn_linear_forward_and_backward():

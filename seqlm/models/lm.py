@@ -186,7 +186,7 @@ class RNNLM(nn.Module):
         return self.decode(h[-1])
 
     @torch.no_grad()
-    def stepper(self):
+    def stepper(self, backend: str = "auto", batch_size: int | None = None):
         r"""A function ``step(tokens, state) -> (logits, state)`` that advances one token.
 
         ``tokens`` (B,) int64, ``state`` as in :meth:`forward`, ``logits`` (B, V). It computes
@@ -197,7 +197,29 @@ class RNNLM(nn.Module):
         layer runs its cell's update once and the decoder reads the top h. Fused cores run
         through a scratch twin holding a copy of their weights. For generation: no dropout,
         no autograd, and the weights are read now (make a new stepper after changing them).
+
+        Args:
+            backend: ``'torch'``; ``'numpy'`` (:class:`seqlm.models.cpu_step.NumpyStepper`,
+                float32 on the CPU only), faster for a single row because a one-row product
+                is a matrix-vector one, where numpy's BLAS and call overhead win; ``'auto'``
+                picks numpy for float32 CPU models when ``batch_size`` is 1, else torch.
+            batch_size: rows the caller will step (only ``'auto'`` reads it).
+
+        Raises:
+            ConfigError: an unknown backend, or ``'numpy'`` for a model it cannot run.
         """
+        if backend not in STEPPER_BACKENDS:
+            raise ConfigError(f"backend={backend!r} is not supported; use one of "
+                              f"{', '.join(STEPPER_BACKENDS)}")
+        weight = self.decoder.weight
+        cpu32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+        if backend == "numpy" and not cpu32:
+            raise ConfigError(f"the numpy stepper needs a float32 model on the CPU, not "
+                              f"{weight.dtype} on {weight.device}; use backend 'torch'")
+        if backend == "numpy" or (backend == "auto" and cpu32 and batch_size == 1):
+            from seqlm.models.cpu_step import NumpyStepper
+
+            return NumpyStepper(self)
         c = self.config
         core = self.core
         if not self.is_scratch:  # same parameter names, so the weights load as they are
@@ -263,6 +285,7 @@ def _onednn_linear_available() -> bool:
 
 
 _ONEDNN = _onednn_linear_available()
+STEPPER_BACKENDS = ("auto", "torch", "numpy")
 # Below this many weights (V·H) MKL's GEMM wins: measured 0.6x for 28x512, 1.1x for 512x512,
 # 1.2x for 5000x256 (oneDNN's speed relative to MKL's, forward + backward, 2 threads).
 ONEDNN_MIN_WEIGHT = 1 << 18
