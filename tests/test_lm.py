@@ -44,8 +44,10 @@ def test_every_config_field_has_help_and_choices_where_they_apply():
     ({"tie_weights": True}, "tie_weights"),
     ({"tie_weights": True, "embedding_dim": 4}, "embedding_dim"),
     ({"cell": "lstm", "nonlinearity": "relu"}, "nonlinearity"),
-    ({"cell": "gru", "bptt_engine": "manual"}, "bptt_engine"),
+    ({"cell": "lstm", "bptt_engine": "manual"}, "bptt_engine"),
     ({"impl": "fused", "bptt_engine": "manual"}, "bptt_engine"),
+    ({"cell": "gru", "bptt_engine": "manual", "truncation": "tau:3"}, "bptt_engine"),
+    ({"cell": "gru", "bptt_engine": "manual", "truncation": "random:0.5"}, "bptt_engine"),
 ])
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):

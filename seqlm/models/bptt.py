@@ -1,5 +1,8 @@
 """Hand-written backpropagation through time for one layer of the chapter's RNN.
 
+The GRU's engine, :func:`gru_recurrence`, lives in :mod:`seqlm.models.gru_bptt` (math there)
+and is re-exported here.
+
 Forward, with the input projection hoisted out of the loop (torch's layout, row vectors):
 
     xw_t = x_t W_ih^T + b_ih + b_hh                       (T, B, H), computed by the caller
@@ -33,6 +36,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from seqlm.errors import ConfigError
+from seqlm.models.gru_bptt import gru_recurrence
 from seqlm.models.truncation import (
     Truncation,
     as_truncation,
@@ -41,7 +45,7 @@ from seqlm.models.truncation import (
     unroll,
 )
 
-__all__ = ["Truncation", "rnn_recurrence", "scale_grad", "unroll"]
+__all__ = ["Truncation", "gru_recurrence", "rnn_recurrence", "scale_grad", "unroll"]
 
 NONLINEARITIES = ("tanh", "relu")
 

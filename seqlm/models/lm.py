@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from seqlm.errors import ConfigError
 from seqlm.models.scratch import (BPTT_ENGINES, CELLS, IMPLS, INITS, NONLINEARITIES, State,
-                                  init_d2l_, make_core)
+                                  check_bptt_engine, init_d2l_, make_core)
 
 
 def _help(text: str, choices: tuple[str, ...] | None = None) -> dict:
@@ -47,7 +47,8 @@ class ModelConfig:
         "'torch': U(-1/sqrt(H), 1/sqrt(H)); 'd2l': the book's N(0, 0.01^2) weights, zero biases",
         INITS))
     bptt_engine: str = field(default="autograd", metadata=_help(
-        "'manual' runs the hand-written backward pass (cell rnn, impl scratch only)",
+        "'manual' runs the hand-written backward pass (impl scratch; cell rnn, or cell gru "
+        "with truncation window/full)",
         BPTT_ENGINES))
     truncation: str = field(default="window", metadata=_help(
         "BPTT truncation: 'window', 'full', or a strategy of seqlm.models.bptt (scratch only)"))
@@ -71,9 +72,6 @@ class ModelConfig:
         if self.cell != "rnn" and self.nonlinearity != "tanh":
             raise ConfigError(f"nonlinearity={self.nonlinearity!r} applies only to cell 'rnn', "
                               f"not {self.cell!r}; use nonlinearity 'tanh'")
-        if self.bptt_engine == "manual" and (self.cell, self.impl) != ("rnn", "scratch"):
-            raise ConfigError(f"bptt_engine='manual' needs cell 'rnn' and impl 'scratch', got "
-                              f"cell {self.cell!r} impl {self.impl!r}; use 'autograd'")
         if not isinstance(self.truncation, str):
             raise ConfigError(f"truncation={self.truncation!r} must be text such as 'window'")
         if self.truncation not in ("window", "full"):
@@ -83,6 +81,7 @@ class ModelConfig:
         if self.truncation not in ("window", "full") and self.impl != "scratch":
             raise ConfigError(f"truncation={self.truncation!r} needs impl 'scratch'; fused "
                               "cores support only 'window' and 'full'")
+        check_bptt_engine(self.cell, self.impl, self.bptt_engine, self.truncation)
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -28,6 +28,7 @@ IMPLS = ("scratch", "fused")
 NONLINEARITIES = ("tanh", "relu")
 INITS = ("torch", "d2l")
 BPTT_ENGINES = ("autograd", "manual")
+MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
 D2L_INIT_STD = 0.01  # the book's sigma for N(0, sigma^2) weights
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -51,6 +52,26 @@ def _resolve_truncation(truncation):
 
         truncation = Truncation.parse(truncation)
     return None if truncation.kind in ("window", "full") else truncation
+
+
+def check_bptt_engine(cell: str, impl: str, bptt_engine: str, truncation=None) -> None:
+    """Raise unless ``bptt_engine`` can run this core with this truncation.
+
+    The hand-written engines exist for the scratch RNN (every truncation) and the scratch GRU
+    (``window``/``full`` only).
+
+    Raises:
+        ConfigError: an unknown engine, or ``'manual'`` for a core or truncation it lacks.
+    """
+    _check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
+    if bptt_engine != "manual":
+        return
+    if cell not in MANUAL_ENGINE_CELLS or impl != "scratch":
+        raise ConfigError(f"bptt_engine='manual' needs cell 'rnn' or 'gru' and impl 'scratch', "
+                          f"got cell {cell!r} impl {impl!r}; use bptt_engine 'autograd'")
+    if cell == "gru" and _resolve_truncation(truncation) is not None:
+        raise ConfigError(f"bptt_engine='manual' for cell 'gru' runs truncation 'window' or "
+                          f"'full' only, got {truncation!s}; use bptt_engine 'autograd'")
 
 
 def init_d2l_(module: nn.Module) -> None:
@@ -167,6 +188,12 @@ class _ScratchCore(nn.Module):
         # one-hot x · W_ih^T selects rows of W_ih^T: a lookup instead of a (V-wide) product
         return F.embedding(x, w_ih.t()) + bias
 
+    def _engine_inputs(self, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, ...]:
+        """``(xw, h0, weight_hh, bias_hh)`` of layer ``k`` in one dtype, for a manual engine."""
+        xw = self._project_input(k, x)
+        # under autocast xw comes out in the low-precision dtype; the engines want one dtype
+        return (xw, *(t.to(xw.dtype) for t in (h0, *self.layer_weights(k)[1::2])))
+
     def _run_layer(self, k: int, x: Tensor, h0: State,
                    generator: torch.Generator | None) -> tuple[Tensor, State]:
         xw = self._project_input(k, x)
@@ -247,10 +274,8 @@ class ScratchRNN(_ScratchCore):
             return super()._run_layer(k, x, h0, generator)
         from seqlm.models.bptt import rnn_recurrence
 
-        xw = self._project_input(k, x)
-        # under autocast xw comes out in the low-precision dtype; the engine wants one dtype
-        weight_hh = self.layer_weights(k)[1].to(xw.dtype)
-        return rnn_recurrence(xw, h0.to(xw.dtype), weight_hh, nonlinearity=self.nonlinearity,
+        xw, h0, weight_hh, _ = self._engine_inputs(k, x, h0)  # b_hh is folded into xw
+        return rnn_recurrence(xw, h0, weight_hh, nonlinearity=self.nonlinearity,
                               truncation=self.truncation, generator=generator)
 
     def extra_repr(self) -> str:
@@ -270,11 +295,25 @@ class ScratchGRU(_ScratchCore):
         H_t &= (1 - Z_t) \odot N_t + Z_t \odot H_{t-1}
 
     The reset gate multiplies ``b_hn``, so ``bias_hh`` stays inside the loop. Arguments as
-    :class:`ScratchRNN` without ``nonlinearity`` and ``bptt_engine``.
+    :class:`ScratchRNN` without ``nonlinearity``; ``bptt_engine='manual'`` runs the
+    hand-written backward pass of :func:`seqlm.models.bptt.gru_recurrence` and takes
+    truncation ``window``/``full`` only.
+
+    Raises:
+        ConfigError: as :class:`ScratchRNN`, or ``bptt_engine='manual'`` with a truncation
+            other than ``window``/``full``.
     """
 
     gates = 3
     fold_hidden_bias = False
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                 dropout: float = 0.0, init: str = "torch", bptt_engine: str = "autograd",
+                 truncation=None) -> None:
+        check_bptt_engine("gru", "scratch", bptt_engine, truncation)
+        self.bptt_engine = bptt_engine
+        super().__init__(input_size, hidden_size, num_layers, dropout=dropout, init=init,
+                         truncation=truncation)
 
     def step(self, weight_hh: Tensor, bias_hh: Tensor, xw_t: Tensor, h: Tensor) -> Tensor:
         hw = torch.addmm(bias_hh, h, weight_hh.t())
@@ -284,6 +323,16 @@ class ScratchGRU(_ScratchCore):
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
         return n + z * (h - n)  # (1 − z)·n + z·h, written so mixed precision promotes
+
+    def _run_layer(self, k, x, h0, generator):
+        if self.bptt_engine == "autograd":
+            return super()._run_layer(k, x, h0, generator)
+        from seqlm.models.bptt import gru_recurrence
+
+        return gru_recurrence(*self._engine_inputs(k, x, h0))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bptt_engine={self.bptt_engine!r}"
 
 
 class ScratchLSTM(_ScratchCore):
@@ -332,7 +381,8 @@ def make_core(cell: str, impl: str, input_size: int, hidden_size: int, num_layer
         impl: ``'scratch'`` (this module) or ``'fused'`` (torch's cuDNN/MKL kernels).
         input_size, hidden_size, num_layers, dropout, init: as :class:`ScratchRNN`.
         nonlinearity: ``'tanh'`` or ``'relu'``; only ``'tanh'`` for GRU and LSTM.
-        bptt_engine: ``'manual'`` needs cell ``'rnn'`` and impl ``'scratch'``.
+        bptt_engine: ``'manual'`` needs impl ``'scratch'`` and cell ``'rnn'``, or cell
+            ``'gru'`` with truncation ``window``/``full``.
         truncation: a ``Truncation``, its text, or None; fused cores take only window/full.
 
     Raises:
@@ -341,17 +391,16 @@ def make_core(cell: str, impl: str, input_size: int, hidden_size: int, num_layer
     _check_choice("cell", cell, CELLS)
     _check_choice("impl", impl, IMPLS)
     _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-    _check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
     if cell != "rnn" and nonlinearity != "tanh":
         raise ConfigError(f"nonlinearity={nonlinearity!r} applies only to cell 'rnn', not "
                           f"{cell!r}; drop it or use cell 'rnn'")
-    if bptt_engine == "manual" and (cell, impl) != ("rnn", "scratch"):
-        raise ConfigError(f"bptt_engine='manual' needs cell 'rnn' and impl 'scratch', got "
-                          f"cell {cell!r} impl {impl!r}; use bptt_engine 'autograd'")
+    check_bptt_engine(cell, impl, bptt_engine, truncation)
     kwargs = {"dropout": dropout, "init": init, "truncation": truncation}
     if impl == "scratch":
+        if cell in MANUAL_ENGINE_CELLS:
+            kwargs.update(bptt_engine=bptt_engine)
         if cell == "rnn":
-            kwargs.update(nonlinearity=nonlinearity, bptt_engine=bptt_engine)
+            kwargs.update(nonlinearity=nonlinearity)
         return _SCRATCH[cell](input_size, hidden_size, num_layers, **kwargs)
     return _make_fused(cell, input_size, hidden_size, num_layers, nonlinearity=nonlinearity,
                        **kwargs)
