@@ -32,7 +32,7 @@ from seqlm.data import SAMPLERS, Corpus, check_fits, release_pages
 from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
 from seqlm.metrics import LossMeter, summary
-from seqlm.models.lm import RNNLM, detach_state
+from seqlm.models.lm import RNNLM, detach_state, flatten_logits
 
 
 class TrainingDiverged(SeqlmError):
@@ -136,8 +136,7 @@ def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_step
         X, Y = X.to(device), Y.to(device)
         with autocast():
             logits, state = model(X, state)
-        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), Y.reshape(-1),
-                                 reduction="sum").double()
+        total += F.cross_entropy(*flatten_logits(logits.float(), Y), reduction="sum").double()
         count += Y.numel()
     meter.add(float(total), count)
     model.train(was_training)
@@ -214,7 +213,7 @@ class Trainer:
         with self.autocast():
             model = self.model if self.ddp_model is None else self.ddp_model
             logits, state = model(X, state)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), Y.reshape(-1))
+        loss = F.cross_entropy(*flatten_logits(logits.float(), Y))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.cfg.clip if self.cfg.clip > 0 else math.inf

@@ -154,8 +154,13 @@ class RNNLM(nn.Module):
             raise ValueError(f"RNNLM expects integer tokens (B, T); got {tokens.dtype} "
                              f"{tuple(tokens.shape)}")
         kwargs = {"generator": generator} if self.is_scratch else {}
-        output, state = self.core(self.embed(tokens), state, **kwargs)
-        return self.decode(self.drop(output)), state
+        # Every core runs time-major inside. Handing it a (B, T, ·) view of time-major memory
+        # and decoding its (B, T, H) output as the (T, B, H) tensor it is spares the transposed
+        # copies of inputs, outputs and their gradients; the logits come back as a (B, T, V)
+        # view of time-major memory (flatten them with flatten_logits).
+        x = self.embed(tokens.t()).transpose(0, 1)
+        output, state = self.core(x, state, **kwargs)
+        return self.decode(self.drop(output.transpose(0, 1))).transpose(0, 1), state
 
     def decode(self, h: Tensor) -> Tensor:
         """Logits (..., V) of hidden states (..., H): ``self.decoder``, computed by oneDNN for
@@ -316,6 +321,20 @@ class _OneDNNLinear(torch.autograd.Function):
         grad_w = linear(x.t(), grad.t(), None, "none", [], "").t() if need_w else None
         grad_b = grad.sum(0) if ctx.has_bias and need_b else None
         return grad_x, grad_w, grad_b
+
+
+def flatten_logits(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, V) logits and (N,) targets for a loss, paired row by row, in the logits' memory
+    order: time-major logits from :meth:`RNNLM.forward` flatten without a copy.
+
+    Args:
+        logits: (B, T, V).
+        targets: (B, T) ids.
+    """
+    vocab = logits.shape[-1]
+    if not logits.is_contiguous() and logits.transpose(0, 1).is_contiguous():
+        return logits.transpose(0, 1).reshape(-1, vocab), targets.t().reshape(-1)
+    return logits.reshape(-1, vocab), targets.reshape(-1)
 
 
 def detach_state(state: State | None) -> State | None:

@@ -163,7 +163,7 @@ class _ScratchCore(nn.Module):
             x, h_k = self._run_layer(k, x, self._join([p[k] for p in parts]), generator)
             finals.append(h_k if self.pair_state else (h_k,))
         h_n = [torch.stack(layers) for layers in zip(*finals)]
-        output = x.transpose(0, 1).contiguous()
+        output = x.transpose(0, 1)  # a view, as torch's batch_first cores return
         if unbatched:
             output, h_n = output.squeeze(0), [h.squeeze(1) for h in h_n]
         return output, self._join(h_n)
