@@ -28,6 +28,8 @@ MODELS = {  # name: (model fields, optimizer, lr)
                     "hidden_size": 512, "init": "d2l"}, "sgd", 1.0),
     "rnn-fused": ({"cell": "rnn", "impl": "fused", "hidden_size": 512, "init": "d2l"},
                   "sgd", 1.0),
+    "gru-manual": ({"cell": "gru", "impl": "scratch", "bptt_engine": "manual",
+                    "hidden_size": 384, "embedding_dim": 64}, "adam", 5e-3),
     "lstm-fused": ({"cell": "lstm", "impl": "fused", "hidden_size": 512, "embedding_dim": 64},
                    "adam", 3e-3),
 }

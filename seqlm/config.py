@@ -167,11 +167,12 @@ PRESETS: dict[str, dict] = {
     },
 }
 # Recipes for a CPU budget, chosen with benchmarks/quality.py (docs/quality.md has the table of
-# what was tried). Many small steps win at these budgets: a fused GRU (faster per token than
-# the LSTM and better at equal time), 64 rows x 32 steps, Adam at a high peak lr with a cosine
-# that ends with the time budget.
+# what was tried). Many small steps win at these budgets: a GRU (faster per token than the
+# LSTM and better at equal time) on the fastest core for the device (impl and bptt_engine
+# 'auto': the hand-written BPTT on the CPU, cuDNN on a GPU), 64 rows x 32 steps, Adam at a high
+# peak lr with a cosine that ends with the time budget.
 PRESETS["cpu-fast"] = {
-    "cell": "gru", "impl": "fused", "hidden_size": 384, "num_layers": 1, "embedding_dim": 64,
+    "cell": "gru", "impl": "auto", "bptt_engine": "auto", "hidden_size": 384, "num_layers": 1, "embedding_dim": 64,
     "dropout": 0.0, "tie_weights": False, "sampler": "sequential", "batch_size": 64,
     "num_steps": 32, "truncation": "window", "optimizer": "adam", "lr": 5e-3,
     "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 50, "min_lr_ratio": 0.1,

@@ -204,7 +204,8 @@ class RunSession:
         torch.manual_seed(train.seed)
         self.corpus: Corpus = load_corpus(data)
         fields = {k: v for k, v in model_fields.items() if k != "vocab_size"}
-        self.model_cfg = ModelConfig(vocab_size=self.corpus.vocab_size, **fields)
+        self.model_cfg = ModelConfig(vocab_size=self.corpus.vocab_size,
+                                     **fields).resolve(self.device.type)
         model = RNNLM(self.model_cfg).to(self.device)
         self.dist.reseed(train.seed, step=0)  # ranks > 0 draw their own dropout masks
         self.trainer = Trainer(model, self.corpus, data, train, self.device, dist=self.dist)

@@ -119,6 +119,35 @@ def test_torch_module_baseline_trains():
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("fields", [{"impl": "scratch"}, {"impl": "fused"},
+                                    {"impl": "scratch", "bptt_engine": "manual"}])
+def test_seqlm_gru_paths_train_like_torchs_gru_loop(fields):
+    """The book's GRU puts the reset gate before the recurrent product and torch's after it,
+    so seqlm's GRU paths (torch's equations) are checked against the nn.GRU baseline: two
+    steps of Trainer.step and of the module loop give the same losses and weights."""
+    w = TINY["gru"]
+    torch.manual_seed(0)
+    module = ConciseModel("gru", w.vocab_size, w.hidden_size)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.normal_(0.0, 0.5)
+    trainer = seqlm_trainer(w, "cpu", 0, **fields)
+    trainer.cfg.clip = CLIP
+    trainer.model.core.load_state_dict(module.rnn.state_dict())
+    trainer.model.decoder.load_state_dict(module.linear.state_dict())
+    optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
+    state = None
+    for X, Y in make_batches(w, 2, seed=3, device="cpu"):
+        loss, state = module_train_step(module, optimizer, X, Y, state, clip=CLIP)
+        nll, norm = trainer.step(X, Y)
+        torch.testing.assert_close(nll / Y.numel(), loss, rtol=1e-5, atol=1e-6)
+        assert float(norm) > CLIP
+    for name, got in trainer.model.core.named_parameters():
+        torch.testing.assert_close(got, module.rnn.get_parameter(name), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(trainer.model.decoder.weight, module.linear.weight,
+                               rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("cell,impl", [("rnn", "scratch"), ("rnn", "fused"),
                                        ("lstm", "scratch")])
 def test_seqlm_generation_matches_the_books_predict_loop(cell, impl):
@@ -172,15 +201,18 @@ def test_synthetic_text_is_deterministic_and_sized():
 def test_quick_harness_on_tiny_workloads_reports_every_path():
     cfg = BenchConfig.quick(sections="train,generate,encode", rounds=2, gen_tokens=20, threads=1,
                             gen_rounds=2, encode_mb=0.2, peak_size=64, bf16=True, memory=True)
-    report = run_bench(cfg, workloads=[TINY["rnn"], TINY["lstm"]])
+    report = run_bench(cfg, workloads=[TINY["rnn"], TINY["gru"], TINY["lstm"]])
     names = [r["path"] for r in report["train"][0]["paths"]]
     assert names[:2] == ["textbook", "torch nn.RNN"]
     assert {"scratch", "scratch manual-BPTT", "fused", "fused bf16", "GEMM bound"} <= set(names)
+    defaults = [[r["path"] for r in block["paths"] if r["default"]] for block in report["train"]]
+    assert defaults == [["scratch manual-BPTT"], ["scratch manual-BPTT"], ["fused"]]
     for block in report["train"]:
         for row in block["paths"]:
             assert row["tokens_per_s"] > 0 and row["vs_textbook"] > 0
         assert block["paths"][0]["vs_textbook"] == 1.0
-    assert [b["workload"]["name"] for b in report["generate"]] == ["tiny-rnn", "tiny-lstm"]
+    assert [b["workload"]["name"] for b in report["generate"]] == ["tiny-rnn", "tiny-gru",
+                                                                   "tiny-lstm"]
     assert [r["tokenizer"] for r in report["encode"]] == ["char", "word"]
     text = format_report(report)
     assert "tiny-lstm" in text and "GEMM bound" in text and "MB/s" in text

@@ -25,8 +25,38 @@ def test_every_config_field_has_help_and_choices_where_they_apply():
         assert f.metadata.get("help"), f.name
     choices = {f.name: f.metadata.get("choices") for f in fields(ModelConfig)}
     assert choices["cell"] == ["rnn", "gru", "lstm"]
-    assert choices["impl"] == ["scratch", "fused"]
+    assert choices["impl"] == ["scratch", "fused", "auto"]
+    assert choices["bptt_engine"] == ["autograd", "manual", "auto"]
     assert choices["init"] == ["torch", "d2l"]
+
+
+@pytest.mark.parametrize("cell,truncation,device,want", [
+    ("rnn", "window", "cpu", ("scratch", "manual")),
+    ("gru", "full", "cpu", ("scratch", "manual")),
+    ("lstm", "window", "cpu", ("fused", "autograd")),
+    ("gru", "window", "cuda", ("fused", "autograd")),
+    ("rnn", "tau:4", "cuda", ("scratch", "manual")),  # fused cores cannot truncate so
+    ("gru", "tau:4", "cpu", ("scratch", "autograd")),  # the GRU engine runs window/full only
+    ("lstm", "random:0.5", "cpu", ("scratch", "autograd")),
+])
+def test_auto_resolves_to_the_measured_fastest_core(cell, truncation, device, want):
+    config = ModelConfig(vocab_size=5, cell=cell, truncation=truncation, impl="auto",
+                         bptt_engine="auto")
+    resolved = config.resolve(device)
+    assert (resolved.impl, resolved.bptt_engine) == want
+    assert resolved.resolve(device) == resolved  # concrete choices stay
+    assert RNNLM(config).config == config.resolve("cpu")
+
+
+def test_auto_keeps_an_explicit_choice_and_checks_it():
+    assert ModelConfig(vocab_size=5, cell="gru", impl="fused",
+                       bptt_engine="auto").resolve().bptt_engine == "autograd"
+    assert ModelConfig(vocab_size=5, cell="gru", impl="auto",
+                       bptt_engine="autograd").resolve().impl == "scratch"
+    with pytest.raises(ConfigError, match="bptt_engine='manual'"):
+        ModelConfig(vocab_size=5, cell="lstm", impl="auto", bptt_engine="manual")
+    model = RNNLM(ModelConfig(vocab_size=5, cell="gru", impl="auto", bptt_engine="auto"))
+    assert (model.config.impl, model.config.bptt_engine) == ("scratch", "manual")
 
 
 @pytest.mark.parametrize("kwargs,field", [

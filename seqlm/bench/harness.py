@@ -12,8 +12,8 @@ import torch
 
 from seqlm.bench.config import BenchConfig, Workload
 from seqlm.bench.encode import encode_throughput, synthetic_text
-from seqlm.bench.paths import (generation_tasks, make_batches, torch_path_name,
-                               training_tasks)
+from seqlm.bench.paths import (default_path_name, generation_tasks, make_batches,
+                               torch_path_name, training_tasks)
 from seqlm.bench.roofline import (flops_per_token, gemm_bound_task, gemm_gflops,
                                   machine_peaks)
 from seqlm.bench.timing import (interleave, median, peak_rss_mb, ratio, step_peak_mb,
@@ -100,12 +100,14 @@ def bench_training(w: Workload, cfg: BenchConfig, device: torch.device, peaks: d
                          warmup=cfg.warmup_steps, sync=sync)
     fpt = flops_per_token(w)
     base, ref = samples["textbook"], samples[torch_path_name(w)]
+    default = default_path_name(w, device)
     rows = []
     for name, times in samples.items():
         tokens_per_s = w.tokens_per_step / median(times)
         gflops = tokens_per_s * fpt / 1e9
         roof = peaks.get("bfloat16" if name.endswith("bf16") else "float32")
-        rows.append({"path": name, "ms_per_step": median(times) * 1e3,
+        rows.append({"path": name, "default": name == default,
+                     "ms_per_step": median(times) * 1e3,
                      "tokens_per_s": tokens_per_s, "vs_textbook": ratio(base, times),
                      "vs_torch": ratio(ref, times), "gflops": gflops,
                      "roofline": gflops / roof if roof else None,

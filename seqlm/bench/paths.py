@@ -21,6 +21,7 @@ from seqlm.config import DataConfig, TrainConfig
 from seqlm.data import Corpus
 from seqlm.generate import generate
 from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.models.scratch import MANUAL_ENGINE_CELLS
 from seqlm.tokenize import CharTokenizer, Tokenizer, WordTokenizer
 from seqlm.train import Trainer
 from seqlm.vocab import Vocab
@@ -84,8 +85,9 @@ def seqlm_trainer(w: Workload, device, seed: int, *, dtype: str = "float32",
                   **model_fields) -> Trainer:
     """A :class:`Trainer` for ``w`` with the book's SGD, clip and sequential partitioning."""
     torch.manual_seed(seed)
+    model_fields = {"init": "d2l", **model_fields}
     config = ModelConfig(vocab_size=w.vocab_size, cell=w.cell, hidden_size=w.hidden_size,
-                         init="d2l", **model_fields)
+                         **model_fields)
     model = RNNLM(config).to(device)
     corpus = Corpus(tokenizer_for(w), {"train": token_stream(w, 4 * w.tokens_per_step, seed)})
     data = DataConfig(batch_size=w.batch_size, num_steps=w.num_steps, sampler="sequential")
@@ -107,13 +109,22 @@ def seqlm_train_task(w: Workload, batches: list[Batch], device, seed: int, *,
     return step
 
 
+def default_path_name(w: Workload, device) -> str:
+    """The row of the path seqlm's presets run for ``w`` (impl and bptt_engine 'auto')."""
+    config = ModelConfig(vocab_size=w.vocab_size, cell=w.cell, impl="auto",
+                         bptt_engine="auto").resolve(torch.device(device).type)
+    if config.impl == "fused":
+        return "fused"
+    return "scratch manual-BPTT" if config.bptt_engine == "manual" else "scratch"
+
+
 def training_tasks(w: Workload, batches: list[Batch], device, seed: int, *,
                    bf16: bool = False, compile: bool = False) -> dict[str, Callable]:
     """Every training path of ``w``: baselines first, then seqlm's."""
     tasks = {"textbook": textbook_train_task(w, batches, device, seed),
              torch_path_name(w): module_train_task(w, batches, device, seed)}
     variants = {"scratch": {"impl": "scratch"}}
-    if w.cell == "rnn":
+    if w.cell in MANUAL_ENGINE_CELLS:
         variants["scratch manual-BPTT"] = {"impl": "scratch", "bptt_engine": "manual"}
     variants["fused"] = {"impl": "fused"}
     for name, fields in variants.items():

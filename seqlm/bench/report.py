@@ -23,7 +23,8 @@ def format_report(report: dict) -> str:
     if report["train"]:
         lines += ["", f"training: tokens/s = batch x num_steps per step; medians of "
                   f"{cfg['rounds']} interleaved rounds of {cfg['steps_per_round']} steps; "
-                  "x = median per-round speed ratio"]
+                  "x = median per-round speed ratio; * = the path seqlm's presets run "
+                  "(impl and bptt_engine 'auto')"]
     for block in report["train"]:
         w = block["workload"]
         G = {"rnn": 1, "gru": 3, "lstm": 4}[w["cell"]]
@@ -35,7 +36,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  {'path':<26}{'ms/step':>8}{'tokens/s':>10}{'x book':>8}"
                      f"{'x torch':>8}{'GFLOP/s':>8}{'roof':>6}{'peak MB':>8}")
         for r in block["paths"]:
-            lines.append(f"  {r['path']:<26}{r['ms_per_step']:>8.1f}{r['tokens_per_s']:>10,.0f}"
+            path = r["path"] + (" *" if r.get("default") else "")
+            lines.append(f"  {path:<26}{r['ms_per_step']:>8.1f}{r['tokens_per_s']:>10,.0f}"
                          f"{r['vs_textbook']:>8.2f}{r['vs_torch']:>8.2f}{r['gflops']:>8.1f}"
                          f"{_num(r['roofline'], '.2f', 6)}{_num(r['peak_mb'], '.1f', 8)}")
     if report["generate"]:
