@@ -127,6 +127,23 @@ def test_engine_matches_autograd_loop(T, B, H, seed, nonlinearity, h0_grad, scal
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("truncation", ["window", "random:0.5"])
+def test_float32_engine_matches_the_float64_one(nonlinearity, truncation):
+    """float32 CPU tensors take the oneDNN products (seqlm.models.steps) where torch has them;
+    they agree with the float64 engine to float32 tolerance, random:P scales included."""
+    xw, h0, w, go, gh = make_problem(9, 5, 16, 3, scale=1.0)
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        args = [t.detach().to(dtype).requires_grad_() for t in (xw, h0, w)]
+        out, h_t = rnn_recurrence(*args, nonlinearity=nonlinearity, truncation=truncation,
+                                  generator=torch.Generator().manual_seed(5))
+        loss = (out * go.to(dtype)).sum() + (h_t * gh.to(dtype)).sum()
+        results.append([out, *grads(loss, *args)])
+    for want, got in zip(*results):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_only_the_inputs_that_require_grad_get_one():
     xw, h0, w, go, _ = make_problem(6, 3, 4, 1, h0_grad=False)
     xw.requires_grad_(False)

@@ -36,6 +36,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from seqlm.errors import ConfigError
+from seqlm.models.steps import gradient_product, hidden_product, onednn_runs
 from seqlm.models.gru_bptt import gru_recurrence
 from seqlm.models.truncation import (
     Truncation,
@@ -63,6 +64,14 @@ def _chain_backward(
     """Turn ``g`` from phi'(a_t) into the pre-activation gradients g_t, in place."""
     num_steps = g.shape[0]
     g[-1].mul_(grad[-1])
+    if onednn_runs(g):  # g_{t+1} W_hh through oneDNN (seqlm.models.steps)
+        product = gradient_product(weight)
+        for t in range(num_steps - 2, -1, -1):
+            delta = product(g[t + 1])
+            if scales[t + 1] != 1.0:
+                delta.mul_(scales[t + 1])
+            g[t].mul_(delta.add_(grad[t]))
+        return
     # one (B, H) buffer, reused: a fresh (T, B, H) one would cost more in page faults than
     # the T small copies of grad[t] that addmm makes into it
     delta = torch.empty_like(g[0])
@@ -116,18 +125,23 @@ class _RNNRecurrence(torch.autograd.Function):
         scales: tuple[float, ...],
     ) -> torch.Tensor:
         h = h0
-        if nonlinearity == "tanh":
+        tanh = nonlinearity == "tanh"
+        if tanh:
             # tanh(a) = 2 sigmoid(2a) - 1: torch's sigmoid kernel is several times faster than
             # its tanh on the CPU, and doubling xw and W_hh once puts 2a straight in the GEMM
-            outputs = torch.mul(xw, 2.0)
-            weight_t = torch.mul(weight_hh, 2.0).t()
-            for t in range(xw.shape[0]):
-                h = outputs[t].addmm_(h, weight_t).sigmoid_().mul_(2.0).sub_(1.0)
+            outputs, weight = torch.mul(xw, 2.0), torch.mul(weight_hh, 2.0)
         else:
-            outputs = xw.clone(memory_format=torch.contiguous_format)
-            weight_t = weight_hh.t()
+            outputs, weight = xw.clone(memory_format=torch.contiguous_format), weight_hh
+        if onednn_runs(xw):  # h W^T through oneDNN (seqlm.models.steps), then added
+            product = hidden_product(weight, None, xw.shape[1])
             for t in range(xw.shape[0]):
-                h = outputs[t].addmm_(h, weight_t).relu_()
+                a = outputs[t].add_(product(h))
+                h = a.sigmoid_().mul_(2.0).sub_(1.0) if tanh else a.relu_()
+        else:
+            weight_t = weight.t()
+            for t in range(xw.shape[0]):
+                a = outputs[t].addmm_(h, weight_t)
+                h = a.sigmoid_().mul_(2.0).sub_(1.0) if tanh else a.relu_()
         # phi'(a_t) is a function of h_t, so the outputs are all that backward needs.
         ctx.save_for_backward(h0, weight_hh, outputs)
         ctx.nonlinearity, ctx.k, ctx.scales = nonlinearity, k, scales

@@ -30,7 +30,8 @@ and after it
 
 Only ``window``/``full`` truncation: the gradient flows through every step of the call.
 For float32 CPU tensors the loop's products run through oneDNN's matmul, which beats torch's
-GEMM at these small-batch shapes; other dtypes and devices use torch's.
+GEMM at these small-batch shapes (:mod:`seqlm.models.steps`); other dtypes and devices use
+torch's.
 Shapes: T time steps, B batch, H hidden.
 """
 
@@ -41,43 +42,9 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from seqlm.models.steps import accumulator, hidden_product
+
 __all__ = ["gru_recurrence"]
-
-
-def _onednn_runs(x: torch.Tensor) -> bool:
-    """Whether oneDNN's matmul runs the loops' products: float32 CPU tensors where torch has
-    it (:func:`_hidden_product` and :func:`_accumulator` say what it wins)."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu"
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
-
-
-def _hidden_product(weight_hh: torch.Tensor, bias_hh: torch.Tensor, batch: int):
-    """A function ``h -> h W_hh^T + b_hh`` for the forward loop's (B, H) x (H, 3H) products.
-
-    oneDNN runs them from a weight reordered once per call into its blocked layout: 35 steps
-    at B 32, H 512 took 11.5 ms (the reorder included) against 13.9 ms without the reorder
-    and 16-19 ms through torch's GEMM (2 threads, interleaved timing).
-    """
-    if _onednn_runs(weight_hh):
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight_hh, batch)
-        return lambda h: torch.ops.mkldnn._linear_pointwise(h, packed, bias_hh, "none", [], "")
-    weight_t = weight_hh.t()
-    return lambda h: torch.addmm(bias_hh, h, weight_t)
-
-
-def _accumulator(weight_hh: torch.Tensor):
-    """A function ``(d, dhw) -> d += dhw W_hh`` (in place) for the backward loop.
-
-    oneDNN on the transposed view: 13 ms against 16 ms through torch's GEMM for 35 steps at
-    B 32, H 512; a reordered weight did not help here.
-    """
-    if _onednn_runs(weight_hh):
-        weight_t = weight_hh.t()
-        return lambda d, dhw: d.add_(
-            torch.ops.mkldnn._linear_pointwise(dhw, weight_t, None, "none", [], ""))
-    return lambda d, dhw: d.addmm_(dhw, weight_hh)
 
 
 def _forward_loop(xw: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor,
@@ -88,10 +55,10 @@ def _forward_loop(xw: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor,
     hidden = gates // 3
     rz = xw.new_empty(num_steps, batch, 2 * hidden)
     n, hn, outputs = (xw.new_empty(num_steps, batch, hidden) for _ in range(3))
-    hidden_product = _hidden_product(weight_hh, bias_hh, batch)
+    product = hidden_product(weight_hh, bias_hh, batch)
     h = h0
     for t in range(num_steps):
-        hw_t = hidden_product(h)
+        hw_t = product(h)
         r_t, z_t = torch.add(xw[t, :, : 2 * hidden], hw_t[:, : 2 * hidden],
                              out=rz[t]).sigmoid_().chunk(2, dim=-1)
         hn[t].copy_(hw_t[:, 2 * hidden:])
@@ -131,7 +98,7 @@ def _delta_loop(m: torch.Tensor, grad: torch.Tensor, z: torch.Tensor,
     num_steps, batch, gates = m.shape
     delta = grad.clone(memory_format=torch.contiguous_format)
     blocks = m.view(num_steps, batch, 3, gates // 3)
-    accumulate = _accumulator(weight_hh)
+    accumulate = accumulator(weight_hh)
     for t in range(num_steps - 1, 0, -1):
         blocks[t].mul_(delta[t].unsqueeze(1))
         accumulate(delta[t - 1].addcmul_(delta[t], z[t]), m[t])

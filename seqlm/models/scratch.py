@@ -185,8 +185,9 @@ class _ScratchCore(nn.Module):
         bias = b_ih + b_hh if self.fold_hidden_bias else b_ih
         if x.is_floating_point():
             return F.linear(x, w_ih, bias)
-        # one-hot x · W_ih^T selects rows of W_ih^T: a lookup instead of a (V-wide) product
-        return F.embedding(x, w_ih.t()) + bias
+        # one-hot x · W_ih^T selects rows of W_ih^T: a lookup instead of a (V-wide) product,
+        # from a row-major copy of W_ih^T + b (rows gathered whole, not strided columns)
+        return F.embedding(x, w_ih.t().clone(memory_format=torch.contiguous_format).add_(bias))
 
     def _engine_inputs(self, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, ...]:
         """``(xw, h0, weight_hh, bias_hh)`` of layer ``k`` in one dtype, for a manual engine."""
