@@ -13,11 +13,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from seqlm.errors import ConfigError
+from seqlm.models.cpu_step import NumpyStepper
 
 BOS = "<bos>"
 REPLACEMENT_CHAR = "\ufffd"  # a decoder's stand-in for an unfinished multi-byte character
@@ -236,7 +238,13 @@ def _decode_loop(model, logits: Tensor, state, max_new_tokens: int, knobs: dict,
     """
     advance = model.stepper(batch_size=logits.shape[0])
     pick = partial(_pick, **knobs)
-    tokens: list[Tensor] = []  # stacked once at the end: no per-token copy into a buffer
+    stack = partial(torch.stack, dim=1)
+    if isinstance(advance, NumpyStepper):  # ids, logits and state stay numpy arrays
+        logits, state = logits.numpy(), advance.numpy_state(state)
+        pick = partial(np.argmax, axis=-1) if knobs["temperature"] == 0 else partial(
+            _pick_numpy, pick)
+        stack, advance = partial(np.stack, axis=1), advance.step
+    tokens: list = []  # stacked once at the end: no per-token copy into a buffer
     for step in range(max_new_tokens):
         token = pick(logits)
         tokens.append(token)
@@ -248,7 +256,12 @@ def _decode_loop(model, logits: Tensor, state, max_new_tokens: int, knobs: dict,
         for i, s in enumerate(streams):
             if piece := s.flush():
                 on_text(i, piece)
-    return torch.stack(tokens, dim=1).tolist()
+    return stack(tokens).tolist()
+
+
+def _pick_numpy(pick: Callable[[Tensor], Tensor], logits: np.ndarray) -> np.ndarray:
+    """``pick`` (sampling, with its torch generator) on numpy logits."""
+    return pick(torch.from_numpy(logits)).numpy()
 
 
 def _stream(streams: list[_Stream], ids: list[int], on_text) -> bool:

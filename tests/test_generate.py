@@ -223,3 +223,27 @@ def test_out_of_vocabulary_prefix_warns_or_raises(tokenizer):
 def test_generate_rejects_bad_arguments(tokenizer, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         generate(_lm(tokenizer), tokenizer, "the", **kwargs)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("knobs", [{}, {"temperature": 1.3, "top_k": 5, "seed": 4},
+                                   {"temperature": 0.8, "top_p": 0.9, "seed": 1}])
+def test_one_cpu_stream_decodes_in_numpy_as_torch_stepping_would(tokenizer, cell, knobs,
+                                                                 monkeypatch):
+    """A single float32 CPU stream steps in numpy (seqlm.models.cpu_step); with the torch
+    stepper forced instead, greedy and seeded sampling give the same text."""
+    from seqlm.models import cpu_step
+
+    model = _lm(tokenizer, cell=cell)
+    steppers = []
+    original = RNNLM.stepper
+
+    def spy(self, *args, **kwargs):
+        steppers.append(original(self, *args, **kwargs))
+        return steppers[-1]
+
+    monkeypatch.setattr(RNNLM, "stepper", spy)
+    fast = generate(model, tokenizer, "the ", max_new_tokens=40, **knobs)
+    assert isinstance(steppers[-1], cpu_step.NumpyStepper)
+    monkeypatch.setattr(RNNLM, "stepper", lambda self, *a, **k: original(self, "torch"))
+    assert generate(model, tokenizer, "the ", max_new_tokens=40, **knobs) == fast

@@ -96,12 +96,29 @@ class NumpyStepper:
         Returns:
             ``(logits (B, V), new state)``.
         """
-        x = self.table[_numpy(tokens)]
         pair = isinstance(state, tuple)
-        h_all = _numpy(state[0] if pair else state)
-        c_all = _numpy(state[1]) if pair else None
+        parts = tuple(_numpy(p) for p in (state if pair else (state,)))
+        logits, new = self.step(_numpy(tokens), parts)
+        h = torch.from_numpy(new[0])
+        return torch.from_numpy(logits), ((h, torch.from_numpy(new[1])) if pair else h)
+
+    @staticmethod
+    def numpy_state(state: State) -> tuple[np.ndarray, ...]:
+        """A torch state as the tuple of float32 arrays :meth:`step` takes: ``(h,)`` or
+        ``(h, c)``, each (L, B, H), copied."""
+        parts = state if isinstance(state, tuple) else (state,)
+        return tuple(p.detach().to("cpu", torch.float32).numpy().copy() for p in parts)
+
+    def step(self, ids: np.ndarray, state: tuple[np.ndarray, ...]
+             ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """:meth:`__call__` on numpy arrays, without a conversion: ``ids`` (B,) integers,
+        ``state`` as :meth:`numpy_state` makes it; returns ``(logits (B, V), new state)``."""
+        x = self.table[ids]
+        h_all = state[0]
         new_h = np.empty_like(h_all)
-        new_c = np.empty_like(c_all) if pair else None
+        if self.cell == "lstm":
+            c_all = state[1]
+            new_c = np.empty_like(c_all)
         for k, (w_x, b_x, w_hh, b_hh) in enumerate(self.layers):
             if k:
                 x = np.dot(new_h[k - 1], w_x)
@@ -114,8 +131,7 @@ class NumpyStepper:
                 self._lstm(x, h_all[k], c_all[k], w_hh, new_h[k], new_c[k])
         logits = np.dot(new_h[-1], self.w_out)
         logits += self.b_out
-        h = torch.from_numpy(new_h)
-        return torch.from_numpy(logits), ((h, torch.from_numpy(new_c)) if pair else h)
+        return logits, ((new_h, new_c) if self.cell == "lstm" else (new_h,))
 
     def _rnn(self, x, h, w_hh, out) -> None:
         np.dot(h, w_hh, out=out)
