@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from seqlm.config import DataConfig, TrainConfig
 from seqlm.data import SAMPLERS, Corpus, check_fits, release_pages
 from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
 from seqlm.metrics import LossMeter, summary
+from seqlm.loss import cross_entropy
 from seqlm.models.lm import RNNLM, detach_state, flatten_logits
 
 
@@ -136,7 +136,7 @@ def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_step
         X, Y = X.to(device), Y.to(device)
         with autocast():
             logits, state = model(X, state)
-        total += F.cross_entropy(*flatten_logits(logits.float(), Y), reduction="sum").double()
+        total += cross_entropy(*flatten_logits(logits.float(), Y), reduction="sum").double()
         count += Y.numel()
     meter.add(float(total), count)
     model.train(was_training)
@@ -213,7 +213,7 @@ class Trainer:
         with self.autocast():
             model = self.model if self.ddp_model is None else self.ddp_model
             logits, state = model(X, state)
-        loss = F.cross_entropy(*flatten_logits(logits.float(), Y))
+        loss = cross_entropy(*flatten_logits(logits.float(), Y))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.cfg.clip if self.cfg.clip > 0 else math.inf
