@@ -8,7 +8,9 @@ Its generation paths call :func:`seqlm.generate.generate` greedily, text in and 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from itertools import cycle
 
 import numpy as np
@@ -96,12 +98,27 @@ def seqlm_trainer(w: Workload, device, seed: int, *, dtype: str = "float32",
     return Trainer(model, corpus, data, train, torch.device(device))
 
 
+@contextmanager
+def _quiet_torch_internals():
+    """torch.compile's tracing warns about torch's own deprecated APIs; those are not ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\S* is deprecated")
+        yield
+
+
 def seqlm_train_task(w: Workload, batches: list[Batch], device, seed: int, *,
                      compile: bool = False, **fields) -> Callable:
     trainer = seqlm_trainer(w, device, seed, **fields)
-    if compile:
-        trainer.model = torch.compile(trainer.model)
     feed = cycle(batches)
+    if compile:
+        with _quiet_torch_internals():
+            trainer.model = torch.compile(trainer.model)
+
+        def compiled_step() -> None:
+            with _quiet_torch_internals():
+                trainer.step(*next(feed))
+
+        return compiled_step
 
     def step() -> None:
         trainer.step(*next(feed))
