@@ -54,7 +54,7 @@ NONLINEARITIES = ("tanh", "relu")
 def _activation_grad(outputs: torch.Tensor, nonlinearity: str) -> torch.Tensor:
     """phi'(a_t) for all t at once, recovered from h_t = phi(a_t); a fresh tensor."""
     if nonlinearity == "tanh":
-        return torch.mul(outputs, outputs).neg_().add_(1.0)
+        return torch.addcmul(outputs.new_ones(()), outputs, outputs, value=-1.0)
     return (outputs > 0).to(outputs.dtype)
 
 
@@ -65,12 +65,12 @@ def _chain_backward(
     num_steps = g.shape[0]
     g[-1].mul_(grad[-1])
     if onednn_runs(g):  # g_{t+1} W_hh through oneDNN (seqlm.models.steps)
+        # g_t = phi'_t grad_t + xi phi'_t (g_{t+1} W): the first term for all t at once,
+        # then one multiply-add per step
         product = gradient_product(weight)
+        local = torch.mul(g[:-1], grad[:-1])
         for t in range(num_steps - 2, -1, -1):
-            delta = product(g[t + 1])
-            if scales[t + 1] != 1.0:
-                delta.mul_(scales[t + 1])
-            g[t].mul_(delta.add_(grad[t]))
+            torch.addcmul(local[t], g[t], product(g[t + 1]), value=scales[t + 1], out=g[t])
         return
     # one (B, H) buffer, reused: a fresh (T, B, H) one would cost more in page faults than
     # the T small copies of grad[t] that addmm makes into it
