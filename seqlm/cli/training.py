@@ -246,7 +246,9 @@ def _print_start(session, reporter: _Reporter) -> None:
                    f"{c.vocab_size:,}; {sizes}")
     world = session.dist.world_size
     where = f"{world} processes on {session.device.type}" if world > 1 else session.device
-    reporter.write(f"model {session.model_cfg.cell}/{session.model_cfg.impl}, "
+    cfg = session.model_cfg
+    engine = ", hand-written BPTT" if cfg.impl == "scratch" and cfg.bptt_engine == "manual" else ""
+    reporter.write(f"model {cfg.cell}/{cfg.impl}{engine}, "
                    f"{n_params:,} parameters, on {where}; run {session.run.path}")
     reporter.write(f"baselines on {b['split']}: unigram ppl {b['unigram']['ppl']:.3f}, "
                    f"bigram ppl {b['bigram']['ppl']:.3f} (add-k, k={b['bigram']['k']})")

@@ -92,7 +92,7 @@ class ModelConfig:
         device type (``'cpu'``, ``'cuda'``, ``'mps'``), as the training step measures there.
 
         ``impl``: on the CPU the scratch cores for rnn and gru, whose hand-written BPTT runs
-        1.3-1.6x faster than torch's nn.RNN / nn.GRU, and torch's fused LSTM (oneDNN, at the
+        1.2-1.7x faster than torch's nn.RNN / nn.GRU loops here, and torch's fused LSTM (oneDNN, at the
         GEMM bound); on other devices the fused cores (cuDNN); the scratch core whenever the
         truncation is neither 'window' nor 'full'. ``bptt_engine``: 'manual' where the scratch
         core has one for this cell and truncation, else 'autograd'.
