@@ -36,7 +36,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from seqlm.errors import ConfigError
-from seqlm.models.steps import gradient_product, hidden_product, onednn_runs
+from seqlm.models.steps import gradient_product, hidden_accumulator
 from seqlm.models.gru_bptt import gru_recurrence
 from seqlm.models.truncation import (
     Truncation,
@@ -64,20 +64,12 @@ def _chain_backward(
     """Turn ``g`` from phi'(a_t) into the pre-activation gradients g_t, in place."""
     num_steps = g.shape[0]
     g[-1].mul_(grad[-1])
-    if onednn_runs(g):  # g_{t+1} W_hh through oneDNN (seqlm.models.steps)
-        # g_t = phi'_t grad_t + xi phi'_t (g_{t+1} W): the first term for all t at once,
-        # then one multiply-add per step
-        product = gradient_product(weight)
-        local = torch.mul(g[:-1], grad[:-1])
-        for t in range(num_steps - 2, -1, -1):
-            torch.addcmul(local[t], g[t], product(g[t + 1]), value=scales[t + 1], out=g[t])
-        return
-    # one (B, H) buffer, reused: a fresh (T, B, H) one would cost more in page faults than
-    # the T small copies of grad[t] that addmm makes into it
-    delta = torch.empty_like(g[0])
+    # g_t = phi'_t grad_t + xi_{t+1} phi'_t (g_{t+1} W_hh): the first term for all t at once,
+    # then one product (oneDNN on float32 CPU tensors) and one multiply-add per step
+    product = gradient_product(weight)
+    local = torch.mul(g[:-1], grad[:-1])
     for t in range(num_steps - 2, -1, -1):
-        torch.addmm(grad[t], g[t + 1], weight, alpha=scales[t + 1], out=delta)
-        g[t].mul_(delta)
+        torch.addcmul(local[t], g[t], product(g[t + 1]), value=scales[t + 1], out=g[t])
 
 
 def _banded_backward(g: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, k: int) -> None:
@@ -132,16 +124,10 @@ class _RNNRecurrence(torch.autograd.Function):
             outputs, weight = torch.mul(xw, 2.0), torch.mul(weight_hh, 2.0)
         else:
             outputs, weight = xw.clone(memory_format=torch.contiguous_format), weight_hh
-        if onednn_runs(xw):  # h W^T through oneDNN (seqlm.models.steps), then added
-            product = hidden_product(weight, None, xw.shape[1])
-            for t in range(xw.shape[0]):
-                a = outputs[t].add_(product(h))
-                h = a.sigmoid_().mul_(2.0).sub_(1.0) if tanh else a.relu_()
-        else:
-            weight_t = weight.t()
-            for t in range(xw.shape[0]):
-                a = outputs[t].addmm_(h, weight_t)
-                h = a.sigmoid_().mul_(2.0).sub_(1.0) if tanh else a.relu_()
+        accumulate = hidden_accumulator(weight, xw.shape[1])  # oneDNN on float32 CPU tensors
+        for t in range(xw.shape[0]):
+            a = accumulate(outputs[t], h)
+            h = a.sigmoid_().mul_(2.0).sub_(1.0) if tanh else a.relu_()
         # phi'(a_t) is a function of h_t, so the outputs are all that backward needs.
         ctx.save_for_backward(h0, weight_hh, outputs)
         ctx.nonlinearity, ctx.k, ctx.scales = nonlinearity, k, scales

@@ -39,22 +39,29 @@ def hidden_product(weight: Tensor, bias: Tensor | None, batch: int) -> Callable[
     return lambda h: torch.addmm(bias, h, weight_t)
 
 
-def accumulator(weight: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-    """A function ``(d, g) -> d += g W`` (in place, returns ``d``) for the backward loop.
-
-    oneDNN multiplies by the transposed view (a reordered weight did not help here).
-    """
+def hidden_accumulator(weight: Tensor, batch: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """A function ``(acc, h) -> acc += h W^T`` (in place, returns ``acc``) for a forward loop
+    whose inputs are already in ``acc``: oneDNN's product from the reordered weight, then one
+    add; elsewhere torch's ``addmm_`` in place."""
     if onednn_runs(weight):
-        weight_t = weight.t()
-        return lambda d, g: d.add_(
-            torch.ops.mkldnn._linear_pointwise(g, weight_t, None, "none", [], ""))
-    return lambda d, g: d.addmm_(g, weight)
+        product = hidden_product(weight, None, batch)
+        return lambda acc, h: acc.add_(product(h))
+    weight_t = weight.t()
+    return lambda acc, h: acc.addmm_(h, weight_t)
 
 
 def gradient_product(weight: Tensor) -> Callable[[Tensor], Tensor]:
-    """A function ``g -> g W``, a new tensor, for the backward loop (oneDNN on the transposed
-    view where :func:`onednn_runs`)."""
+    """A function ``g -> g W``, a new tensor, for the backward loop (oneDNN multiplies by the
+    transposed view; a reordered weight did not help here)."""
     if onednn_runs(weight):
         weight_t = weight.t()
         return lambda g: torch.ops.mkldnn._linear_pointwise(g, weight_t, None, "none", [], "")
     return lambda g: torch.mm(g, weight)
+
+
+def accumulator(weight: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """A function ``(d, g) -> d += g W`` (in place, returns ``d``) for the backward loop."""
+    if onednn_runs(weight):
+        product = gradient_product(weight)
+        return lambda d, g: d.add_(product(g))
+    return lambda d, g: d.addmm_(g, weight)
