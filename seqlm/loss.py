@@ -7,7 +7,9 @@ gradient, then ``log_softmax``'s backward reads both. This function reads the lo
 for the loss (a log-sum-exp per row) and writes the gradient once (softmax minus the one-hot
 target, scaled), each over blocks of rows small enough to stay in cache. On the CI machine
 that is 10.5 ms against 14.5 ms per word-model step (interleaved timing); it equals
-``F.cross_entropy`` to float rounding.
+``F.cross_entropy`` to float rounding. With few classes the rows are short, torch's fused
+kernel wins (0.32x at 28 classes, 0.98x at 1,000, 1.04x at 3,000 for this function's speed
+relative to torch's), so below ``BLOCKWISE_MIN_VOCAB`` classes the call goes to torch.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 BLOCK_ELEMENTS = 1 << 20  # logits per block: 256 rows of a 4,096-word vocabulary
+BLOCKWISE_MIN_VOCAB = 2048  # fewer classes: F.cross_entropy is as fast or faster
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -65,5 +69,7 @@ def cross_entropy(logits: Tensor, targets: Tensor, *, reduction: str = "mean") -
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(f"expected logits (N, V) and targets (N,), got "
                          f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    if logits.shape[1] < BLOCKWISE_MIN_VOCAB:
+        return F.cross_entropy(logits, targets, reduction=reduction)
     total = _CrossEntropy.apply(logits, targets)
     return total / logits.shape[0] if reduction == "mean" else total

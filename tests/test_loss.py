@@ -8,9 +8,18 @@ from seqlm import loss
 from seqlm.loss import cross_entropy
 
 
+@pytest.fixture
+def blockwise(monkeypatch):
+    """Route every vocabulary size through the blockwise function (it is used from 2,048)."""
+    monkeypatch.setattr(loss, "BLOCKWISE_MIN_VOCAB", 0)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("shape", [(1, 2), (37, 11), (300, 4100)])  # the last spans blocks
-def test_matches_torch_in_value_and_gradient(shape, reduction):
+@pytest.mark.parametrize("path", ["blockwise", "as called"])
+def test_matches_torch_in_value_and_gradient(shape, reduction, path, request):
+    if path == "blockwise":
+        request.getfixturevalue("blockwise")
     g = torch.Generator().manual_seed(sum(shape))
     logits = (torch.randn(*shape, generator=g) * 3).requires_grad_()
     targets = torch.randint(0, shape[1], shape[:1], generator=g)
@@ -23,7 +32,7 @@ def test_matches_torch_in_value_and_gradient(shape, reduction):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_block_boundaries_do_not_matter(monkeypatch):
+def test_block_boundaries_do_not_matter(monkeypatch, blockwise):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(23, 7, generator=g, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 7, (23,), generator=g)
