@@ -1,5 +1,6 @@
-"""``python -m seqlm`` runs the command line."""
+"""``python -m seqlm`` runs the command line (torchrun starts each rank this way)."""
 
 from seqlm.cli import main
+from seqlm.distributed import exit_process
 
-raise SystemExit(main())
+exit_process(main())

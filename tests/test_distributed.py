@@ -173,6 +173,16 @@ def _env(**extra) -> dict:
     return {**env, "OMP_NUM_THREADS": "1", **extra}
 
 
+def _run(command: list[str]) -> None:
+    """Run a multi-process command; on failure show the end of its output, where the failed
+    rank and its error are (pytest would cut the middle of a long stderr)."""
+    done = subprocess.run(command, env=_env(), capture_output=True, timeout=180)
+    if done.returncode:
+        lines = done.stderr.decode(errors="replace").replace("\r", "\n").splitlines()
+        tail = "\n".join(line for line in lines if line.strip() and "step/s" not in line)
+        pytest.fail(f"{' '.join(command[2:])} exited with {done.returncode}:\n{tail[-3000:]}")
+
+
 def _in_process(*argv) -> None:
     threads = torch.get_num_threads()
     try:
@@ -212,7 +222,7 @@ def runs(tmp_path_factory):
                 "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
                 "-m", "seqlm", "train", *map(str, common), "--max-steps", "20",
                 "--out", str(root / "two20")]
-    subprocess.run(torchrun, env=_env(), check=True, capture_output=True, timeout=180)
+    _run(torchrun)
     # a 2-process checkpoint continued in 1 process; a 1-process one continued in 2
     shutil.copytree(root / "two20", root / "two20-one25")
     _in_process("--resume", root / "two20-one25", "--max-steps", 25)
@@ -221,9 +231,8 @@ def runs(tmp_path_factory):
     shutil.copytree(root / "two20", root / "two20-two25")
     shutil.copytree(root / "one10", root / "one10-two20")
     for run, steps in (("two20-two25", "25"), ("one10-two20", "20")):
-        subprocess.run([sys.executable, "-m", "seqlm", "train", "--nproc", "2", "--resume",
-                        str(root / run), "--max-steps", steps],
-                       env=_env(), check=True, capture_output=True, timeout=180)
+        _run([sys.executable, "-m", "seqlm", "train", "--nproc", "2", "--resume",
+              str(root / run), "--max-steps", steps])
     return root
 
 

@@ -184,7 +184,7 @@ def cmd_train(args) -> int:
     try:
         summary = run_training(session, args, reporter)
     finally:
-        distributed.shutdown()
+        distributed.shutdown()  # python -m seqlm then ends a rank with exit_process
     if is_main:
         _print_summary(summary, args, reporter)
     return summary["exit_status"]
