@@ -42,6 +42,17 @@ def _copy_book_weights(model, book: TextbookModel) -> None:
         model.decoder.bias.copy_(p["b_q"].detach())
 
 
+def _random_book(w: Workload, *, seed: int, std: float) -> TextbookModel:
+    """The textbook model of ``w`` with N(0, std²) weights: the book's 0.01 leaves every
+    activation near zero, where the paths could differ without a test noticing."""
+    book = TextbookModel(w.cell, w.vocab_size, w.hidden_size,
+                         generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for param in book.params:
+            param.normal_(0.0, std)
+    return book
+
+
 CLIP = 0.25
 CASES = [("rnn", {"impl": "scratch"}), ("rnn", {"impl": "scratch", "bptt_engine": "manual"}),
          ("rnn", {"impl": "fused"}), ("lstm", {"impl": "scratch"}), ("lstm", {"impl": "fused"})]
@@ -53,11 +64,7 @@ def test_seqlm_training_step_matches_the_textbook(cell, fields):
     the same losses and the same updated weights (float32 tolerance)."""
     w = TINY[cell]
     torch.manual_seed(0)
-    book = (TextbookModel(cell, w.vocab_size, w.hidden_size,
-                                      generator=torch.Generator().manual_seed(1)))
-    with torch.no_grad():
-        for param in book.params:
-            param.normal_(0.0, 1.0)
+    book = _random_book(w, seed=1, std=1.0)
     trainer = seqlm_trainer(w, "cpu", 0, **fields)
     _copy_book_weights(trainer.model, book)
     # the book has one bias where torch has two; freezing bias_hh at 0 makes them the same
@@ -81,11 +88,7 @@ def test_seqlm_training_step_matches_the_textbook(cell, fields):
 @pytest.mark.parametrize("cell,fields", CASES)
 def test_seqlm_gradients_match_the_textbook(cell, fields):
     w = TINY[cell]
-    book = (TextbookModel(cell, w.vocab_size, w.hidden_size,
-                                      generator=torch.Generator().manual_seed(2)))
-    with torch.no_grad():
-        for param in book.params:
-            param.normal_(0.0, 0.3)
+    book = _random_book(w, seed=2, std=0.3)
     trainer = seqlm_trainer(w, "cpu", 0, **fields)
     model = trainer.model
     _copy_book_weights(model, book)
@@ -152,11 +155,7 @@ def test_seqlm_gru_paths_train_like_torchs_gru_loop(fields):
                                        ("lstm", "scratch")])
 def test_seqlm_generation_matches_the_books_predict_loop(cell, impl):
     w = TINY[cell]
-    book = (TextbookModel(cell, w.vocab_size, w.hidden_size,
-                                      generator=torch.Generator().manual_seed(5)))
-    with torch.no_grad():
-        for param in book.params:
-            param.normal_(0.0, 0.8)
+    book = _random_book(w, seed=5, std=0.8)
     model = seqlm_trainer(w, "cpu", 0, impl=impl).model
     _copy_book_weights(model, book)
     tok = tokenizer_for(w)
