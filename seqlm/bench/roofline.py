@@ -73,9 +73,9 @@ def gemm_gflops(m: int, k: int, n: int, *, device: torch.device,
 
 def onednn_gflops(size: int, *, seconds: float = 0.3) -> float | None:
     """GFLOP/s of a float32 size^3 product through oneDNN (None where torch lacks it)."""
-    from seqlm.models.lm import _ONEDNN
+    from seqlm.models.steps import ONEDNN
 
-    if not _ONEDNN:
+    if not ONEDNN:
         return None
     a, w = torch.randn(size, size), torch.randn(size, size)
     task = {"mm": lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -69,12 +68,7 @@ class NumpyStepper:
                          ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
         with torch.no_grad():
-            w_ih, _, b_ih, b_hh = weights(0)
-            bias = b_ih + b_hh if fold else b_ih
-            embedding = model.embedding
-            table = (F.linear(embedding.weight, w_ih, bias) if embedding is not None
-                     else w_ih.t() + bias)
-            self.table = _array(table)  # (V, G·H): the first layer's input term of each token
+            self.table = _array(model.input_table())  # (V, G·H), see RNNLM.input_table
             self.layers = []
             for k in range(c.num_layers):
                 w_ih, w_hh, b_ih, b_hh = weights(k)

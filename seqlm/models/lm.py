@@ -14,6 +14,7 @@ from torch.autograd.function import once_differentiable
 from seqlm.errors import ConfigError
 from seqlm.models.scratch import (BPTT_ENGINES, CELLS, IMPLS, INITS, NONLINEARITIES, State,
                                   check_bptt_engine, init_d2l_, make_core)
+from seqlm.models.steps import ONEDNN as _ONEDNN
 
 
 def _help(text: str, choices: tuple[str, ...] | None = None) -> dict:
@@ -92,9 +93,10 @@ class ModelConfig:
         device type (``'cpu'``, ``'cuda'``, ``'mps'``), as the training step measures there.
 
         ``impl``: on the CPU the scratch cores for rnn and gru, whose hand-written BPTT runs
-        1.2-1.7x faster than torch's nn.RNN / nn.GRU loops here, and torch's fused LSTM (oneDNN, at the
-        GEMM bound); on other devices the fused cores (cuDNN); the scratch core whenever the
-        truncation is neither 'window' nor 'full'. ``bptt_engine``: 'manual' where the scratch
+        1.2-1.7x faster than torch's nn.RNN / nn.GRU loops here, and torch's fused LSTM
+        (oneDNN's LSTM primitive, faster than the per-step GEMM bound); on other devices the
+        fused cores (cuDNN); the scratch core whenever the truncation is neither 'window' nor
+        'full'. ``bptt_engine``: 'manual' where the scratch
         core has one for this cell and truncation, else 'autograd'.
         """
         impl, engine = self.impl, self.bptt_engine
@@ -256,10 +258,7 @@ class RNNLM(nn.Module):
             core = make_core(c.cell, "scratch", core.input_size, c.hidden_size, c.num_layers,
                              nonlinearity=c.nonlinearity).to(self.decoder.weight)
             core.load_state_dict(self.core.state_dict())
-        w_ih, _, b_ih, b_hh = core.layer_weights(0)
-        bias = b_ih + b_hh if core.fold_hidden_bias else b_ih
-        table = (F.linear(self.embedding.weight, w_ih, bias) if self.embedding is not None
-                 else w_ih.t() + bias).contiguous()
+        table = self.input_table()
         layers = []
         for k in range(c.num_layers):
             w_ih, w_hh, b_ih, b_hh = core.layer_weights(k)
@@ -285,6 +284,18 @@ class RNNLM(nn.Module):
 
         return step
 
+    @torch.no_grad()
+    def input_table(self) -> Tensor:
+        r"""(V, G·H): the first layer's input term of every token,
+        :math:`\mathrm{embed}(v) W_{ih}^T + b` (b = b_ih + b_hh, or b_ih alone for the GRU,
+        whose reset gate multiplies b_hh), row-major; the steppers gather rows of it."""
+        w_ih, b_ih, b_hh = (getattr(self.core, f"{name}_l0")
+                            for name in ("weight_ih", "bias_ih", "bias_hh"))
+        bias = b_ih if self.config.cell == "gru" else b_ih + b_hh
+        if self.embedding is not None:
+            return F.linear(self.embedding.weight, w_ih, bias)
+        return (w_ih.t() + bias).contiguous()
+
     def begin_state(self, batch_size: int, device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None) -> State:
         """Zero state (L, B, H) — a pair for LSTM — on ``device`` (default: the model's)."""
@@ -308,13 +319,6 @@ class RNNLM(nn.Module):
         return loaded.model, loaded.tokenizer
 
 
-def _onednn_linear_available() -> bool:
-    mkldnn = getattr(torch.backends, "mkldnn", None)
-    return (mkldnn is not None and mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-
-
-_ONEDNN = _onednn_linear_available()
 STEPPER_BACKENDS = ("auto", "torch", "numpy")
 # Below this many weights (V·H) MKL's GEMM wins: measured 0.6x for 28x512, 1.1x for 512x512,
 # 1.2x for 5000x256 (oneDNN's speed relative to MKL's, forward + backward, 2 threads).

@@ -15,13 +15,20 @@ import torch
 from torch import Tensor
 
 
+def _onednn_available() -> bool:
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    return (mkldnn is not None and mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+ONEDNN = _onednn_available()  # this torch build has oneDNN's matmul operators
+
+
 def onednn_runs(x: Tensor) -> bool:
     """Whether oneDNN's matmul runs the products of ``x``'s loops: float32 CPU tensors, where
     this torch build has the operators."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu"
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    return ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu"
 
 
 def hidden_product(weight: Tensor, bias: Tensor | None, batch: int) -> Callable[[Tensor], Tensor]:
