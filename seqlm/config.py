@@ -124,6 +124,11 @@ class TrainConfig:
     eval_every: int = opt(200, "evaluate on the validation split every N steps (0 = at the end)")
     early_stopping: int | None = opt(None, "stop after N evaluations without improvement")
     log_every: int = opt(20, "write a metrics record every N steps")
+    guard_retries: int = opt(3, "divergence guard: blow-ups (a loss or gradient norm far above "
+                             "its running level, or NaN) it recovers from by going back to "
+                             "its last snapshot at a lower lr; 0 = off")
+    guard_every: int = opt(100, "divergence guard: steps between its in-memory snapshots")
+    guard_lr_factor: float = opt(0.5, "divergence guard: lr multiplier at each recovery")
     seed: int = opt(0, "seed of every random choice: init, offsets, shuffles, dropout, samples")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = opt("float32", "bfloat16 = bfloat16 autocast (CUDA, or CPU where it helps)",
@@ -142,6 +147,10 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "sample_tokens"):
             _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
         _check(self.log_every >= 1, "log_every", self.log_every, "a positive integer")
+        _check(self.guard_retries >= 0, "guard_retries", self.guard_retries, ">= 0 (0 = off)")
+        _check(self.guard_every >= 1, "guard_every", self.guard_every, "a positive integer")
+        _check(0 < self.guard_lr_factor < 1, "guard_lr_factor", self.guard_lr_factor,
+               "in (0, 1)")
         for name in ("epochs", "max_steps", "early_stopping", "threads"):
             value = getattr(self, name)
             _check(value is None or value >= 1, name, value, "a positive integer")

@@ -179,8 +179,9 @@ class RunDir:
         return out
 
     def truncate_metrics(self, step: int) -> None:
-        """Drops records written after ``step`` (by a run killed after its last checkpoint)."""
-        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        """Drops records written after ``step`` (by a run killed after its last checkpoint);
+        a recovery counts at the step it went back to."""
+        kept = [r for r in self.records() if r.get("restored_step", r.get("step", 0)) <= step]
         self._replace(self.metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                             for r in kept))
 
@@ -277,7 +278,7 @@ class RunSession:
 
 
 def hooks_for(session: RunSession, *, on_log=None, on_eval=None, on_step=None,
-              should_stop=None) -> Hooks:
+              should_stop=None, on_recovery=None) -> Hooks:
     """Hooks that write metrics, samples and checkpoints, then call the caller's reporters
     (in a multi-process run, on rank 0 only; the other ranks only join the saves)."""
     if not session.dist.is_main:
@@ -296,8 +297,14 @@ def hooks_for(session: RunSession, *, on_log=None, on_eval=None, on_step=None,
         if on_eval:
             on_eval(record)
 
+    def recovery(record: dict) -> None:
+        session.run.append("metrics.jsonl", record)
+        if on_recovery:
+            on_recovery(record)
+
     return Hooks(on_log=log, on_eval=evaluate, on_step=on_step or (lambda p: None),
-                 should_stop=should_stop or (lambda: False), save=session.save)
+                 should_stop=should_stop or (lambda: False), save=session.save,
+                 on_recovery=recovery)
 
 
 def budget_overrides(saved: dict, given: dict) -> dict:

@@ -30,13 +30,15 @@ from seqlm.config import DataConfig, TrainConfig
 from seqlm.data import SAMPLERS, Corpus, check_fits, release_pages
 from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
+from seqlm.guard import Guard
 from seqlm.metrics import LossMeter, summary
 from seqlm.loss import cross_entropy
 from seqlm.models.lm import RNNLM, detach_state, flatten_logits
 
 
 class TrainingDiverged(SeqlmError):
-    """A step's loss was NaN or infinite; the saved checkpoints are the last good ones."""
+    """Training diverged and the guard could not (or may not) recover; the saved checkpoints
+    are the last good ones."""
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Hooks:
     on_log: Callable[[dict], None] = lambda record: None
     on_eval: Callable[[dict], None] = lambda record: None
     on_step: Callable[[Progress], None] = lambda progress: None
+    on_recovery: Callable[[dict], None] = lambda record: None
     should_stop: Callable[[], bool] = lambda: False
     save: Callable[[str, "Trainer"], None] = lambda kind, trainer: None
 
@@ -143,6 +146,23 @@ def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_step
     return meter
 
 
+class _Window:
+    """The sums of one log interval, kept on the device until the interval ends."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.norm = torch.zeros((), dtype=torch.float64, device=device)
+        self.norm_max = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps, self.tokens, self.start = 0, 0, time.perf_counter()
+
+    def add(self, nll: torch.Tensor, norm: torch.Tensor, tokens: int) -> None:
+        self.loss += nll
+        self.norm += norm
+        torch.maximum(self.norm_max, norm.double(), out=self.norm_max)
+        self.steps += 1
+        self.tokens += tokens
+
+
 @dataclass
 class Trainer:
     """Owns the model, optimizer, schedule, random generators and counters of one run."""
@@ -170,6 +190,8 @@ class Trainer:
         self.epoch_generator_state = self.generator.get_state()
         self.state = None  # carried hidden state (sequential partitioning)
         self.plateau_lr = 1.0
+        self.guard = Guard(self.cfg.guard_retries, self.cfg.guard_every,
+                           self.cfg.guard_lr_factor, self.device)
         self.total_steps = self._total_steps()
         self.autocast = self._autocast()
         self.history: list[dict] = []
@@ -192,7 +214,7 @@ class Trainer:
     def set_lr(self) -> float:
         lr = self.cfg.lr * lr_factor(self.cfg, self.progress.step, self.total_steps,
                                      self.progress.elapsed)
-        lr *= self.plateau_lr
+        lr *= self.plateau_lr * self.guard.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -249,49 +271,45 @@ class Trainer:
     def run(self, hooks: Hooks) -> Progress:
         """Trains until a budget is spent, early stopping triggers or ``hooks.should_stop()``.
 
+        At every log interval (and evaluation) the divergence guard (:mod:`seqlm.guard`)
+        closes its window: a blow-up loads the last snapshot and lowers the lr, a healthy
+        window may become the next snapshot.
+
         Raises:
-            TrainingDiverged: a step's loss was not finite (checked at every log interval and
-                before every save, so saved checkpoints never hold a diverged model).
+            TrainingDiverged: a step's loss was not finite with the guard off, or training
+                still blew up after ``guard_retries`` recoveries (checked before every save,
+                so saved checkpoints never hold a NaN model).
         """
         p, cfg = self.progress, self.cfg
         self.model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        norm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        norm_max = torch.zeros((), dtype=torch.float64, device=self.device)
-        bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
-        window = {"steps": 0, "tokens": 0, "start": time.perf_counter()}
+        if self.guard.enabled and self.guard.snapshot is None:
+            self._keep_snapshot()
+        sums = _Window(self.device)
         tick, clock = time.perf_counter(), 0.0
         p.stop_reason = self.done()
         while not p.stop_reason:
             for X, Y in self.batches():
                 lr = self.set_lr()
                 nll, norm = self.step(X, Y)
-                bad = ~torch.isfinite(nll) | ~torch.isfinite(norm)
-                bad_step = torch.where((bad_step < 0) & bad,
-                                       torch.full_like(bad_step, p.step + 1), bad_step)
-                loss_sum += nll
-                norm_sum += norm
-                norm_max = torch.maximum(norm_max, norm.double())
+                self.guard.observe(p.step + 1, nll, norm, Y.numel())
+                sums.add(nll, norm, Y.numel())
                 p.step += 1
                 p.batch_in_epoch += 1
                 p.tokens += Y.numel()
-                window["steps"] += 1
-                window["tokens"] += Y.numel()
                 now = time.perf_counter()
                 clock, tick = clock + now - tick, now  # wall time, evaluations included
                 if not self.dist.enabled or p.step % cfg.log_every == 0:
                     # Ranks share one clock (the slowest), so lr and time budget agree.
                     p.elapsed, clock = p.elapsed + self.dist.max(clock), 0.0
                 hooks.on_step(p)
+                evaluate_now = cfg.eval_every and p.step % cfg.eval_every == 0
+                if (p.step % cfg.log_every == 0 or evaluate_now) and self._guard_check(hooks):
+                    sums = _Window(self.device)
+                    break  # the restored epoch's batches, from the restored position
                 if p.step % cfg.log_every == 0:
-                    self._check_finite(bad_step)
-                    record = self._log_record(loss_sum, norm_sum, norm_max, window, lr)
-                    self.history.append(record)
-                    hooks.on_log(record)
-                    loss_sum.zero_(), norm_sum.zero_(), norm_max.zero_()
-                    window = {"steps": 0, "tokens": 0, "start": time.perf_counter()}
-                if cfg.eval_every and p.step % cfg.eval_every == 0:
-                    self._check_finite(bad_step)
+                    self._log(hooks, sums, lr)
+                    sums = _Window(self.device)
+                if evaluate_now:
                     self._evaluate(hooks)
                 stop = self.done() or self._interrupted(hooks)
                 if stop:
@@ -301,20 +319,85 @@ class Trainer:
                 self._end_epoch()
                 p.stop_reason = self.done()
         p.elapsed += self.dist.max(clock)  # the time since the last log interval
-        self._check_finite(bad_step)
-        if window["steps"]:
-            record = self._log_record(loss_sum, norm_sum, norm_max, window, self.set_lr())
-            self.history.append(record)
-            hooks.on_log(record)
+        self._finish(hooks, sums)
+        return p
+
+    def _finish(self, hooks: Hooks, sums: _Window) -> None:
+        """The last log record, the final evaluation and the last save. An interrupted run
+        leaves the guard's window open (its resume closes it where an uninterrupted run
+        would) unless that window saw a NaN."""
+        p = self.progress
+        pending_nan = self.dist.first_step(self.guard.bad_step) >= 0
+        if (p.stop_reason != "interrupted" or pending_nan) and self._guard_check(hooks):
+            sums = _Window(self.device)
+        if sums.steps:
+            self._log(hooks, sums, self.set_lr())
         last_eval = next((r["step"] for r in reversed(self.history) if r["kind"] == "eval"), -1)
         if p.stop_reason != "interrupted" and last_eval != p.step:
             self._evaluate(hooks, final=True)
         self._check_weights()
         hooks.save("last", self)
-        return p
+
+    def _guard_check(self, hooks: Hooks) -> bool:
+        """Closes the guard's window; True when it was a blow-up and the last snapshot is
+        loaded (the caller then restarts the epoch's batches).
+
+        Raises:
+            TrainingDiverged: a NaN with the guard off, or a blow-up with no retry left.
+        """
+        guard, p = self.guard, self.progress
+        reason, figures = guard.check(self.dist)
+        if not reason and guard.enabled and not self._weights_finite():
+            reason = f"the weights became NaN or infinite by step {p.step}"
+        if not reason:
+            if guard.due(p.step):
+                self._keep_snapshot()
+            return False
+        if not guard.enabled:
+            raise TrainingDiverged(f"{reason}; lower --lr (now {self.cfg.lr:g}) or clip "
+                                   "gradients (--clip 1); the saved checkpoints are the last "
+                                   "good ones")
+        if guard.recoveries >= guard.retries:
+            best = (f"checkpoints/best (step {p.best_step}, validation loss {p.best_val:.4f}) "
+                    "is kept" if math.isfinite(p.best_val) else "no evaluation had run, so "
+                    "there is no best checkpoint")
+            raise TrainingDiverged(
+                f"training still diverged after {guard.retries} recoveries ({reason} at step "
+                f"{p.step}); {best}; start again with a lower --lr (now {self.cfg.lr:g})")
+        detected = p.step
+        self._restore(*guard.recover())
+        record = {"kind": "recovery", "step": detected, "restored_step": p.step,
+                  "reason": reason, "lr": self.cfg.lr * guard.lr_scale,
+                  "recovery": guard.recoveries, "retries": guard.retries,
+                  "elapsed": p.elapsed,
+                  **{k: v for k, v in figures.items() if math.isfinite(v)}}
+        self.history.append(record)
+        hooks.on_recovery(record)
+        return True
+
+    def _keep_snapshot(self) -> None:
+        tensors, meta = self._core_state_dict()
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        self.guard.keep(self.progress.step, tensors, meta)
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Loads a snapshot: weights, optimizer, schedule position, generators, carried
+        state. Wall time, tokens seen and the best validation figures go on."""
+        progress = self.progress  # the loop holds this object: update it in place
+        kept = {k: getattr(progress, k)
+                for k in ("tokens", "elapsed", "best_val", "best_step", "stale_evals")}
+        tensors = {k: v.clone() for k, v in tensors.items()}  # the snapshot stays intact
+        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
+                                    if k.startswith("model.")})
+        self._load_core_state_dict(tensors, meta)
+        vars(progress).update({**vars(self.progress), **kept})
+        self.progress = progress
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(w).all()) for w in self.model.parameters())
 
     def _check_weights(self) -> None:
-        if not all(bool(torch.isfinite(w).all()) for w in self.model.parameters()):
+        if not self._weights_finite():
             raise TrainingDiverged(
                 f"the weights became NaN or infinite by step {self.progress.step}; lower --lr "
                 f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints "
@@ -335,23 +418,17 @@ class Trainer:
         self.epoch_generator_state = self.generator.get_state()
         self.state = None  # the chapter: a fresh state at the start of every epoch
 
-    def _check_finite(self, bad_step: torch.Tensor) -> None:
-        step = self.dist.first_step(bad_step)
-        if step >= 0:
-            raise TrainingDiverged(
-                f"the loss became NaN or infinite at step {step}; lower --lr (now "
-                f"{self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints are the "
-                "last good ones")
-
-    def _log_record(self, loss_sum, norm_sum, norm_max, window, lr) -> dict:
+    def _log(self, hooks: Hooks, sums: _Window, lr: float) -> None:
         p = self.progress
-        seconds = max(time.perf_counter() - window["start"], 1e-9)
-        loss = float(self.dist.all_reduce_(loss_sum)) / max(window["tokens"], 1)  # global
-        return {"kind": "train", "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
-                **{k: v for k, v in summary(loss, window["tokens"]).items() if k != "tokens"},
-                "grad_norm": float(norm_sum) / max(window["steps"], 1),
-                "grad_norm_max": float(norm_max), "lr": lr,
-                "tokens_per_s": window["tokens"] / seconds, "elapsed": p.elapsed}
+        seconds = max(time.perf_counter() - sums.start, 1e-9)
+        loss = float(self.dist.all_reduce_(sums.loss)) / max(sums.tokens, 1)  # global
+        record = {"kind": "train", "step": p.step, "epoch": p.epoch, "tokens": p.tokens,
+                  **{k: v for k, v in summary(loss, sums.tokens).items() if k != "tokens"},
+                  "grad_norm": float(sums.norm) / max(sums.steps, 1),
+                  "grad_norm_max": float(sums.norm_max), "lr": lr,
+                  "tokens_per_s": sums.tokens / seconds, "elapsed": p.elapsed}
+        self.history.append(record)
+        hooks.on_log(record)
 
     def _evaluate(self, hooks: Hooks, *, final: bool = False) -> None:
         p = self.progress
@@ -385,7 +462,19 @@ class Trainer:
     # ---- exact resume -----------------------------------------------------------------------
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything beyond the weights that an exact resume needs: tensors and JSON."""
+        """Everything beyond the weights that an exact resume needs: tensors and JSON (the
+        divergence guard's included)."""
+        tensors, meta = self._core_state_dict()
+        guard_tensors, meta["guard"] = self.guard.state_dict()
+        return {**tensors, **guard_tensors}, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self._load_core_state_dict(tensors, meta)
+        if meta.get("guard") is not None:  # runs saved before the guard start without one
+            self.guard.load_state_dict(tensors, meta["guard"])
+
+    def _core_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The trainer's state without the guard's: what a guard snapshot holds."""
         tensors = {"rng.torch": torch.get_rng_state(),
                    "rng.sampler": self.generator.get_state(),
                    "rng.sampler_epoch": self.epoch_generator_state}
@@ -411,7 +500,7 @@ class Trainer:
                 else (1 if self.state is not None else 0)}
         return tensors, meta
 
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    def _load_core_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         saved = dict(meta["progress"])
         if saved.get("best_val") is None:
             saved["best_val"] = math.inf

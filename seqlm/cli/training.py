@@ -106,6 +106,12 @@ class _Reporter:
                 f"| val ppl {r['val_ppl']:.3f}{' *' if r.get('best') else ''}")
         self.write(line + (f"\n    {r['sample']!r}" if r.get("sample") else ""))
 
+    def recovery(self, r: dict) -> None:
+        """One line per divergence-guard recovery, even with --quiet (it changes the run)."""
+        self.write(f"step {r['step']:>6} | diverging: {r['reason']}; back to step "
+                   f"{r['restored_step']} at lr {r['lr']:.3g} (recovery {r['recovery']} of "
+                   f"{r['retries']})")
+
     def write(self, text: str) -> None:
         if self.bar is not None:
             self.bar.clear()
@@ -132,7 +138,8 @@ def run_training(session, args, reporter: _Reporter) -> dict:
     start = time.perf_counter()
     try:
         hooks = hooks_for(session, on_log=reporter.log, on_eval=reporter.eval,
-                          on_step=reporter.step, should_stop=lambda: bool(caught))
+                          on_step=reporter.step, should_stop=lambda: bool(caught),
+                          on_recovery=reporter.recovery)
         session.trainer.run(hooks)
     except RuntimeError as exc:  # a collective failed: another rank died
         lost = session.dist.lost_peer(exc)
