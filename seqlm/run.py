@@ -332,6 +332,14 @@ def resolve_train_config(saved: dict, overrides: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _best(evals: list[dict], step: int) -> dict | None:
+    """The best evaluation's figures and step (what checkpoints/best holds), or None."""
+    best = next((r for r in reversed(evals) if r["step"] == step and r.get("best")), None)
+    if best is None:
+        return None
+    return {"step": step, **{k: best[f"val_{k}"] for k in ("loss", "ppl", "bits")}}
+
+
 def finish(session: RunSession, wall: float) -> dict:
     """Writes ``curves.png`` and returns the run's summary."""
     from seqlm.plots import plot_curves
@@ -349,6 +357,7 @@ def finish(session: RunSession, wall: float) -> dict:
         "train": {k: final_train.get(k) for k in ("loss", "ppl", "bits")} if train else None,
         "val": {k: evals[-1][f"val_{k}"] for k in ("loss", "ppl", "bits")} if evals else None,
         "best_val_loss": p.best_val if evals else None,
+        "best_val": _best(evals, p.best_step),
         "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
         "baselines": session.baselines, "vocab_size": session.corpus.vocab_size,
         "oov_rate": session.corpus.oov_rate,

@@ -298,7 +298,8 @@ def test_a_rank_that_dies_takes_the_job_down_and_the_last_checkpoint_stays_whole
     argv = [sys.executable, "-m", "seqlm", "train", "--nproc", "2", "--corpus", str(corpus),
             "--cell", "gru", "--impl", "scratch", "--hidden-size", "16", "--embedding-dim", "8",
             "--sampler", "random", "--batch-size", "4", "--num-steps", "8",
-            "--time-budget", "120", "--eval-every", "3", "--sample-tokens", "0",
+            "--time-budget", "120", "--eval-every", "3", "--early-stopping", "none",
+            "--sample-tokens", "0",
             "--threads", "1", "--quiet", "--out", str(run)]
     job = subprocess.Popen(argv, env=_env(SEQLM_TEST_TAG=tag), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)

@@ -35,7 +35,7 @@ TRAIN = ["--corpus", "tiny.txt", "--cell", "lstm", "--impl", "fused", "--hidden-
          "--embedding-dim", "16", "--dropout", "0.1", "--batch-size", "4", "--num-steps", "16",
          "--max-steps", "STEPS", "--eval-every", "3", "--log-every", "3", "--schedule", "cosine",
          "--warmup-steps", "4", "--sample-tokens", "4", "--split", "0.8,0.1,0.1",
-         "--threads", "1", "--seed", "7", "--quiet"]
+         "--early-stopping", "none", "--threads", "1", "--seed", "7", "--quiet"]
 LAST_FILES = {"config.json", "model.safetensors", "vocab.json", "trainer.json",
               "trainer.safetensors"}
 KILLS = 12

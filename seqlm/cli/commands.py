@@ -35,7 +35,10 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_prepare)
 
     p = sub.add_parser("evaluate", help="loss, perplexity and bits of a checkpoint on a split")
-    p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    p.add_argument("checkpoint", help="a run directory (its checkpoints/best, else last) or a "
+                   "checkpoint directory")
+    p.add_argument("--last", action="store_true", help="a run's checkpoints/last (the final "
+                   "weights) instead of checkpoints/best")
     p.add_argument("--corpus", help="evaluate on this corpus instead of the run's")
     p.add_argument("--encoding", default="utf-8", help="encoding of --corpus")
     p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
@@ -47,7 +50,10 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("generate", help="continue a prefix with a trained model")
-    p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
+    p.add_argument("checkpoint", help="a run directory (its checkpoints/best, else last) or a "
+                   "checkpoint directory")
+    p.add_argument("--last", action="store_true", help="a run's checkpoints/last (the final "
+                   "weights) instead of checkpoints/best")
     p.add_argument("--prefix", default="", help="text to continue (fed through first: warm-up)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (the book's)")
@@ -123,8 +129,27 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _load(args, device):
+    """The checkpoint the command reads (a run's best unless ``--last``) and the training
+    step it holds (None when the checkpoint does not say)."""
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = Path(args.checkpoint)
+    if args.last:
+        if not (path / "checkpoints").is_dir():
+            raise ConfigError(f"--last needs a run directory (with checkpoints/), got {path}; "
+                              "pass the run, or the checkpoint directory without --last")
+        path = path / "checkpoints" / "last"
+    ckpt = load_checkpoint(resolve_checkpoint(path), device=device)
+    progress = (ckpt.trainer_state or {}).get("progress")
+    return ckpt, progress.get("step") if isinstance(progress, dict) else None
+
+
+def _described(path: Path, step: int | None) -> str:
+    return f"checkpoint {path}" + (f" (step {step:,})" if step is not None else "")
+
+
+def cmd_evaluate(args) -> int:
     from seqlm.data import split_text
     from seqlm.models.lm import resolve_device
     from seqlm.text import clean, read_corpus
@@ -134,7 +159,7 @@ def cmd_evaluate(args) -> int:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=device)
+    ckpt, step = _load(args, device)
     data = DataConfig(**ckpt.config.get("data", {}))
     corpus_name = args.corpus or data.corpus
     encoding = args.encoding if args.corpus else data.encoding
@@ -147,28 +172,31 @@ def cmd_evaluate(args) -> int:
                           "choose another --split or corpus")
     meter = evaluate(ckpt.model, ids, batch_size=args.batch_size, num_steps=args.num_steps,
                      device=device)
-    report = {"checkpoint": str(ckpt.path), "corpus": corpus_name, "split": args.split,
+    report = {"checkpoint": str(ckpt.path), "checkpoint_step": step, "corpus": corpus_name,
+              "split": args.split,
               **meter.report(), "oov_rate": float((ids == 0).mean())}
     if args.json:
         print(json.dumps(report))
     else:
         unit = "character" if data.tokenizer == "char" else "token"
-        print(f"{corpus_name} [{args.split}]: loss {report['loss']:.4f} nats/{unit}, "
+        print(f"{_described(ckpt.path, step)}: {corpus_name} [{args.split}]: loss "
+              f"{report['loss']:.4f} nats/{unit}, "
               f"perplexity {report['ppl']:.3f}, {report['bits']:.3f} bits/{unit}, "
               f"{report['tokens']:,} tokens, OOV {report['oov_rate']:.2%}")
     return 0
 
 
 def cmd_generate(args) -> int:
-    from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
     from seqlm.generate import generate
     from seqlm.models.lm import resolve_device
 
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be a positive integer, got {args.num_samples}")
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=device)
+    ckpt, step = _load(args, device)
     stream = not args.json and args.num_samples == 1
+    if not args.json:  # stderr: the generated text alone goes to stdout
+        print(f"seqlm generate: {_described(ckpt.path, step)}", file=sys.stderr)
     if stream:
         print(args.prefix, end="", flush=True)
     texts = generate(ckpt.model, ckpt.tokenizer, args.prefix,
@@ -179,8 +207,8 @@ def cmd_generate(args) -> int:
                      on_text=(lambda i, piece: print(piece, end="", flush=True))
                      if stream else None)
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt.path), "prefix": args.prefix,
-                          "samples": texts}, ensure_ascii=False))
+        print(json.dumps({"checkpoint": str(ckpt.path), "checkpoint_step": step,
+                          "prefix": args.prefix, "samples": texts}, ensure_ascii=False))
     elif stream:
         print()
     else:

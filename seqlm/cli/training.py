@@ -276,6 +276,11 @@ def _print_summary(summary: dict, args, reporter: _Reporter) -> None:
         print(f"validation perplexity {val['ppl']:.3f} ({val['bits']:.3f} bits/token); bigram "
               f"baseline {base['bigram']['ppl']:.3f}, unigram {base['unigram']['ppl']:.3f}",
               file=out)
+    best = summary.get("best_val")
+    if best and val:
+        print(f"best validation perplexity {best['ppl']:.3f} at step {best['step']:,} "
+              f"(checkpoints/best; generate and evaluate use it, --last picks the final "
+              "weights)", file=out)
     if summary.get("sample"):
         print(f"\n{summary['sample']}\n", file=out)
     print(f"run: {summary['run']}  (seqlm generate {summary['run']} --prefix ...)", file=out)
