@@ -1,8 +1,8 @@
 """Corpora: read text from files, directories, stdin or a registered name, and clean it.
 
 ``--corpus`` takes a path to a UTF-8 text file, a directory (its ``*.txt`` files in sorted
-order), ``-`` for stdin, or a registered name (:data:`CORPORA`). Named corpora other than
-``builtin`` are looked up in each directory of ``SEQLM_DATA`` (``<name>.txt`` with the right
+order), ``-`` for stdin, or a registered name (:data:`CORPORA`). ``builtin`` and
+``python-source`` come with Python itself (:data:`OFFLINE`); the other named corpora are looked up in each directory of ``SEQLM_DATA`` (``<name>.txt`` with the right
 sha1), then in the cache (``SEQLM_CACHE``, default the user's cache directory), and only then
 downloaded once, verified by sha1 and written atomically.
 """
@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import sys
+import sysconfig
 import tempfile
 import urllib.error
 import urllib.request
@@ -41,6 +42,7 @@ class NamedCorpus:
 
 CORPORA: dict[str, NamedCorpus | None] = {
     "builtin": None,  # CPython's own documentation topics (pydoc_data), always available
+    "python-source": None,  # the standard library's own .py files, always available
     "timemachine": NamedCorpus(
         "timemachine",
         "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
@@ -66,8 +68,10 @@ def read_corpus(spec: str = "builtin", *, encoding: str = "utf-8") -> str:
     if spec == "-":
         data = sys.stdin.buffer.read()
         text = decode_bytes(data, "<stdin>", encoding)
+    elif spec in OFFLINE:
+        text = OFFLINE[spec]()
     elif spec in CORPORA:
-        text = _builtin_text() if spec == "builtin" else read_file(fetch(spec), "utf-8")
+        text = read_file(fetch(spec), "utf-8")
     else:
         text = "\n".join(read_file(f, encoding) for f in corpus_files(spec))
     if not text.strip():
@@ -211,6 +215,51 @@ def _builtin_text() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[key].strip() for key in sorted(topics)) + "\n"
+
+
+PYTHON_SOURCE_CHARS = 4_000_000  # python-source: whole files while the total stays within this
+PYTHON_SOURCE_FILE_BYTES = 200_000  # python-source: larger files are left out
+# Directories python-source leaves out: installed packages, the test suites (their data files
+# include deliberately broken and non-UTF-8 code) and the generated codec tables.
+PYTHON_SOURCE_SKIP = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test",
+                                "__pycache__", "encodings"})
+
+
+def python_source_files(root: Path | None = None) -> list[Path]:
+    """The standard library's ``.py`` files that make up ``python-source``, in the sorted
+    order of their paths under ``root`` (default: the running Python's stdlib directory from
+    :mod:`sysconfig`), without :data:`PYTHON_SOURCE_SKIP` directories and files over
+    :data:`PYTHON_SOURCE_FILE_BYTES` (pydoc_data/topics.py is the builtin corpus as a Python
+    string; _pydecimal.py repeats decimal)."""
+    root = Path(sysconfig.get_paths()["stdlib"]) if root is None else root
+    found = [p for p in root.rglob("*.py")
+             if not PYTHON_SOURCE_SKIP & set(p.relative_to(root).parts[:-1])
+             and p.is_file() and p.stat().st_size <= PYTHON_SOURCE_FILE_BYTES]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _python_source_text(root: Path | None = None,
+                        max_chars: int = PYTHON_SOURCE_CHARS) -> str:
+    """``python-source``: the char-rnn classic of training on code. Whole files (each after a
+    ``# <path>`` line) in :func:`python_source_files` order, while the total stays within
+    ``max_chars`` (about 4 MB of the 10 MB CPython 3.11 has); a file that is not UTF-8 is
+    left out. The text is the running Python's: another version gives another corpus."""
+    pieces, total = [], 0
+    base = Path(sysconfig.get_paths()["stdlib"]) if root is None else root
+    for path in python_source_files(base):
+        try:
+            text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+        except (OSError, UnicodeDecodeError):
+            continue
+        piece = f"# {path.relative_to(base).as_posix()}\n{text.strip()}\n\n"
+        if total + len(piece) > max_chars:
+            break
+        pieces.append(piece)
+        total += len(piece)
+    return "".join(pieces)
+
+
+OFFLINE = {"builtin": _builtin_text, "python-source": _python_source_text}
 
 
 def cache_dir() -> Path:

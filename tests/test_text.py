@@ -26,7 +26,7 @@ def test_file_directory_and_stdin(tmp_path, monkeypatch):
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):
-    with pytest.raises(CorpusError, match="no such file.*builtin, timemachine"):
+    with pytest.raises(CorpusError, match="no such file.*builtin, python-source, timemachine"):
         T.read_corpus(str(tmp_path / "missing.txt"))
     with pytest.raises(CorpusError, match="no .txt files"):
         T.read_corpus(str(tmp_path))
@@ -132,3 +132,27 @@ def test_unwritable_cache(fake_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("SEQLM_CACHE", str(blocker / "sub"))
     with pytest.raises(CorpusError, match="not writable.*SEQLM_CACHE"):
         T.fetch("fixture")
+
+
+def test_python_source_is_the_stdlib_sorted_without_tests_or_huge_files(tmp_path):
+    root = tmp_path / "lib"
+    for name, body in {"b.py": "x = 1\n", "a/z.py": "def f():\r\n    return 2\n",
+                       "a/c.py": "import b\n", "test/t.py": "bad\n",
+                       "site-packages/p.py": "pkg\n", "a/tests/u.py": "bad\n",
+                       "a/notes.txt": "not python\n"}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(body, encoding="utf-8", newline="")
+    (root / "huge.py").write_text("#" * (T.PYTHON_SOURCE_FILE_BYTES + 1))
+    (root / "latin.py").write_bytes(b"s = '\xe9'\n")
+    files = [p.relative_to(root).as_posix() for p in T.python_source_files(root)]
+    assert files == ["a/c.py", "a/z.py", "b.py", "latin.py"]
+    text = T._python_source_text(root)
+    assert text == "# a/c.py\nimport b\n\n# a/z.py\ndef f():\n    return 2\n\n# b.py\nx = 1\n\n"
+    assert T._python_source_text(root, max_chars=40) == "# a/c.py\nimport b\n\n"
+
+
+def test_python_source_corpus_is_offline_and_capped():
+    text = T.read_corpus("python-source")
+    assert text.startswith("# __future__.py\n") and "\ndef " in text
+    assert 1_000_000 < len(text) <= T.PYTHON_SOURCE_CHARS
+    assert "# test/" not in text and "site-packages" not in text.split("\n", 1)[0]
