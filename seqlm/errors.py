@@ -21,3 +21,8 @@ class CorpusError(SeqlmError):
 
 class CheckpointError(SeqlmError):
     """A checkpoint or run directory is missing, incomplete, corrupt or inconsistent."""
+
+
+class TrainingDiverged(SeqlmError):
+    """Training diverged and the divergence guard could not (or was told not to) recover; the
+    saved checkpoints are the last good ones."""

@@ -37,9 +37,16 @@ to one that was not interrupted, recoveries included.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
+from typing import TYPE_CHECKING
 
 import torch
+
+from seqlm.errors import TrainingDiverged
+
+if TYPE_CHECKING:
+    from seqlm.train import Hooks
 
 GRAD_FACTOR = 4.0  # a window's mean gradient norm above this many running medians: blow-up
 LOSS_MARGIN = 0.5  # nats: a window's mean loss this far above its running median: blow-up
@@ -166,3 +173,63 @@ class Guard:
             prefix = "guard.snapshot."
             self.snapshot = ({k[len(prefix):]: v for k, v in tensors.items()
                               if k.startswith(prefix)}, meta["snapshot"])
+
+
+class Recovering:
+    """The trainer's side of the guard (mixed into :class:`seqlm.train.Trainer`, whose
+    ``guard``, ``progress``, ``model``, ``cfg`` and state methods it uses)."""
+
+    def _guard_check(self, hooks: Hooks) -> bool:
+        """Closes the guard's window; True when it was a blow-up and the last snapshot is
+        loaded (the caller then restarts the epoch's batches).
+
+        Raises:
+            TrainingDiverged: a NaN with the guard off, or a blow-up with no retry left.
+        """
+        guard, p = self.guard, self.progress
+        reason, figures = guard.check(self.dist)
+        if not reason and guard.enabled and not self._weights_finite():
+            reason = f"the weights became NaN or infinite by step {p.step}"
+        if not reason:
+            if guard.due(p.step):
+                self._keep_snapshot()
+            return False
+        if not guard.enabled:
+            raise TrainingDiverged(f"{reason}; lower --lr (now {self.cfg.lr:g}) or clip "
+                                   "gradients (--clip 1); the saved checkpoints are the last "
+                                   "good ones")
+        if guard.recoveries >= guard.retries:
+            best = (f"checkpoints/best (step {p.best_step}, validation loss {p.best_val:.4f}) "
+                    "is kept" if math.isfinite(p.best_val) else "no evaluation had run, so "
+                    "there is no best checkpoint")
+            raise TrainingDiverged(
+                f"training still diverged after {guard.retries} recoveries ({reason} at step "
+                f"{p.step}); {best}; start again with a lower --lr (now {self.cfg.lr:g})")
+        detected = p.step
+        self._restore(*guard.recover())
+        record = {"kind": "recovery", "step": detected, "restored_step": p.step,
+                  "reason": reason, "lr": self.cfg.lr * guard.lr_scale,
+                  "recovery": guard.recoveries, "retries": guard.retries,
+                  "elapsed": p.elapsed,
+                  **{k: v for k, v in figures.items() if math.isfinite(v)}}
+        self.history.append(record)
+        hooks.on_recovery(record)
+        return True
+
+    def _keep_snapshot(self) -> None:
+        tensors, meta = self._core_state_dict()
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        self.guard.keep(self.progress.step, tensors, meta)
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Loads a snapshot: weights, optimizer, schedule position, generators, carried
+        state. Wall time, tokens seen and the best validation figures go on."""
+        progress = self.progress  # the loop holds this object: update it in place
+        kept = {k: getattr(progress, k)
+                for k in ("tokens", "elapsed", "best_val", "best_step", "stale_evals")}
+        tensors = {k: v.clone() for k, v in tensors.items()}  # the snapshot stays intact
+        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
+                                    if k.startswith("model.")})
+        self._load_core_state_dict(tensors, meta)
+        vars(progress).update({**vars(self.progress), **kept})
+        self.progress = progress
