@@ -29,7 +29,7 @@ import torch
 from seqlm.config import DataConfig, TrainConfig
 from seqlm.data import SAMPLERS, Corpus, check_fits, release_pages
 from seqlm.distributed import Dist
-from seqlm.errors import TrainingDiverged
+from seqlm.errors import CorpusError, TrainingDiverged
 from seqlm.guard import Guard, Recovering
 from seqlm.metrics import LossMeter, summary
 from seqlm.loss import cross_entropy
@@ -177,6 +177,7 @@ class Trainer(Recovering):
                 directory is created or replaced).
         """
         check_fits(self.corpus.splits["train"], self.data.batch_size, self.data.num_steps)
+        self._check_validation()
         self.dist.check_batch_size(self.data.batch_size)
         # Under torchrun the step runs through DistributedDataParallel (None otherwise).
         self.ddp_model = self.dist.wrap(self.model, self.device) if self.dist.enabled else None
@@ -191,6 +192,24 @@ class Trainer(Recovering):
         self.total_steps = self._total_steps()
         self.autocast = self._autocast()
         self.history: list[dict] = []
+
+    def _check_validation(self) -> None:
+        """Raises:
+            CorpusError: the text asks for a validation split (its fraction is > 0) that is
+                shorter than one window of ``num_steps + 1`` tokens: no evaluation, best
+                checkpoint, patience or perplexity could come of it.
+        """
+        from seqlm.data import is_prepared
+
+        val, need = self.corpus.splits.get("val", ()), self.data.num_steps + 1
+        fraction = self.data.split_fractions()[1]
+        if is_prepared(self.data.corpus) or fraction == 0 or len(val) >= need:
+            return
+        raise CorpusError(
+            f"corpus too short for a validation split: {fraction:g} of the text is "
+            f"{len(val)} tokens, but one evaluation window (--num-steps {self.data.num_steps}) "
+            f"needs {need}; use a longer corpus, a larger validation fraction in --split, or "
+            "--split 1,0,0 to train without validation")
 
     def _total_steps(self) -> int | None:
         from seqlm.data import min_batches_per_epoch

@@ -195,8 +195,6 @@ def cmd_generate(args) -> int:
     device = resolve_device(args.device)
     ckpt, step = _load(args, device)
     stream = not args.json and args.num_samples == 1
-    if not args.json:  # stderr: the generated text alone goes to stdout
-        print(f"seqlm generate: {_described(ckpt.path, step)}", file=sys.stderr)
     if stream:
         print(args.prefix, end="", flush=True)
     texts = generate(ckpt.model, ckpt.tokenizer, args.prefix,
@@ -214,5 +212,7 @@ def cmd_generate(args) -> int:
     else:
         for i, text in enumerate(texts):
             print(f"--- sample {i + 1}\n{text}")
+    if not args.json:  # after the text (stdout holds nothing else), once nothing can fail
+        print(f"seqlm generate: {_described(ckpt.path, step)}", file=sys.stderr)
     sys.stdout.flush()
     return 0
