@@ -339,7 +339,8 @@ def test_out_of_vocabulary_prefix_warns_and_generates(workspace, runner):
                             "--seed", "1"], workspace, base_env())
     assert result.rc == 0, result.stderr
     assert result.stderr.splitlines() == [
-        "seqlm: warning: prefix tokens outside the vocabulary are read as <unk>: 'Z', '€'"]
+        "seqlm: warning: prefix tokens outside the vocabulary are read as <unk>: 'Z', '€'",
+        "seqlm generate: checkpoint run/checkpoints/best (step 4)"]
     assert result.stdout.startswith("ZZ€ the") and len(result.stdout.rstrip("\n")) >= 7 + 12
     assert snapshot(workspace) == before
 
