@@ -18,8 +18,8 @@ learning rate by ``guard_lr_factor`` and goes on, at most ``guard_retries`` time
 
 The thresholds are measured. On healthy runs (metrics.jsonl, each train record against the
 median of the ten before it, the first three skipped): cpu-fast with hidden 128 on builtin
-(150 s, 39 windows), on sanguoyanyi (100 s) and word-level on builtin (100 s); cpu-fast and
-cpu-quality on builtin and alice (45-60 s); d2l-scratch, 100 epochs (100 windows, SGD lr 1).
+(150 s, 39 windows), on sanguoyanyi (100 s) and word-level on builtin (100 s); cpu-fast on
+builtin (45 s) and cpu-quality on alice (60 s); d2l-scratch, 100 epochs (100 windows, SGD lr 1).
 The worst window's mean gradient norm was 1.32x its running median (d2l-scratch; 1.04x at
 most for the Adam presets) and its loss 0.01 nats above its median. Blow-ups are far beyond
 that: the issue's cpu-quality run went from a norm of 0.4 to 5 (12x) and then 54, and its loss
