@@ -56,7 +56,8 @@ class DataConfig:
     """Where the text comes from, how it becomes tokens, and how minibatches are cut."""
 
     corpus: str = opt("builtin", "text file, directory of .txt files, '-' for stdin, a prepared "
-                      "corpus directory, or a name: builtin, timemachine, tinyshakespeare")
+                      "corpus directory, or a name: builtin, python-source, timemachine, "
+                      "tinyshakespeare")
     encoding: str = opt("utf-8", "text encoding of the corpus files")
     clean: str = opt("none", "none; lower; letters = the chapter's letters-only lowercase text",
                      ("none", "lower", "letters"))
