@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from seqlm.config import DataConfig, TrainConfig
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import SAMPLERS, load_corpus
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.models import RNNLM
 from seqlm.train import Trainer
 
 MODELS = {  # name: (model fields, optimizer, lr)

@@ -31,7 +31,9 @@ import torch
 from torch import Tensor
 
 from seqlm.errors import CheckpointError, ConfigError, SeqlmError
-from seqlm.models.lm import RNNLM, ModelConfig, resolve_device
+from seqlm.config import ModelConfig
+from seqlm.devices import resolve_device
+from seqlm.models import RNNLM
 from seqlm.tokenize import Tokenizer, tokenizer_from_state
 
 FORMAT_VERSION = 1

@@ -43,7 +43,7 @@ def check_fits(tokens: np.ndarray, batch_size: int, num_steps: int) -> None:
         raise CorpusError(
             f"corpus too short for one minibatch: {len(tokens)} tokens, but batch_size "
             f"{batch_size} × num_steps {num_steps} needs at least {need}; use a longer corpus "
-            "or a smaller --batch-size / --num-steps")
+            "or a smaller `batch_size` / `num_steps`")
 
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, num_steps: int) -> tuple[torch.Tensor, ...]:
@@ -267,10 +267,10 @@ def check_prepared_target(directory: str | Path, *, overwrite: bool = False) -> 
         raise ConfigError(f"{path} is a file; choose a directory for the prepared corpus")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
-            raise ConfigError(f"{path} already exists; pass --overwrite to replace the prepared "
+            raise ConfigError(f"{path} already exists; pass `overwrite` to replace the prepared "
                               "corpus, or choose another path")
         if not is_prepared(path):
-            raise ConfigError(f"{path} exists and is not a prepared corpus; --overwrite only "
+            raise ConfigError(f"{path} exists and is not a prepared corpus; `overwrite` only "
                               "replaces prepared corpora; choose another path")
 
 
@@ -400,8 +400,8 @@ def load_corpus(cfg) -> Corpus:
 
 
 def nothing_left(cfg) -> CorpusError:
-    return CorpusError(f"{cfg.corpus}: nothing is left after --clean {cfg.clean}; use "
-                       "--clean none or a corpus with letters in it")
+    return CorpusError(f"{cfg.corpus}: nothing is left after `clean` {cfg.clean}; use "
+                       "`clean` none or a corpus with letters in it")
 
 
 def empty_training_split() -> CorpusError:

@@ -19,12 +19,12 @@ import torch
 
 from seqlm import __version__, distributed
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from seqlm.config import DataConfig, TrainConfig
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import Corpus, load_corpus
 from seqlm.errors import CheckpointError, ConfigError
 from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.models import RNNLM
 from seqlm.train import Hooks, Trainer
 
 BUDGET_FIELDS = ("epochs", "max_steps", "time_budget", "early_stopping")
@@ -47,14 +47,14 @@ class RunDir:
         """
         run = cls(path)
         if run.path.is_file():
-            raise ConfigError(f"{run.path} is a file; choose a directory for --out")
+            raise ConfigError(f"{run.path} is a file; choose a directory for `out`")
         if run.path.exists() and any(run.path.iterdir()):
             if not overwrite:
-                raise ConfigError(f"{run.path} already exists; pass --overwrite to replace it, "
-                                  "--resume to continue it, or choose another --out")
+                raise ConfigError(f"{run.path} already exists; pass `overwrite` to replace it, "
+                                  "`resume` to continue it, or choose another `out`")
             if not run.config.is_file():
-                raise ConfigError(f"{run.path} exists and is not a seqlm run; --overwrite only "
-                                  "replaces runs; choose another --out")
+                raise ConfigError(f"{run.path} exists and is not a seqlm run; `overwrite` only "
+                                  "replaces runs; choose another `out`")
 
     @classmethod
     def create(cls, path: str | Path, *, overwrite: bool = False) -> RunDir:
@@ -75,7 +75,7 @@ class RunDir:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the run directory {run.path} ({exc.strerror}); "
-                              "choose a writable --out") from None
+                              "choose a writable `out`") from None
         return run
 
     @classmethod
@@ -115,7 +115,7 @@ class RunDir:
 
     def _write_error(self, path: Path, exc: OSError) -> CheckpointError:
         return CheckpointError(f"cannot write {path} ({exc.strerror or exc}); free some disk "
-                               f"space, then continue with --resume {self.path}")
+                               f"space, then continue with `resume` {self.path}")
 
     def read_config(self) -> dict:
         """The saved settings, checked against the config classes.
@@ -234,7 +234,7 @@ class RunSession:
                             trainer_state=meta if kind == "last" else
                             {"progress": meta["progress"]})
         except CheckpointError as exc:  # e.g. a full disk: say how the run goes on
-            raise CheckpointError(f"{exc}; then continue the run with --resume "
+            raise CheckpointError(f"{exc}; then continue the run with `resume` "
                                   f"{self.run.path}") from None
 
     def resume(self) -> None:
@@ -248,7 +248,7 @@ class RunSession:
         except CheckpointError:
             raise CheckpointError(f"{self.run.path} has no checkpoint to resume from "
                                   "(no complete checkpoints/last: the run stopped before its "
-                                  "first save); start it again with --overwrite") from None
+                                  "first save); start it again with `overwrite`") from None
         ckpt = load_checkpoint(last, device=self.device)
         if ckpt.tokenizer.vocab != self.tokenizer.vocab:
             raise CheckpointError(f"{self.run.path}: the corpus gives another vocabulary than "
@@ -314,7 +314,7 @@ def budget_overrides(saved: dict, given: dict) -> dict:
                 raise ConfigError(f"--{name.replace('_', '-')} {value} contradicts the saved "
                                   f"run ({saved[section][name]}); only "
                                   f"{', '.join('--' + b.replace('_', '-') for b in BUDGET_FIELDS)}"
-                                  " may change on --resume; start a new run for other settings")
+                                  " may change on `resume`; start a new run for other settings")
     return {k: v for k, v in given.items() if k in BUDGET_FIELDS}
 
 

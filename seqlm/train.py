@@ -32,7 +32,8 @@ from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
 from seqlm.metrics import LossMeter, summary
 from seqlm.loss import cross_entropy
-from seqlm.models.lm import RNNLM, detach_state, flatten_logits
+from seqlm.models import RNNLM, detach_state
+from seqlm.models.fast import flatten_logits
 
 
 class TrainingDiverged(SeqlmError):
@@ -316,8 +317,8 @@ class Trainer:
     def _check_weights(self) -> None:
         if not all(bool(torch.isfinite(w).all()) for w in self.model.parameters()):
             raise TrainingDiverged(
-                f"the weights became NaN or infinite by step {self.progress.step}; lower --lr "
-                f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints "
+                f"the weights became NaN or infinite by step {self.progress.step}; lower `lr` "
+                f"(now {self.cfg.lr:g}) or clip gradients (`clip` 1); the saved checkpoints "
                 "are the last good ones")
 
     def _interrupted(self, hooks: Hooks) -> str:
@@ -339,8 +340,8 @@ class Trainer:
         step = self.dist.first_step(bad_step)
         if step >= 0:
             raise TrainingDiverged(
-                f"the loss became NaN or infinite at step {step}; lower --lr (now "
-                f"{self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints are the "
+                f"the loss became NaN or infinite at step {step}; lower `lr` (now "
+                f"{self.cfg.lr:g}) or clip gradients (`clip` 1); the saved checkpoints are the "
                 "last good ones")
 
     def _log_record(self, loss_sum, norm_sum, norm_max, window, lr) -> dict:
@@ -361,8 +362,8 @@ class Trainer:
         if report is not None:
             if not math.isfinite(report["loss"]):
                 raise TrainingDiverged(
-                    f"the validation loss became {report['loss']} at step {p.step}; lower --lr "
-                    f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved "
+                    f"the validation loss became {report['loss']} at step {p.step}; lower `lr` "
+                    f"(now {self.cfg.lr:g}) or clip gradients (`clip` 1); the saved "
                     "checkpoints are the last good ones")
             record.update({f"val_{k}": v for k, v in report.items()})
             improved = report["loss"] < p.best_val - 1e-6

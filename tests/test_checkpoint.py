@@ -11,7 +11,8 @@ import torch
 import seqlm.checkpoint as ckpt
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.errors import CheckpointError, ConfigError
-from seqlm.models import RNNLM, ModelConfig
+from seqlm.config import ModelConfig
+from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer
 
 TEXT = "the time traveller (for so it will be convenient to speak of him)"
@@ -75,11 +76,12 @@ def test_checkpoint_loads_into_the_twin_core(tmp_path, tokenizer, cell, saved, l
     torch.testing.assert_close(_logits(twin), _logits(model), atol=1e-12, rtol=0)
 
 
-def test_save_and_from_pretrained(tmp_path, tokenizer):
+def test_load_on_the_auto_device(tmp_path, tokenizer):
     model = _model(tokenizer, cell="gru")
-    model.save_pretrained(tmp_path / "ck", tokenizer)
-    again, tok = RNNLM.from_pretrained(tmp_path / "ck", device="auto")
-    assert torch.equal(_logits(again.cpu()), _logits(model)) and tok.vocab == tokenizer.vocab
+    save_checkpoint(tmp_path / "ck", model, tokenizer)
+    loaded = load_checkpoint(tmp_path / "ck", device="auto")
+    assert torch.equal(_logits(loaded.model.cpu()), _logits(model))
+    assert loaded.tokenizer.vocab == tokenizer.vocab
 
 
 def test_bpe_model_goes_to_its_own_file(tmp_path):

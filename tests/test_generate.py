@@ -7,7 +7,8 @@ import torch
 
 from seqlm.errors import ConfigError
 from seqlm.generate import OOVWarning, generate, sample_next
-from seqlm.models import RNNLM, ModelConfig
+from seqlm.config import ModelConfig
+from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer, WordTokenizer
 
 TEXT = "the time traveller (for so it will be convenient to speak of him) was expounding"
@@ -230,9 +231,9 @@ def test_generate_rejects_bad_arguments(tokenizer, kwargs, match):
                                    {"temperature": 0.8, "top_p": 0.9, "seed": 1}])
 def test_one_cpu_stream_decodes_in_numpy_as_torch_stepping_would(tokenizer, cell, knobs,
                                                                  monkeypatch):
-    """A single float32 CPU stream steps in numpy (seqlm.models.cpu_step); with the torch
+    """A single float32 CPU stream steps in numpy (seqlm.models.stepper); with the torch
     stepper forced instead, greedy and seeded sampling give the same text."""
-    from seqlm.models import cpu_step
+    from seqlm.models.stepper import NumpyStepper
 
     model = _lm(tokenizer, cell=cell)
     steppers = []
@@ -244,6 +245,6 @@ def test_one_cpu_stream_decodes_in_numpy_as_torch_stepping_would(tokenizer, cell
 
     monkeypatch.setattr(RNNLM, "stepper", spy)
     fast = generate(model, tokenizer, "the ", max_new_tokens=40, **knobs)
-    assert isinstance(steppers[-1], cpu_step.NumpyStepper)
-    monkeypatch.setattr(RNNLM, "stepper", lambda self, *a, **k: original(self, "torch"))
+    assert isinstance(steppers[-1], NumpyStepper)
+    monkeypatch.setattr(RNNLM, "stepper", lambda self, **k: original(self, batch_size=k.get("batch_size"), backend="torch"))
     assert generate(model, tokenizer, "the ", max_new_tokens=40, **knobs) == fast

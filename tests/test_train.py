@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from seqlm.config import DataConfig, TrainConfig
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import build_corpus
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.models import RNNLM
 from seqlm.run import RunDir, RunSession, hooks_for
 from seqlm.train import Hooks, Trainer, TrainingDiverged, evaluate, lr_factor
 
@@ -157,7 +157,7 @@ def test_diverged_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
             with torch.no_grad():
                 next(session.trainer.model.parameters()).fill_(math.nan)
 
-    with pytest.raises(TrainingDiverged, match=r"step 8.*--lr"):
+    with pytest.raises(TrainingDiverged, match=r"step 8.*`lr`"):
         session.trainer.run(hooks_for(session, on_step=poison))
     last = session.run.checkpoints / "last"
     saved = load_file(last / "model.safetensors")

@@ -126,7 +126,7 @@ def cmd_prepare(args) -> int:
 def cmd_evaluate(args) -> int:
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
     from seqlm.data import split_text
-    from seqlm.models.lm import resolve_device
+    from seqlm.devices import resolve_device
     from seqlm.text import clean, read_corpus
     from seqlm.train import evaluate
 
@@ -162,7 +162,7 @@ def cmd_evaluate(args) -> int:
 def cmd_generate(args) -> int:
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
     from seqlm.generate import generate
-    from seqlm.models.lm import resolve_device
+    from seqlm.devices import resolve_device
 
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be a positive integer, got {args.num_samples}")

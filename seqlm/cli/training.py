@@ -10,12 +10,9 @@ import time
 from pathlib import Path
 
 from seqlm.cli.flags import add_config_flags, given
-from seqlm.config import (BOOK_PERPLEXITY, PRESETS, DataConfig, TrainConfig, preset, read_toml,
-                          split_overrides)
-from seqlm.errors import ConfigError
-from seqlm.models.lm import ModelConfig
-
-EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.errors import EXIT_ON_SIGNAL, ConfigError
+from seqlm.presets import BOOK_PERPLEXITY, PRESETS, preset, read_toml, split_overrides
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 # The model's vocab_size comes from the data; the name belongs to DataConfig's bpe target.
 SKIP = {"model": {"vocab_size"}}
