@@ -19,7 +19,8 @@ import time
 import torch
 
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
-from seqlm.data import SAMPLERS, load_corpus
+from seqlm.batches import SAMPLERS
+from seqlm.data import load_corpus
 from seqlm.models import RNNLM
 from seqlm.train import Trainer
 

@@ -26,6 +26,9 @@ INITS = ("torch", "d2l")
 BPTT_ENGINES = ("autograd", "manual")
 MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
 WINDOWED = ("window", "full")  # truncations that every core and engine runs
+# Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
+# varies; 0 is the book's greedy argmax, which soon repeats itself.
+DEFAULT_TEMPERATURE = 0.8
 
 
 def opt(default, help: str, choices: tuple | None = None):
@@ -240,7 +243,8 @@ class TrainConfig:
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
     sample_prefix: str | None = opt(None, "prefix of the sample printed at each evaluation")
     sample_tokens: int = opt(80, "tokens generated for that sample (0 = none)")
-    sample_temperature: float = opt(0.7, "temperature of that sample (0 = greedy, the book's)")
+    sample_temperature: float = opt(DEFAULT_TEMPERATURE, "temperature of that sample (0 = "
+                                    "greedy, the book's)")
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -26,7 +26,6 @@ A single process is ``Dist()`` (rank 0 of 1): every method is then a no-op or th
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlm.config import DEFAULT_TEMPERATURE
 from seqlm.errors import ConfigError, field_error
 
 BOS = "<bos>"
@@ -149,7 +150,8 @@ class _Stream:
         return piece
 
 
-def generate(model, tokenizer, prefix: str, *, max_new_tokens: int, temperature: float = 0.0,
+def generate(model, tokenizer, prefix: str, *, max_new_tokens: int,
+             temperature: float = DEFAULT_TEMPERATURE,
              top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
              seed: int | None = None, generator: torch.Generator | None = None,
              stop: str | None = None, strict: bool = False,
@@ -167,8 +169,8 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int, temperature:
         tokenizer: the tokenizer the model was trained with.
         prefix: text to continue.
         max_new_tokens: tokens to produce per sample (≥ 1).
-        temperature, top_k, top_p: as :func:`sample_next`; the default 0 is the book's greedy
-            decoding, which makes every sample identical.
+        temperature, top_k, top_p: as :func:`sample_next`; 0 is the book's greedy decoding,
+            which makes every sample identical (the default: :data:`seqlm.config.DEFAULT_TEMPERATURE`).
         num_samples: continuations to produce side by side (≥ 1).
         seed: seed for a fresh generator on the model's device; or pass ``generator``.
         stop: stop a sample where this text appears in its continuation; the returned text

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from seqlm.config import DataConfig, TrainConfig
-from seqlm.data import SAMPLERS, Corpus, check_fits, release_pages
+from seqlm.batches import SAMPLERS, check_fits, eval_batches, min_batches_per_epoch
+from seqlm.data import Corpus
 from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
 from seqlm.metrics import LossMeter, summary
@@ -97,24 +98,6 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int | None,
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def eval_batches(tokens: np.ndarray, batch_size: int, num_steps: int):
-    """Every token of a split once, in order: the stream cut into ``batch_size`` rows read
-    ``num_steps`` columns at a time (the last piece shorter), for a carried-state evaluation.
-    Each piece is gathered when it is needed, so a memory-mapped split is never copied
-    whole."""
-    rows = max(1, min(batch_size, (len(tokens) - 1) // max(num_steps, 1)))
-    row_len = (len(tokens) - 1) // rows
-    if row_len < 1:
-        return
-    starts = np.arange(rows)[:, None] * row_len
-    for col in range(0, row_len, num_steps):
-        width = min(num_steps, row_len - col)
-        window = torch.from_numpy(np.asarray(tokens[starts + col + np.arange(width + 1)],
-                                             dtype=np.int64))
-        release_pages(tokens)
-        yield window[:, :-1], window[:, 1:]
-
-
 @torch.inference_mode()
 def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_steps: int = 35,
              device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
@@ -176,7 +159,6 @@ class Trainer:
         self.history: list[dict] = []
 
     def _total_steps(self) -> int | None:
-        from seqlm.data import min_batches_per_epoch
 
         per_epoch = min_batches_per_epoch(len(self.corpus.splits["train"]),
                                           self.data.batch_size, self.data.num_steps)

@@ -30,7 +30,8 @@ from safetensors.torch import load_file
 from seqlm.checkpoint import load_checkpoint
 from seqlm.cli import main
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
-from seqlm.data import build_corpus, random_batches, sequential_batches
+from seqlm.batches import random_batches, sequential_batches
+from seqlm.data import build_corpus
 from seqlm.distributed import Dist, DistributedError, from_env
 from seqlm.errors import ConfigError
 from seqlm.models import RNNLM
