@@ -147,7 +147,7 @@ def min_batches_per_epoch(n_tokens: int, batch_size: int, num_steps: int) -> int
     """Minibatches in an epoch of either strategy at the largest offset (``num_steps - 1``);
     an epoch never has fewer."""
     usable = max(n_tokens - num_steps, 0)
-    return min(usable // num_steps // batch_size, usable // batch_size // num_steps)
+    return usable // (num_steps * batch_size)
 
 
 def eval_batches(tokens: np.ndarray, batch_size: int, num_steps: int):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shutil
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqlm import atomic
 from seqlm.errors import ConfigError, CorpusError
 from seqlm.tokenize import Tokenizer, fit_tokenizer, tokenizer_from_state
 
@@ -174,42 +173,48 @@ def write_prepared(directory: str | Path, tokenizer: Tokenizer,
     """
     target = Path(directory)
     check_prepared_target(target, overwrite=overwrite)
-    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-    dtype = tokenizer.dtype
-    counts, zeros = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
+    tmp = None
     try:
-        tmp.mkdir(parents=True)
-        files = {name: open(tmp / f"{name}.npy", "wb") for name in SPLITS}
-        try:
-            for handle in files.values():
-                handle.write(_npy_header(dtype, 0))
-            for name, ids in arrays:
-                if name == "train" and max_tokens is not None:
-                    ids = ids[: max(max_tokens - counts[name], 0)]
-                ids = np.ascontiguousarray(ids, dtype=dtype)
-                files[name].write(ids.tobytes())
-                counts[name] += len(ids)
-                zeros[name] += int(np.count_nonzero(ids == 0))
-            for name, handle in files.items():
-                handle.seek(0)
-                handle.write(_npy_header(dtype, counts[name]))
-        finally:
-            for handle in files.values():
-                handle.close()
+        tmp = atomic.temp_sibling(target)
+        counts, zeros = _write_arrays(tmp, tokenizer.dtype, arrays, max_tokens)
         meta = {"format": "seqlm-prepared", "version": 1, "tokenizer": tokenizer.state(),
                 "oov_rate": {k: zeros[k] / counts[k] if counts[k] else 0.0 for k in SPLITS},
                 "tokens": counts}
-        (tmp / "corpus.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-        aside = target.parent / f".{target.name}.replaced-{secrets.token_hex(4)}"
-        if target.exists():
-            os.replace(target, aside)
-        os.replace(tmp, target)
-        shutil.rmtree(aside, ignore_errors=True)
+        atomic.write_durably(tmp / "corpus.json", json.dumps(meta, ensure_ascii=False))
+        atomic.swap_into_place(tmp, target)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            atomic.abandon(tmp, target)
         raise CorpusError(f"cannot write the prepared corpus {target} ({exc.strerror or exc}); "
                           "choose a writable directory or free some disk space") from None
     return meta
+
+
+def _write_arrays(directory: Path, dtype, arrays: Iterable[tuple[str, np.ndarray]],
+                  max_tokens: int | None) -> tuple[dict[str, int], dict[str, int]]:
+    """Streams the ``(split, ids)`` pairs into ``<split>.npy`` files; returns the token and
+    ``<unk>`` counts of each split."""
+    counts, zeros = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
+    files = {name: open(directory / f"{name}.npy", "wb") for name in SPLITS}
+    try:
+        for handle in files.values():
+            handle.write(_npy_header(dtype, 0))
+        for name, ids in arrays:
+            if name == "train" and max_tokens is not None:
+                ids = ids[: max(max_tokens - counts[name], 0)]
+            ids = np.ascontiguousarray(ids, dtype=dtype)
+            files[name].write(ids.tobytes())
+            counts[name] += len(ids)
+            zeros[name] += int(np.count_nonzero(ids == 0))
+        for name, handle in files.items():
+            handle.seek(0)
+            handle.write(_npy_header(dtype, counts[name]))
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        for handle in files.values():
+            handle.close()
+    return counts, zeros
 
 
 def build_corpus(text: str, *, tokenizer: str = "char",

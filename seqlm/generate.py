@@ -169,8 +169,8 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int,
         tokenizer: the tokenizer the model was trained with.
         prefix: text to continue.
         max_new_tokens: tokens to produce per sample (≥ 1).
-        temperature, top_k, top_p: as :func:`sample_next`; 0 is the book's greedy decoding,
-            which makes every sample identical (the default: :data:`seqlm.config.DEFAULT_TEMPERATURE`).
+        temperature, top_k, top_p: as :func:`sample_next` (default temperature:
+            :data:`seqlm.config.DEFAULT_TEMPERATURE`); 0 is the book's greedy decoding.
         num_samples: continuations to produce side by side (≥ 1).
         seed: seed for a fresh generator on the model's device; or pass ``generator``.
         stop: stop a sample where this text appears in its continuation; the returned text
@@ -189,15 +189,8 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int,
     for name, value in (("max_new_tokens", max_new_tokens), ("num_samples", num_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise field_error(name, value, "an integer >= 1")
-    if seed is not None and generator is not None:
-        raise ConfigError("pass either seed or generator to generate, not both")
     device = next(model.parameters()).device
-    if generator is None:
-        generator = torch.Generator(device=device)
-        if seed is None:
-            generator.seed()  # fresh entropy, still never torch's global generator
-        else:
-            generator.manual_seed(seed)
+    generator = make_generator(device, seed, generator)
     prefix_ids = encode_prefix(tokenizer, prefix, strict=strict)
     streams = [_Stream(tokenizer, prefix_ids, stop) for _ in range(num_samples)]
     knobs = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
@@ -213,6 +206,26 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int,
     if stop is None:
         return [tokenizer.decode(prefix_ids + row) for row in new_ids]
     return [s.prefix_text + s.generated for s in streams]
+
+
+def make_generator(device: torch.device, seed: int | None = None,
+                   generator: torch.Generator | None = None) -> torch.Generator:
+    """``generator`` itself, or a new one on ``device`` seeded with ``seed`` (fresh entropy
+    when None; never torch's global generator).
+
+    Raises:
+        ConfigError: both ``seed`` and ``generator`` are given.
+    """
+    if seed is not None and generator is not None:
+        raise ConfigError("pass either `seed` or `generator`, not both")
+    if generator is not None:
+        return generator
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
 
 
 def _warm_up(model, tokenizer, prefix_ids: Sequence[int], n: int, device):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from seqlm import __version__, distributed
+from seqlm import __version__, atomic, distributed
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import Corpus, load_corpus
@@ -102,15 +102,9 @@ class RunDir:
         Raises:
             CheckpointError: the file cannot be written (the previous version is kept).
         """
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic.write_file(path, text)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise self._write_error(path, exc) from None
 
     def _write_error(self, path: Path, exc: OSError) -> CheckpointError:
@@ -185,17 +179,17 @@ class RunDir:
                                             for r in kept))
 
 
-def model_from_run(configs: dict, vocab_size: int) -> ModelConfig:
-    fields = {k: v for k, v in configs["model"].items() if k != "vocab_size"}
-    return ModelConfig(vocab_size=vocab_size, **fields)
-
-
 class RunSession:
-    """Builds the corpus, model and trainer for a run, saves its checkpoints and curves."""
+    """Builds the corpus, model and trainer for a run, saves its checkpoints and curves.
 
-    def __init__(self, run: RunDir, data: DataConfig, model_fields: dict, train: TrainConfig,
-                 *, preset: str | None = None) -> None:
-        self.run, self.data, self.train_cfg, self.preset = run, data, train, preset
+    ``RunSession(...)`` alone trains without a run directory (``run`` is None: nothing is
+    saved); :meth:`start` and :meth:`reopen` give it one.
+    """
+
+    def __init__(self, data: DataConfig, model_fields: dict, train: TrainConfig, *,
+                 preset: str | None = None) -> None:
+        self.run: RunDir | None = None
+        self.data, self.train_cfg, self.preset = data, train, preset
         if train.threads:
             torch.set_num_threads(train.threads)
         # Under torchrun: join the job, take this rank's device; only rank 0 writes files.
@@ -213,6 +207,44 @@ class RunSession:
                                          self.corpus.splits.get("val", []),
                                          self.corpus.vocab_size)
         self.samples: list[dict] = []
+
+    @classmethod
+    def start(cls, out: str | Path, data: DataConfig, model_fields: dict, train: TrainConfig,
+              *, preset: str | None = None, overwrite: bool = False,
+              is_main: bool = True) -> RunSession:
+        """A new run in ``out``. The directory is checked before the corpus loads and created
+        after it (a bad corpus or setting leaves nothing behind); only the main rank writes.
+
+        Raises:
+            ConfigError: ``out`` is taken (see :meth:`RunDir.check_available`).
+        """
+        if is_main:
+            RunDir.check_available(out, overwrite=overwrite)
+        session = cls(data, model_fields, train, preset=preset)
+        session.run = RunDir.create(out, overwrite=overwrite) if is_main else RunDir(out)
+        if is_main:
+            session.run.write_config(session.configs())
+        return session
+
+    @classmethod
+    def reopen(cls, path: str | Path, flags: dict, *, is_main: bool = True) -> RunSession:
+        """The run in ``path`` at its ``checkpoints/last``, with the budget settings among
+        ``flags`` changed (see :func:`budget_overrides`).
+
+        Raises:
+            ConfigError: a flag other than a budget differs from the saved run.
+            CheckpointError: no usable checkpoint (see :meth:`resume`).
+        """
+        run = RunDir.open(path)
+        saved = run.read_config()
+        train = resolve_train_config(saved["train"], budget_overrides(saved, flags))
+        session = cls(DataConfig(**saved["data"]), saved["model"], train,
+                      preset=saved.get("preset"))
+        session.run = run
+        session.resume()
+        if is_main:
+            run.write_config(session.configs())
+        return session
 
     @property
     def tokenizer(self):

@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-import seqlm.checkpoint as ckpt
+from seqlm import atomic
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.errors import CheckpointError, ConfigError
 from seqlm.config import ModelConfig
@@ -107,7 +107,7 @@ def test_saving_over_a_checkpoint_replaces_it_and_leaves_no_debris(tmp_path, tok
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tokenizer, monkeypatch):
     first = _model(tokenizer, seed=1)
     save_checkpoint(tmp_path / "ck", first, tokenizer)
-    real_write, calls = ckpt._write_file, []
+    real_write, calls = atomic.write_durably, []
 
     def write_then_fill_the_disk(path, data):
         calls.append(path.name)
@@ -116,7 +116,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tokenizer, monkeyp
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_file", write_then_fill_the_disk)
+    monkeypatch.setattr(atomic, "write_durably", write_then_fill_the_disk)
     with pytest.raises(CheckpointError, match="previous checkpoint there is intact"):
         save_checkpoint(tmp_path / "ck", _model(tokenizer, seed=2), tokenizer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
@@ -133,7 +133,7 @@ def test_failed_swap_restores_the_previous_checkpoint(tmp_path, tokenizer, monke
             raise OSError(errno.EIO, "I/O error")
         real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", refuse_new_into_place)
+    monkeypatch.setattr(atomic.os, "replace", refuse_new_into_place)
     with pytest.raises(CheckpointError, match="intact"):
         save_checkpoint(tmp_path / "ck", _model(tokenizer, seed=2), tokenizer)
     monkeypatch.undo()

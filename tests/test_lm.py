@@ -87,7 +87,6 @@ def test_config_rejects_bad_values_naming_the_field(kwargs, field):
 
 
 def test_config_validates_truncation_text():
-    pytest.importorskip("seqlm.models.bptt")
     with pytest.raises(ConfigError, match="truncation"):
         ModelConfig(vocab_size=V, truncation="sometimes")
     with pytest.raises(ConfigError, match="scratch"):
