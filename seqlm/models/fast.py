@@ -97,9 +97,8 @@ class _OneDNNLinear(torch.autograd.Function):
 
     ``torch.ops.mkldnn._linear_pointwise(a, w, b)`` computes ``a w^T + b`` and accepts
     transposed views, so: forward ``x W^T + b``; input gradient ``G W``; weight gradient
-    ``(x^T G)^T``. On the CPU this project measures (AMD EPYC, Zen 4), torch's default
-    float32 GEMM (MKL) reaches about 140 GFLOP/s on a 5000-word decoder's products and
-    oneDNN about 190; the word model's training step gets ~10% faster (docs/performance.md).
+    ``(x^T G)^T``. oneDNN runs a large decoder's products faster than torch's default CPU
+    GEMM (docs/performance.md).
     """
 
     @staticmethod
