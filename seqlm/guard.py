@@ -195,8 +195,8 @@ class Recovering:
                 self._keep_snapshot()
             return False
         if not guard.enabled:
-            raise TrainingDiverged(f"{reason}; lower --lr (now {self.cfg.lr:g}) or clip "
-                                   "gradients (--clip 1); the saved checkpoints are the last "
+            raise TrainingDiverged(f"{reason}; lower `lr` (now {self.cfg.lr:g}) or clip "
+                                   "gradients (`clip` 1); the saved checkpoints are the last "
                                    "good ones")
         if guard.recoveries >= guard.retries:
             best = (f"checkpoints/best (step {p.best_step}, validation loss {p.best_val:.4f}) "
@@ -204,7 +204,7 @@ class Recovering:
                     "there is no best checkpoint")
             raise TrainingDiverged(
                 f"training still diverged after {guard.retries} recoveries ({reason} at step "
-                f"{p.step}); {best}; start again with a lower --lr (now {self.cfg.lr:g})")
+                f"{p.step}); {best}; start again with a lower `lr` (now {self.cfg.lr:g})")
         detected = p.step
         self._restore(*guard.recover())
         record = {"kind": "recovery", "step": detected, "restored_step": p.step,

@@ -27,13 +27,15 @@ import numpy as np
 import torch
 
 from seqlm.config import DataConfig, TrainConfig
-from seqlm.data import SAMPLERS, Corpus, check_fits, release_pages
+from seqlm.batches import SAMPLERS, check_fits, eval_batches, min_batches_per_epoch
+from seqlm.data import Corpus
 from seqlm.distributed import Dist
 from seqlm.errors import CorpusError, TrainingDiverged
 from seqlm.guard import Guard, Recovering
 from seqlm.metrics import LossMeter, summary
 from seqlm.loss import cross_entropy
-from seqlm.models.lm import RNNLM, detach_state, flatten_logits
+from seqlm.models import RNNLM, detach_state
+from seqlm.models.fast import flatten_logits
 
 
 @dataclass
@@ -92,24 +94,6 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int | None,
         return 1.0
     frac = min(max(fractions), 1.0)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-
-
-def eval_batches(tokens: np.ndarray, batch_size: int, num_steps: int):
-    """Every token of a split once, in order: the stream cut into ``batch_size`` rows read
-    ``num_steps`` columns at a time (the last piece shorter), for a carried-state evaluation.
-    Each piece is gathered when it is needed, so a memory-mapped split is never copied
-    whole."""
-    rows = max(1, min(batch_size, (len(tokens) - 1) // max(num_steps, 1)))
-    row_len = (len(tokens) - 1) // rows
-    if row_len < 1:
-        return
-    starts = np.arange(rows)[:, None] * row_len
-    for col in range(0, row_len, num_steps):
-        width = min(num_steps, row_len - col)
-        window = torch.from_numpy(np.asarray(tokens[starts + col + np.arange(width + 1)],
-                                             dtype=np.int64))
-        release_pages(tokens)
-        yield window[:, :-1], window[:, 1:]
 
 
 @torch.inference_mode()
@@ -207,12 +191,11 @@ class Trainer(Recovering):
             return
         raise CorpusError(
             f"corpus too short for a validation split: {fraction:g} of the text is "
-            f"{len(val)} tokens, but one evaluation window (--num-steps {self.data.num_steps}) "
-            f"needs {need}; use a longer corpus, a larger validation fraction in --split, or "
-            "--split 1,0,0 to train without validation")
+            f"{len(val)} tokens, but one evaluation window (`num_steps` {self.data.num_steps}) "
+            f"needs {need}; use a longer corpus, a larger validation fraction in `split`, or "
+            "`split` 1,0,0 to train without validation")
 
     def _total_steps(self) -> int | None:
-        from seqlm.data import min_batches_per_epoch
 
         per_epoch = min_batches_per_epoch(len(self.corpus.splits["train"]),
                                           self.data.batch_size, self.data.num_steps)
@@ -359,8 +342,8 @@ class Trainer(Recovering):
     def _check_weights(self) -> None:
         if not self._weights_finite():
             raise TrainingDiverged(
-                f"the weights became NaN or infinite by step {self.progress.step}; lower --lr "
-                f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints "
+                f"the weights became NaN or infinite by step {self.progress.step}; lower `lr` "
+                f"(now {self.cfg.lr:g}) or clip gradients (`clip` 1); the saved checkpoints "
                 "are the last good ones")
 
     def _interrupted(self, hooks: Hooks) -> str:
@@ -398,8 +381,8 @@ class Trainer(Recovering):
         if report is not None:
             if not math.isfinite(report["loss"]):
                 raise TrainingDiverged(
-                    f"the validation loss became {report['loss']} at step {p.step}; lower --lr "
-                    f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved "
+                    f"the validation loss became {report['loss']} at step {p.step}; lower `lr` "
+                    f"(now {self.cfg.lr:g}) or clip gradients (`clip` 1); the saved "
                     "checkpoints are the last good ones")
             record.update({f"val_{k}": v for k, v in report.items()})
             improved = report["loss"] < p.best_val - 1e-6

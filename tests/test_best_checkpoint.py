@@ -6,9 +6,10 @@ import json
 import torch
 
 from seqlm.cli import main
-from seqlm.config import DEFAULT_PATIENCE, PRESETS, DataConfig, TrainConfig
+from seqlm.config import DEFAULT_PATIENCE, DataConfig, ModelConfig, TrainConfig
 from seqlm.data import build_corpus
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.models import RNNLM
+from seqlm.presets import PRESETS
 from seqlm.train import Hooks, Trainer
 
 from conftest import TINY_TEXT

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import TINY_TEXT
 
+pytestmark = pytest.mark.slow  # every test runs the command line in processes of its own
+
 TINY_TRAIN = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4",
               "--num-steps", "8", "--max-steps", "12", "--eval-every", "6", "--log-every", "3",
               "--sample-tokens", "10", "--split", "0.8,0.2,0"]
@@ -137,3 +139,4 @@ def test_sigterm_saves_last_and_exits_143(tmp_path):
     assert proc.returncode == 143, err
     state = json.loads((run / "checkpoints" / "last" / "trainer.json").read_text())
     assert state["progress"]["step"] >= 1 and state["progress"]["stop_reason"] == "interrupted"
+

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from seqlm.config import DataConfig, TrainConfig
-from seqlm.run import RunDir, RunSession, hooks_for
+from seqlm.run import RunSession, hooks_for
 from seqlm.train import TrainingDiverged
 
 from conftest import TINY_TEXT
@@ -23,11 +23,9 @@ def _session(tmp_path, name, **train):
     cfg = TrainConfig(**{"optimizer": "adam", "lr": BASE_LR, "schedule": "constant",
                          "max_steps": 120, "eval_every": 40, "log_every": 5,
                          "guard_every": 10, "sample_tokens": 0, **train})
-    session = RunSession(None, data, {"cell": "gru", "impl": "fused", "hidden_size": 32, "embedding_dim": 16,
-                                      "dropout": 0.1}, cfg)
-    session.run = RunDir.create(tmp_path / name)
-    session.run.write_config(session.configs())
-    return session
+    return RunSession.start(tmp_path / name, data, {"cell": "gru", "impl": "fused",
+                                                    "hidden_size": 32, "embedding_dim": 16,
+                                                    "dropout": 0.1}, cfg)
 
 
 class Spike:
@@ -131,7 +129,7 @@ def test_still_diverging_after_the_retries_ends_the_run(tmp_path):
                 next(session.trainer.model.parameters()).fill_(float("nan"))
 
     with pytest.raises(TrainingDiverged, match=r"after 2 recoveries.*checkpoints/best \(step "
-                                               r"40.*--lr"):
+                                               r"40.*`lr`"):
         session.trainer.run(hooks_for(session, on_step=poison))
     assert len(_records(session, "recovery")) == 2
     best = json.loads((session.run.checkpoints / "best" / "trainer.json").read_text())
