@@ -54,6 +54,7 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_forced_blowup_recovers_below_the_bigram_baseline(tmp_path):
     session = _session(tmp_path, "spike")
     seen = []
@@ -83,7 +84,8 @@ def test_a_healthy_run_is_untouched(tmp_path):
     assert _same(_weights(guarded), _weights(plain))
 
 
-@pytest.mark.parametrize("stop_at", [43, pytest.param(52, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at", [43, 52])
 def test_resume_is_bit_identical_across_a_recovery(tmp_path, stop_at):
     """Interrupted inside the blow-up window (before the guard sees it), or after the
     recovery, then resumed: the same weights as the run that was never interrupted."""
