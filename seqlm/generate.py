@@ -13,13 +13,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqlm.errors import ConfigError
-from seqlm.models.cpu_step import NumpyStepper
+from seqlm.config import DEFAULT_TEMPERATURE
+from seqlm.errors import ConfigError, field_error
 
 BOS = "<bos>"
 REPLACEMENT_CHAR = "\ufffd"  # a decoder's stand-in for an unfinished multi-byte character
@@ -37,12 +36,12 @@ def check_sampling(temperature: float = 1.0, top_k: int | None = None,
         ConfigError: temperature < 0 or NaN, top_k < 1, or top_p outside (0, 1].
     """
     if not isinstance(temperature, (int, float)) or math.isnan(temperature) or temperature < 0:
-        raise ConfigError(f"temperature={temperature!r} must be >= 0 (0 means greedy argmax)")
+        raise field_error("temperature", temperature, ">= 0 (0 means greedy argmax)")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
                               or top_k < 1):
-        raise ConfigError(f"top_k={top_k!r} must be an integer >= 1, or None to keep all tokens")
+        raise field_error("top_k", top_k, "an integer >= 1 or None to keep all tokens")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ConfigError(f"top_p={top_p!r} must be in (0, 1], or None to keep all tokens")
+        raise field_error("top_p", top_p, "in (0, 1] or None to keep all tokens")
 
 
 def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
@@ -151,7 +150,8 @@ class _Stream:
         return piece
 
 
-def generate(model, tokenizer, prefix: str, *, max_new_tokens: int, temperature: float = 0.0,
+def generate(model, tokenizer, prefix: str, *, max_new_tokens: int,
+             temperature: float = DEFAULT_TEMPERATURE,
              top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
              seed: int | None = None, generator: torch.Generator | None = None,
              stop: str | None = None, strict: bool = False,
@@ -169,8 +169,8 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int, temperature:
         tokenizer: the tokenizer the model was trained with.
         prefix: text to continue.
         max_new_tokens: tokens to produce per sample (≥ 1).
-        temperature, top_k, top_p: as :func:`sample_next`; the default 0 is the book's greedy
-            decoding, which makes every sample identical.
+        temperature, top_k, top_p: as :func:`sample_next` (default temperature:
+            :data:`seqlm.config.DEFAULT_TEMPERATURE`); 0 is the book's greedy decoding.
         num_samples: continuations to produce side by side (≥ 1).
         seed: seed for a fresh generator on the model's device; or pass ``generator``.
         stop: stop a sample where this text appears in its continuation; the returned text
@@ -188,16 +188,9 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int, temperature:
     check_sampling(temperature, top_k, top_p)
     for name, value in (("max_new_tokens", max_new_tokens), ("num_samples", num_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name}={value!r} must be an integer >= 1")
-    if seed is not None and generator is not None:
-        raise ConfigError("pass either seed or generator to generate, not both")
+            raise field_error(name, value, "an integer >= 1")
     device = next(model.parameters()).device
-    if generator is None:
-        generator = torch.Generator(device=device)
-        if seed is None:
-            generator.seed()  # fresh entropy, still never torch's global generator
-        else:
-            generator.manual_seed(seed)
+    generator = make_generator(device, seed, generator)
     prefix_ids = encode_prefix(tokenizer, prefix, strict=strict)
     streams = [_Stream(tokenizer, prefix_ids, stop) for _ in range(num_samples)]
     knobs = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
@@ -215,6 +208,26 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int, temperature:
     return [s.prefix_text + s.generated for s in streams]
 
 
+def make_generator(device: torch.device, seed: int | None = None,
+                   generator: torch.Generator | None = None) -> torch.Generator:
+    """``generator`` itself, or a new one on ``device`` seeded with ``seed`` (fresh entropy
+    when None; never torch's global generator).
+
+    Raises:
+        ConfigError: both ``seed`` and ``generator`` are given.
+    """
+    if seed is not None and generator is not None:
+        raise ConfigError("pass either `seed` or `generator`, not both")
+    if generator is not None:
+        return generator
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def _warm_up(model, tokenizer, prefix_ids: Sequence[int], n: int, device):
     """Read the prefix once; return the (n, V) logits of the first new token and the state."""
     ids = list(prefix_ids)
@@ -230,41 +243,21 @@ def _warm_up(model, tokenizer, prefix_ids: Sequence[int], n: int, device):
 
 def _decode_loop(model, logits: Tensor, state, max_new_tokens: int, knobs: dict,
                  streams: list[_Stream] | None, on_text) -> list[list[int]]:
-    """Sample, feed back, repeat. Syncs with the host once per token only when streaming.
-
-    Each token goes through :meth:`RNNLM.stepper <seqlm.models.RNNLM.stepper>` (a row gather
-    and one cell update per layer) rather than a full ``forward`` call on a (B, 1) batch; a
-    single float32 stream on the CPU steps in numpy (:mod:`seqlm.models.cpu_step`).
-    """
-    advance = model.stepper(batch_size=logits.shape[0])
-    pick = partial(_pick, **knobs)
-    stack = partial(torch.stack, dim=1)
-    if isinstance(advance, NumpyStepper):  # ids, logits and state stay numpy arrays
-        logits, state = logits.numpy(), advance.numpy_state(state)
-        pick = partial(np.argmax, axis=-1) if knobs["temperature"] == 0 else partial(
-            _pick_numpy, pick)
-        stack, advance = partial(np.stack, axis=1), advance.step
-    tokens: list = []  # stacked once at the end: no per-token copy into a buffer
-    for step in range(max_new_tokens):
-        token = pick(logits)
-        tokens.append(token)
-        if streams is not None and _stream(streams, token.tolist(), on_text):
-            break
-        if step + 1 < max_new_tokens:
-            logits, state = advance(token, state)
+    """Sample, feed back, repeat, through the model's one-token stepper (a row gather and one
+    cell update per layer, :mod:`seqlm.models.stepper`) rather than a full ``forward`` call on a
+    (B, 1) batch. Syncs with the host once per token only when streaming."""
+    stepper = model.stepper(batch_size=logits.shape[0])
+    on_tokens = None if streams is None else partial(_stream, streams, on_text=on_text)
+    tokens = stepper.run(logits, state, max_new_tokens, partial(_pick, **knobs),
+                         greedy=knobs["temperature"] == 0, on_tokens=on_tokens)
     if streams is not None and on_text is not None:
         for i, s in enumerate(streams):
             if piece := s.flush():
                 on_text(i, piece)
-    return stack(tokens).tolist()
+    return tokens
 
 
-def _pick_numpy(pick: Callable[[Tensor], Tensor], logits: np.ndarray) -> np.ndarray:
-    """``pick`` (sampling, with its torch generator) on numpy logits."""
-    return pick(torch.from_numpy(logits)).numpy()
-
-
-def _stream(streams: list[_Stream], ids: list[int], on_text) -> bool:
+def _stream(streams: list[_Stream], ids: list[int], *, on_text) -> bool:
     """Push one token to each unfinished stream; return True once every stream has stopped."""
     for i, (s, token_id) in enumerate(zip(streams, ids)):
         if s.done:

@@ -10,10 +10,9 @@ import torch
 
 from seqlm.cli.commands import _refuse_existing
 from seqlm.cli.flags import add_config_flags, given
-from seqlm.config import DataConfig
-from seqlm.diagnostics.clipping import EXERCISE_LR
+from seqlm.config import DataConfig, ModelConfig
+from seqlm.exercises import EXERCISE_LR, clipping_exercise
 from seqlm.errors import ConfigError
-from seqlm.models.lm import ModelConfig
 
 SHOWN_LAGS = (0, 1, 2, 5, 10, 20, 50, 100, 150, 199)
 # Data fields bptt does not take as flags (its --batch-size and --steps are its own).
@@ -62,7 +61,7 @@ def _data_flags(args) -> dict:
 def _model_and_tokens(args):
     """The model (trained or fresh) and a (B, T+1) token batch from its corpus."""
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
-    from seqlm.models.lm import RNNLM
+    from seqlm.models import RNNLM
     from seqlm.text import clean, read_corpus
 
     torch.manual_seed(args.seed)
@@ -105,7 +104,7 @@ def cmd_bptt(args) -> int:
         model, batch, with_sweep=args.sweep, with_truncation_error=args.truncation_error,
         seed=args.seed))
     if args.clipping:
-        report["clipping"] = diagnostics.clipping_exercise(
+        report["clipping"] = clipping_exercise(
             steps=args.clipping_steps, lr=args.clipping_lr, overrides=_data_flags(args))
     plot = Path(args.plot) if args.plot else (
         Path(args.checkpoint) if args.checkpoint and Path(args.checkpoint).is_dir()

@@ -9,7 +9,6 @@ so the product of k Jacobians decides whether the signal from k steps back vanis
 explodes. :func:`gradient_flow` measures both factors, :func:`sweep` compares them across
 recurrent weights, nonlinearities (the identity included, where the product is W_hh^k) and
 cells, :func:`truncation_error` measures what ``tau:K`` truncation costs,
-:func:`clipping_exercise` trains the book's recipe without and with clipping,
 :func:`language_model_flow` measures a language model on its own text, and
 :func:`plot_gradient_flow` draws the curves. Everything returns plain data.
 
@@ -20,13 +19,12 @@ size of the flattened state of one sequence (L*H, or 2*L*H for an LSTM).
 """
 
 
-from seqlm.diagnostics.clipping import clipping_exercise
 from seqlm.diagnostics.cores import LinearRNN, mean_derivative
 from seqlm.diagnostics.experiments import (growth_summary, plot_gradient_flow,
                                            set_spectral_radius_, sweep, truncation_error)
 from seqlm.diagnostics.flow import DEFAULT_STEPS, gradient_flow, readout_loss
 from seqlm.diagnostics.lm_flow import language_model_flow
 
-__all__ = ["DEFAULT_STEPS", "LinearRNN", "clipping_exercise", "gradient_flow", "growth_summary",
+__all__ = ["DEFAULT_STEPS", "LinearRNN", "gradient_flow", "growth_summary",
            "language_model_flow", "mean_derivative", "plot_gradient_flow", "readout_loss",
            "set_spectral_radius_", "sweep", "truncation_error"]

@@ -1,4 +1,4 @@
-"""The chapter's exercise on gradient clipping: the same training run without and with it.
+"""The chapter's exercises that train: gradient clipping off against on, from one seed.
 
 Clipping (d2l §8.5.5) rescales the gradient g to min(1, θ/‖g‖)·g before the update. Without
 it, one step whose gradient is large (an exploding product of Jacobians) moves the weights
@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
-from seqlm.config import PRESETS, DataConfig, TrainConfig, split_overrides
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import Corpus, load_corpus
 from seqlm.metrics import perplexity
-from seqlm.models.lm import ModelConfig, RNNLM
+from seqlm.models import RNNLM
+from seqlm.presets import PRESETS, split_overrides
 from seqlm.train import Hooks, Trainer, TrainingDiverged, evaluate
 
 RECIPE = "d2l-scratch"
