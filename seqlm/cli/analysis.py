@@ -11,7 +11,7 @@ import torch
 from seqlm.cli.commands import _refuse_existing
 from seqlm.cli.flags import add_config_flags, given
 from seqlm.config import DataConfig, ModelConfig
-from seqlm.exercises import EXERCISE_LR, clipping_exercise
+from seqlm.exercises import CLIPPING_STEPS, EXERCISE_LR, clipping_exercise
 from seqlm.errors import ConfigError
 
 SHOWN_LAGS = (0, 1, 2, 5, 10, 20, 50, 100, 150, 199)
@@ -29,8 +29,8 @@ def register(sub) -> None:
                    "behind identity, tanh and relu; W_hh = 1.5 I; gru and lstm")
     p.add_argument("--clipping", action="store_true", help="the book's exercise: train the "
                    "d2l-scratch recipe without and with gradient clipping, side by side")
-    p.add_argument("--clipping-steps", type=int, default=30, help="steps of each --clipping "
-                   "run (about 0.1 s each)")
+    p.add_argument("--clipping-steps", type=int, default=CLIPPING_STEPS,
+                   help="steps of each --clipping run (about 0.1 s each)")
     p.add_argument("--clipping-lr", type=float, default=EXERCISE_LR,
                    help="SGD learning rate of the --clipping runs (the book's is 1)")
     p.add_argument("--truncation-error", action="store_true",

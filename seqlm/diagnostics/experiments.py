@@ -60,6 +60,28 @@ def sweep(
     Raises:
         ConfigError: a size is not positive or a radius is not positive.
     """
+    gen = torch.Generator().manual_seed(seed)
+    inputs = _sweep_inputs(inputs, num_steps, batch_size, input_size, hidden_size, radii, gen)
+    curves = {}
+    for nonlinearity, label in SWEEP_NONLINEARITIES.items():
+        for radius in radii:
+            curves[f"rnn-{label}-rho{radius:g}"] = _rnn_curve(
+                inputs, hidden_size, nonlinearity, radius, eye=False, generator=gen)
+    for radius in (r for r in radii if r > 1):
+        for nonlinearity in ("relu", "tanh"):
+            curves[f"rnn-{nonlinearity}-{radius:g}I"] = _rnn_curve(
+                inputs, hidden_size, nonlinearity, radius, eye=True, generator=gen)
+    for cell in ("gru", "lstm"):
+        core = seeded_core(cell, inputs.shape[-1], hidden_size, "", gen)
+        curve = gradient_flow(core, inputs)
+        curves[cell] = {**curve, **growth_summary(curve), "rho": None, "nonlinearity": None,
+                        "mean_dphi": None}
+    return curves
+
+
+def _sweep_inputs(inputs, num_steps, batch_size, input_size, hidden_size, radii,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The sweep's (B, T, I) float64 inputs (N(0, 1) unless given), its arguments checked."""
     if inputs is not None:
         batch_size, num_steps, input_size = inputs.shape
     sizes = {"num_steps": num_steps, "batch_size": batch_size, "input_size": input_size,
@@ -69,36 +91,25 @@ def sweep(
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if not radii or any(not r > 0 for r in radii):
         raise ConfigError(f"radii must be positive spectral radii, got {list(radii)!r}")
-    gen = torch.Generator().manual_seed(seed)
     if inputs is None:
-        inputs = torch.randn(batch_size, num_steps, input_size, generator=gen,
+        inputs = torch.randn(batch_size, num_steps, input_size, generator=generator,
                              dtype=torch.float64)
-    inputs = inputs.double()
-    curves = {}
+    return inputs.double()
 
-    def rnn_curve(name: str, nonlinearity: str, radius: float, eye: bool) -> None:
-        core = seeded_core("rnn", input_size, hidden_size, nonlinearity, gen)
-        with torch.no_grad():
-            if eye:
-                core.weight_hh_l0.copy_(radius * torch.eye(hidden_size, dtype=torch.float64))
-            else:
-                set_spectral_radius_(core.weight_hh_l0, radius)
-        curve = gradient_flow(core, inputs)
-        curves[name] = {**curve, **growth_summary(curve), "rho": radius,
-                        "nonlinearity": nonlinearity,
-                        "mean_dphi": mean_derivative(core, inputs, nonlinearity)}
 
-    for nonlinearity, label in SWEEP_NONLINEARITIES.items():
-        for radius in radii:
-            rnn_curve(f"rnn-{label}-rho{radius:g}", nonlinearity, radius, eye=False)
-    for radius in (r for r in radii if r > 1):
-        for nonlinearity in ("relu", "tanh"):
-            rnn_curve(f"rnn-{nonlinearity}-{radius:g}I", nonlinearity, radius, eye=True)
-    for cell in ("gru", "lstm"):
-        curve = gradient_flow(seeded_core(cell, input_size, hidden_size, "", gen), inputs)
-        curves[cell] = {**curve, **growth_summary(curve), "rho": None, "nonlinearity": None,
-                        "mean_dphi": None}
-    return curves
+def _rnn_curve(inputs: torch.Tensor, hidden_size: int, nonlinearity: str, radius: float, *,
+               eye: bool, generator: torch.Generator) -> dict[str, Any]:
+    """The flow of a seeded one-layer RNN whose W_hh is rescaled to ``radius`` (or is
+    ``radius`` I), with its growth summary, rho, nonlinearity and mean phi'."""
+    core = seeded_core("rnn", inputs.shape[-1], hidden_size, nonlinearity, generator)
+    with torch.no_grad():
+        if eye:
+            core.weight_hh_l0.copy_(radius * torch.eye(hidden_size, dtype=torch.float64))
+        else:
+            set_spectral_radius_(core.weight_hh_l0, radius)
+    curve = gradient_flow(core, inputs)
+    return {**curve, **growth_summary(curve), "rho": radius, "nonlinearity": nonlinearity,
+            "mean_dphi": mean_derivative(core, inputs, nonlinearity)}
 
 
 def growth_summary(curve: Mapping[str, Any]) -> dict[str, float | None]:
