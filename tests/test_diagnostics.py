@@ -278,3 +278,25 @@ def test_mean_derivative_reads_phi_prime_from_the_states():
     h, _ = relu(x)
     assert math.isclose(mean_derivative(relu, x, "relu"), (h > 0).double().mean().item())
 
+
+
+def test_language_model_flow_measures_the_real_next_token_loss():
+    from seqlm.config import ModelConfig
+    from seqlm.diagnostics import language_model_flow
+    from seqlm.models import RNNLM
+
+    torch.manual_seed(6)
+    model = RNNLM(ModelConfig(vocab_size=7, cell="rnn", impl="scratch", hidden_size=5)).double()
+    batch = torch.randint(7, (2, 9))
+    report = language_model_flow(model.eval(), batch, with_truncation_error=True)
+    flow = report["curves"]["model"]
+    assert flow["lag"] == list(range(8)) and set(report["curves"]) == {"model"}
+    assert [row["tau"] for row in report["truncation_error"]] == [1, 2, 4]
+    # lag 0: the batch mean of ||d CE(decoder(o_T), y_T) / d o_T|| for each sequence
+    with torch.no_grad():
+        _, state = model(batch[:, :-1])
+    o = state[-1].detach().requires_grad_()
+    loss = F.cross_entropy(model.decoder(o), batch[:, -1], reduction="sum")
+    (g,) = torch.autograd.grad(loss, o)
+    assert math.isclose(flow["grad_norm"][0], g.norm(dim=1).mean().item(), rel_tol=1e-10)
+    assert flow["growth"] == flow["grad_norm"][-1] / flow["grad_norm"][0]
