@@ -18,13 +18,15 @@ from seqlm.errors import ConfigError, choice_error
 PRESETS: dict[str, dict] = {
     # The book's three experiments (d2l-zh 2.0 §8.5/8.6): The Time Machine, letters only,
     # char tokens, the first 10,000 tokens, batch 32 × 35 steps, SGD lr 1, clip 1, 500 epochs.
+    # No patience and no divergence guard: the book's fixed epochs, and its blow-ups stay
+    # visible (the clipping exercise shows one).
     "d2l-scratch": {
         "corpus": "timemachine", "clean": "letters", "tokenizer": "char", "max_tokens": 10000,
         "sampler": "sequential", "batch_size": 32, "num_steps": 35,
         "cell": "rnn", "impl": "scratch", "hidden_size": 512, "embedding_dim": None,
         "init": "d2l", "optimizer": "sgd", "lr": 1.0, "clip": 1.0, "schedule": "constant",
         "epochs": 500, "eval_every": 0, "sample_prefix": "time traveller", "sample_tokens": 50,
-        "sample_temperature": 0.0, "log_every": 8, "early_stopping": None,
+        "sample_temperature": 0.0, "log_every": 8, "early_stopping": None, "guard_retries": 0,
     },
 }
 # Recipes for a CPU budget, chosen with benchmarks/quality.py (docs/quality.md has the table of

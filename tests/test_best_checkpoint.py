@@ -30,11 +30,12 @@ def test_patience_ends_a_run_whose_validation_stopped_improving():
     assert p.best_step == 2 and p.stale_evals == 3
 
 
-def test_patience_is_on_by_default_and_off_for_the_book():
+def test_patience_and_guard_are_on_by_default_and_off_for_the_book():
     assert TrainConfig(max_steps=1).early_stopping == DEFAULT_PATIENCE
+    assert TrainConfig(max_steps=1).guard_retries > 0
     for name, values in PRESETS.items():
         if name.startswith("d2l"):
-            assert values["early_stopping"] is None, name
+            assert values["early_stopping"] is None and values["guard_retries"] == 0, name
 
 
 def _train(tmp_path, capsys):
