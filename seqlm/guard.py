@@ -16,8 +16,9 @@ everything :meth:`Trainer.state_dict` holds (optimizer moments, schedule positio
 generators, carried state). On a blow-up the trainer loads that snapshot, multiplies the
 learning rate by ``guard_lr_factor`` and goes on, at most ``guard_retries`` times.
 
-The thresholds are measured. On healthy runs (metrics.jsonl, each train record against the
-median of the ten before it, the first three skipped): cpu-fast with hidden 128 on builtin
+The thresholds are measured (``benchmarks/guard_levels.py`` reads runs' metrics.jsonl and
+compares each train record with the median of the ten before it, the first three skipped).
+On healthy runs: cpu-fast with hidden 128 on builtin
 (150 s, 39 windows), on sanguoyanyi (100 s) and word-level on builtin (100 s); cpu-fast on
 builtin (45 s) and cpu-quality on alice (60 s); d2l-scratch, 100 epochs (100 windows, SGD lr 1).
 The worst window's mean gradient norm was 1.32x its running median (d2l-scratch; 1.04x at
