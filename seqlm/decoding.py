@@ -55,6 +55,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 log-softmax over the last axis."""
+    scores = np.asarray(logits, dtype=np.float64)
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def next_token_probs(logits: np.ndarray, *, temperature: float, top_k: int | None = None,
                      top_p: float | None = None) -> np.ndarray:
     """The distribution one token is drawn from, after the knobs (which are not checked here).

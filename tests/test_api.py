@@ -187,3 +187,8 @@ def test_import_seqlm_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_stream_leaves_grad_mode_alone_between_steps(lm):
+    for _ in lm.stream("the", max_new_tokens=3):
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
