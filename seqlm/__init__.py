@@ -8,3 +8,19 @@ and :mod:`seqlm.cli` the only code that parses arguments or prints.
 """
 
 __version__ = "0.1.0"
+
+_API = ("load", "LanguageModel", "TextScore", "TokenStep")
+
+
+def __getattr__(name: str):
+    """``seqlm.load`` and the classes of :mod:`seqlm.api`, imported on first use so that
+    ``import seqlm`` (and the torch-free :mod:`seqlm.runtime`) never loads torch."""
+    if name in _API:
+        from seqlm import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'seqlm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
