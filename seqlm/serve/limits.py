@@ -45,9 +45,14 @@ class Limits:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if f.name == "queue_timeout":
+                if not number or not value > 0:
+                    raise ConfigError(f"queue_timeout={value!r} must be a number of seconds > 0")
+                continue
             low = 0 if f.name == "max_queued" else 1
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-                raise ConfigError(f"{f.name}={value!r} must be a number >= {low}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{f.name}={value!r} must be an integer >= {low}")
 
 
 class Busy(Exception):

@@ -27,37 +27,28 @@ from fastapi.responses import StreamingResponse
 
 from seqlm.errors import SeqlmError
 from seqlm.serve import engine
+from seqlm.serve.engine import LN2, finite
 from seqlm.serve.analysis import gradient_by_lag, rank_units
 from seqlm.serve.limits import Busy, Gate, Limits
 from seqlm.serve.runs import ServedRun, pick_run
 from seqlm.serve.schemas import FieldError, GenerateRequest, TextRequest, check_text
 
 FLUSH_SECONDS = 0.02
-LN2 = math.log(2.0)
-
-
-def step_json(step: engine.TokenStep) -> dict:
-    return {"text": step.text, "id": step.id, "prob": step.prob,
-            "top": [[t, p] for t, p in step.top], "entropy": step.entropy}
 
 
 def _line(obj: dict) -> bytes:
     return (json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def _take(steps: Iterator[engine.TokenStep], seconds: float) -> tuple[bytes, int, bool]:
+def _take(steps: Iterator[dict], seconds: float) -> tuple[bytes, int, bool]:
     """Lines for the tokens sampled within ``seconds`` (at least one); ``(bytes, count,
     finished)``."""
     out, t0 = [], time.perf_counter()
-    for step in steps:
-        out.append(_line({"type": "token", **step_json(step)}))
+    for row in steps:
+        out.append(_line({"type": "token", **row}))
         if time.perf_counter() - t0 >= seconds:
             return b"".join(out), len(out), False
     return b"".join(out), len(out), True
-
-
-def _finite(x: float) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
 
 
 def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRouter:
@@ -88,11 +79,10 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
             return
         try:
             warm, steps = await anyio.to_thread.run_sync(lambda: engine.stream(
-                run.model, run.tokenizer, req.prefix, max_new_tokens=req.max_new_tokens,
+                run.lm, req.prefix, max_new_tokens=req.max_new_tokens,
                 temperature=req.effective_temperature, top_k=req.top_k, top_p=req.top_p,
-                seed=req.seed, stepper=run.stepper))
-            yield _line({"type": "prefix", "run": run.name,
-                         "tokens": [step_json(s) for s in warm]})
+                seed=req.seed))
+            yield _line({"type": "prefix", "run": run.name, "tokens": warm})
             finished, budget = False, 0.0  # the first token goes out alone, at once
             while not finished:
                 chunk, n, finished = await anyio.to_thread.run_sync(_take, steps, budget)
@@ -136,27 +126,25 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
 
 def _score(run: ServedRun, text: str) -> dict:
     try:
-        result, steps = engine.score(run.model, run.tokenizer, text)
+        result, rows = engine.score_rows(run.lm, text)
     except SeqlmError as exc:
         raise FieldError("text", str(exc)) from None
     bigram = run.bigram()
-    base = bigram.logprobs(np.array(result.ids)) if not isinstance(bigram, str) else None
-    tokens = []
-    for i, (step, lp) in enumerate(zip(steps, result.logprobs)):
-        row = {**step_json(step), "logprob": _finite(lp), "unknown": result.unknown[i],
-               "surprisal": _finite(-lp / LN2)}
-        if base is not None:
-            row["bigram_logprob"] = _finite(float(base[i]))
-        tokens.append(row)
-    out = {"run": run.name, "tokens": tokens, "perplexity": _finite(result.perplexity),
-           "bits_per_token": _finite(result.bits_per_token),
-           "unknown": int(sum(result.unknown))}
-    if base is not None:
-        nll = -float(np.nanmean(base[1:]))
-        out["baseline"] = {"name": f"add-{bigram.k:g} bigram", "bits_per_token": nll / LN2,
-                           "perplexity": _finite(math.exp(min(nll, 700)))}
-    else:
+    out = {"run": run.name, "tokens": rows, "perplexity": finite(result.perplexity),
+           "bits_per_token": finite(result.bits_per_token),
+           "unknown": int(result.unknown.sum())}
+    if isinstance(bigram, str):
         out["baseline"] = {"unavailable": bigram}
+        return out
+    base = bigram.logprobs(result.ids)  # the first token has no bigram context: NaN
+    for row, lp in zip(rows, base):
+        row["bigram_logprob"] = finite(float(lp))
+    if len(base) > 1:
+        nll = -float(np.mean(base[1:]))
+        out["baseline"] = {"name": f"add-{bigram.k:g} bigram", "bits_per_token": nll / LN2,
+                           "perplexity": finite(math.exp(min(nll, 700)))}
+    else:
+        out["baseline"] = {"unavailable": "the bigram baseline needs two tokens"}
     return out
 
 
@@ -166,7 +154,7 @@ def _states(run: ServedRun, text: str, max_tokens: int) -> dict:
         raise FieldError("text", f"text has {len(ids):,} tokens; hidden states are served for "
                          f"at most {max_tokens:,} (seqlm serve --max-state-tokens)")
     try:
-        h, texts = engine.states(run.model, run.tokenizer, text)
+        h, texts = engine.states(run.lm, text)
     except SeqlmError as exc:
         raise FieldError("text", str(exc)) from None
     return {"run": run.name, "tokens": texts, "layers": int(h.shape[0]),

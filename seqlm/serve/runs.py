@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+from seqlm.api import load
 from seqlm.errors import CheckpointError, ConfigError, SeqlmError
 
 SAMPLE_HEADER = re.compile(r"^--- step (\d+)$")
@@ -29,25 +29,27 @@ class ServedRun:
     Attributes:
         name: the label the page and the API use (the directory's name, made unique).
         path: the run (or checkpoint) directory given on the command line.
-        checkpoint: the checkpoint directory the model was read from.
-        model, tokenizer, config: as :class:`seqlm.checkpoint.Checkpoint`.
-        stepper: the model's single-row stepper, built once and shared (it is read-only).
+        lm: the :class:`seqlm.api.LanguageModel` every number on the page comes from.
     """
 
     name: str
     path: Path
-    checkpoint: Path
-    model: object
-    tokenizer: object
-    config: dict
-    stepper: object
+    lm: object
     _bigram: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def model(self):
+        return self.lm.model
+
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
 
     def describe(self) -> dict:
         """What ``GET /api/runs`` says about the run."""
         c = self.model.config
-        return {"name": self.name, "path": str(self.path), "checkpoint": str(self.checkpoint),
+        return {"name": self.name, "path": str(self.path), "checkpoint": str(self.lm.path),
                 "cell": c.cell, "impl": c.impl, "hidden_size": c.hidden_size,
                 "num_layers": c.num_layers, "vocab_size": c.vocab_size,
                 "tokenizer": self.tokenizer.kind,
@@ -63,7 +65,7 @@ class ServedRun:
                 from seqlm.serve.baseline import fit_bigram
 
                 try:
-                    self._bigram = fit_bigram(self.config, self.tokenizer)
+                    self._bigram = fit_bigram(self.lm.config, self.tokenizer)
                 except (SeqlmError, OSError, ValueError, TypeError) as exc:
                     self._bigram = f"bigram baseline unavailable: {exc}"
             return self._bigram
@@ -85,10 +87,8 @@ def load_runs(paths: list[str | Path], *, device: str = "cpu") -> dict[str, Serv
         if not path.exists():
             raise CheckpointError(f"{path} does not exist; give a run directory written by "
                                   "seqlm train (or one of its checkpoints)")
-        ckpt = load_checkpoint(resolve_checkpoint(path), device=device)
         name = _unique_name(path, runs)
-        runs[name] = ServedRun(name, path, ckpt.path, ckpt.model, ckpt.tokenizer, ckpt.config,
-                               ckpt.model.stepper(batch_size=1))
+        runs[name] = ServedRun(name, path, load(path, device=device))
     return runs
 
 

@@ -1,7 +1,7 @@
 """The JSON bodies the playground's API accepts, and how a bad one is answered.
 
 Types are checked by pydantic; the values of the sampling knobs by the library's own rules
-(:func:`seqlm.generate.check_sampling`), one knob at a time so that the 422 answer names the
+(:func:`seqlm.decoding.check_sampling`), one knob at a time so that the 422 answer names the
 field. Unknown fields are refused, so a misspelt knob is never silently ignored.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from seqlm.errors import ConfigError
-from seqlm.generate import check_sampling
+from seqlm.decoding import check_sampling
 from seqlm.serve.limits import Limits
 
 

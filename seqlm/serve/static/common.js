@@ -111,7 +111,8 @@ export function stepInfo(step, extra = "") {
   const head = step.prob === null || step.prob === undefined
     ? `<div class="head">${escapeHtml(JSON.stringify(step.text))}: nothing predicts the first token</div>`
     : `<div class="head">${escapeHtml(JSON.stringify(step.text))}: p = ${(100 * step.prob).toFixed(2)}%` +
-      `, entropy ${fmt(step.entropy, 2)} bits${extra}</div>`;
+      (step.entropy === null || step.entropy === undefined ? ""
+        : `, entropy ${fmt(step.entropy, 2)} bits`) + `${extra}</div>`;
   return head + (step.top && step.top.length ? topTable(step.top, step.text) : "");
 }
 
