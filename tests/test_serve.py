@@ -131,6 +131,12 @@ def test_bad_knobs_are_422_naming_the_field(client, body, field):
     assert out["field"] == field and field in out["error"]
 
 
+def test_a_body_beyond_the_text_limit_is_refused_unread(client):
+    response = client.post("/api/score", content=b"x" * 10_000,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "--max-text" in response.json()["error"]
+
+
 def test_unknown_run_and_bad_json_are_json_errors(client):
     response = client.post("/api/score", json={"run": "nope", "text": "abc"})
     assert response.status_code == 404 and "'tiny'" in response.json()["error"]

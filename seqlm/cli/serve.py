@@ -73,6 +73,8 @@ def cmd_serve(args) -> int:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
     finally:
         sock.close()
     print("seqlm playground: stopped", flush=True)

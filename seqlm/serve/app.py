@@ -3,8 +3,8 @@ description at ``/docs``.
 
 Every answer is JSON (the page and the static files aside), errors included:
 ``{"error": message, "field": name or null}`` with 404 for an unknown run, 422 for a bad
-field (named), 429 when the model's queue is full, 500 for a failure of the server's own
-(which then goes on serving).
+field (named), 413 for a body larger than the text limit allows, 429 when the model's queue
+is full, 500 for a failure of the server's own (which then goes on serving).
 """
 
 from __future__ import annotations
@@ -49,6 +49,16 @@ def create_app(runs: dict[str, ServedRun], *, limits: Limits | None = None,
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.state.runs, app.state.limits, app.state.gate = runs, limits, Gate(limits)
     _errors(app)
+    max_body = 8 * limits.max_text + 4096  # UTF-8 text with JSON escapes, and the knobs
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next):
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > max_body:
+            return error(413, f"the request body has {int(size):,} bytes; the server reads at "
+                         f"most {max_body:,} (seqlm serve --max-text)")
+        return await call_next(request)
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

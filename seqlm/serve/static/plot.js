@@ -1,7 +1,7 @@
 // Small line charts on a <canvas>: axes, ticks, a legend, optional log-scaled y and markers.
 
 const PALETTE = ["#2f6db5", "#d9822b", "#3a9b5c", "#b3261e", "#7b4fb0", "#555"];
-const PAD = { left: 62, right: 14, top: 28, bottom: 40 };
+const PAD = { left: 58, right: 14, top: 28, bottom: 40 };
 
 function niceTicks(lo, hi, count = 5) {
   if (!(hi > lo)) return [lo];
@@ -65,12 +65,14 @@ export function lineChart(canvas, series, options = {}) {
   ctx.font = "11px system-ui, sans-serif";
   ctx.lineWidth = 1;
   const yTicks = options.logY ? logTicks(y0, y1) : niceTicks(y0, y1);
+  ctx.textAlign = "right";
   for (const v of yTicks) {
     const y = sy(v);
     if (y < PAD.top - 1 || y > H - PAD.bottom + 1) continue;
     ctx.beginPath(); ctx.moveTo(PAD.left, y); ctx.lineTo(W - PAD.right, y); ctx.stroke();
-    ctx.fillText(label(v), 6, y + 4);
+    ctx.fillText(label(v), PAD.left - 5, y + 4);
   }
+  ctx.textAlign = "left";
   for (const v of niceTicks(x0, x1, 6)) {
     const x = sx(v);
     ctx.beginPath(); ctx.moveTo(x, PAD.top); ctx.lineTo(x, H - PAD.bottom); ctx.stroke();
@@ -78,9 +80,10 @@ export function lineChart(canvas, series, options = {}) {
   }
   ctx.fillText(options.xLabel || "", W / 2 - 30, H - 6);
   ctx.save();
-  ctx.translate(12, PAD.top + 70);
+  ctx.translate(11, (PAD.top + H - PAD.bottom) / 2);
   ctx.rotate(-Math.PI / 2);
-  ctx.fillText(options.yLabel || "", -40, 0);
+  ctx.textAlign = "center";
+  ctx.fillText(options.yLabel || "", 0, 0);
   ctx.restore();
   for (const m of options.markers || []) {
     const x = sx(m.x);
