@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import seqlm
 from conftest import TINY_TEXT
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -114,7 +115,14 @@ def _shot(driver, name: str, tmp_path: Path) -> None:
     keep = os.environ.get("SEQLM_SCREENSHOTS")
     folder = Path(keep) if keep else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(folder / f"playground-{name}.png"))
+    path = folder / f"playground-{name}.png"
+    driver.save_screenshot(str(path))
+    if keep:  # kept for the docs: 256 colours keep each under ~150 KB
+        from PIL import Image
+
+        with Image.open(path) as image:
+            small = image.convert("RGB").quantize(colors=256)
+        small.save(path, optimize=True)
 
 
 def test_every_tab_in_a_real_browser(server, browser, run_dir, tmp_path):
@@ -146,14 +154,19 @@ def test_every_tab_in_a_real_browser(server, browser, run_dir, tmp_path):
 
     # Score a text: surprisal colouring, perplexity, an unknown token marked.
     _tab(d, "score")
-    _type(d, "score-text", "the time traveller was expounding zq matter")
+    text = ("the time traveller (for so it will be convenient to speak of him) was "
+            "expounding a recondite matter to us. his grey eyes shone жз and twinkled")
+    known = seqlm.load(run_dir).tokenizer.vocab.token_to_idx
+    _type(d, "score-text", text)
     d.find_element(By.ID, "score").click()
     wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, "#score-tokens .tok"))
     assert "perplexity" in d.find_element(By.ID, "score-summary").text
-    assert len(d.find_elements(By.CSS_SELECTOR, "#score-tokens .tok.unk")) == 2
+    unknown = sum(ch not in known for ch in text)
+    assert unknown >= 2 and len(d.find_elements(By.CSS_SELECTOR, "#score-tokens .tok.unk")) \
+        == unknown
+    _shot(d, "score", tmp_path)
     d.find_element(By.CSS_SELECTOR, '#score-colour option[value="bigram"]').click()
     assert "bigram" in d.find_element(By.ID, "score-legend").text
-    _shot(d, "score", tmp_path)
 
     # Inside the state: the scored text's heatmap; clicking a row picks that unit.
     d.find_element(By.ID, "score-inspect").click()
@@ -168,8 +181,14 @@ def test_every_tab_in_a_real_browser(server, browser, run_dir, tmp_path):
         if d.find_element(By.ID, "unit-label").text != before:
             break
     assert d.find_element(By.ID, "unit-label").text != before
-    assert d.find_elements(By.CSS_SELECTOR, "#rankings li")
+    space_unit = d.find_element(By.CSS_SELECTOR, "#rankings > div:last-child li")
+    layer_unit = space_unit.text.split(" · ")[0]  # e.g. "L0 u19"
+    space_unit.click()  # the unit that tracks "after a space" colours the text
+    label = d.find_element(By.ID, "unit-label").text
+    assert label.endswith(f"layer {layer_unit[1:].split()[0]}, unit {layer_unit.split('u')[-1]}")
+    d.execute_script("document.getElementById('state-note').scrollIntoView()")
     _shot(d, "state", tmp_path)
+    d.execute_script("window.scrollTo(0, 0)")
 
     # Through time: the per-lag gradient norms drawn on a log scale.
     _tab(d, "time")
@@ -185,10 +204,10 @@ def test_every_tab_in_a_real_browser(server, browser, run_dir, tmp_path):
     count = int(status.text.split()[0])
     assert d.execute_script(INK, "chart-ppl") > 100 and "step" in d.find_element(
         By.ID, "samples").text
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+    _shot(d, "training", tmp_path)
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:  # training goes on
         f.write(json.dumps({"kind": "recovery", "step": 3, "reason": "test"}) + "\n")
     wait.until(lambda _: status.text.startswith(f"{count + 1} records"))
-    _shot(d, "training", tmp_path)
 
     # Sampling strategies: both cuts of the chapter's corpus 0..34.
     _tab(d, "sampling")

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import anyio
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from seqlm.errors import SeqlmError
@@ -63,14 +63,14 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
             gate.leave()
 
     @router.post("/generate")
-    async def generate(req: GenerateRequest):
+    async def generate(req: GenerateRequest, request: Request):
         """Stream a continuation of ``prefix`` as NDJSON (see the module docstring)."""
         run = pick_run(runs, req.run)
         req.check(limits)
         gate.check()  # a full queue is a 429 now; the stream takes its turn when it starts
-        return StreamingResponse(_stream(run, req), media_type="application/x-ndjson")
+        return StreamingResponse(_stream(run, req, request), media_type="application/x-ndjson")
 
-    async def _stream(run: ServedRun, req: GenerateRequest):
+    async def _stream(run: ServedRun, req: GenerateRequest, request: Request):
         t0, count = time.perf_counter(), 0
         try:
             await gate.enter()
@@ -85,6 +85,8 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
             yield _line({"type": "prefix", "run": run.name, "tokens": warm})
             finished, budget = False, 0.0  # the first token goes out alone, at once
             while not finished:
+                if await request.is_disconnected():  # the page's Stop: free the slot now
+                    return
                 chunk, n, finished = await anyio.to_thread.run_sync(_take, steps, budget)
                 count, budget = count + n, FLUSH_SECONDS
                 if chunk:

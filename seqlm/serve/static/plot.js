@@ -30,7 +30,9 @@ function logTicks(lo, hi) {
 function label(v) {
   if (v === 0) return "0";
   const a = Math.abs(v);
-  if (a >= 1e5 || a < 1e-2) return v.toExponential(0);
+  if (a >= 1e9 || a < 1e-2) return v.toExponential(0);
+  if (a >= 1e6) return `${Number((v / 1e6).toPrecision(3))}M`;
+  if (a >= 1e4) return `${Number((v / 1e3).toPrecision(3))}k`;
   return Number(v.toPrecision(3)).toLocaleString("en");
 }
 
@@ -86,13 +88,15 @@ export function lineChart(canvas, series, options = {}) {
   ctx.fillText(options.yLabel || "", 0, 0);
   ctx.restore();
   for (const m of options.markers || []) {
-    const x = sx(m.x);
+    const x = Math.max(PAD.left, Math.min(W - PAD.right, sx(m.x)));
     ctx.strokeStyle = "#b3261e";
     ctx.setLineDash([4, 3]);
     ctx.beginPath(); ctx.moveTo(x, PAD.top); ctx.lineTo(x, H - PAD.bottom); ctx.stroke();
     ctx.setLineDash([]);
     ctx.fillStyle = "#b3261e";
-    ctx.fillText(m.label, x + 3, PAD.top + 10);
+    ctx.textAlign = x > W / 2 ? "right" : "left";
+    ctx.fillText(m.label, x + (x > W / 2 ? -3 : 3), PAD.top + 10);
+    ctx.textAlign = "left";
   }
   clean.forEach((s, i) => {
     const colour = s.colour || PALETTE[i % PALETTE.length];

@@ -46,6 +46,9 @@ async function score() {
     last = await api("/api/score", { run: shared.run, text });
     shared.lastText = text;
     const b = last.baseline;
+    const option = $("score-colour").querySelector('option[value="bigram"]');
+    option.disabled = Boolean(b.unavailable);
+    if (option.disabled) $("score-colour").value = "surprisal";
     $("score-summary").innerHTML = [
       summaryItem(fmt(last.perplexity, 3), "perplexity"),
       summaryItem(fmt(last.bits_per_token, 3), "bits / token"),

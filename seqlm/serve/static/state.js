@@ -19,7 +19,7 @@ function draw() {
   const canvas = $("heatmap");
   const h = data.states[layer()];  // (N, H)
   const n = h.length, units = data.hidden_size;
-  const cellW = Math.max(2, Math.min(14, Math.floor(1100 / n)));
+  const cellW = Math.max(2, Math.min(24, Math.floor(1100 / n)));
   const cellH = Math.max(1, Math.min(10, Math.floor(360 / units)));
   canvas.width = n * cellW;
   canvas.height = units * cellH;

@@ -15,7 +15,7 @@ function series(records, kind, x, y) {
 function markers(records, x) {
   const train = records.filter((r) => r.kind === "train");
   return records.filter((r) => r.kind === "recovery").map((r) => {
-    const before = train.filter((t) => t.step <= r.step).pop();
+    const before = train.filter((t) => t.step <= r.step).pop() || train[0];
     const at = x === "elapsed" ? r.elapsed : (before ? before.tokens : 0);
     return { x: at, label: `recovery at step ${r.step}` };
   });
