@@ -46,7 +46,7 @@ def default_run(folder: Path) -> Path:
 
     from seqlm.checkpoint import save_checkpoint
     from seqlm.config import PRESETS
-    from seqlm.models.lm import RNNLM, ModelConfig
+    from seqlm.models import RNNLM, ModelConfig
     from seqlm.text import read_corpus
     from seqlm.tokenize import fit_tokenizer
 
