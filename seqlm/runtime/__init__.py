@@ -38,7 +38,8 @@ SCORE_CHUNK = 4096  # tokens per forward run when scoring: bounds the (chunk, V)
 
 
 def onnx_session(path: str | Path, *, threads: int | None = None):
-    """An onnxruntime CPU session of the graph in ``path``.
+    """An onnxruntime CPU session of the graph in ``path`` (``threads``: its intra-op
+    threads; None or 0, onnxruntime's default).
 
     Raises:
         ExportError: onnxruntime is not installed, or the file is not a graph it can run.
@@ -64,7 +65,11 @@ def load(directory: str | Path, *, threads: int | None = None) -> OnnxLanguageMo
 
     Args:
         directory: the export directory.
-        threads: onnxruntime's intra-op threads (None: its default, one per core).
+        threads: onnxruntime's intra-op threads for both graphs; 0 is onnxruntime's default
+            (one per core). None: one thread for ``step.onnx`` and the default for
+            ``forward.onnx``, because a one-row step is a few matrix-vector products,
+            where handing work to other threads costs more than it saves
+            (docs/performance.md measures 3-4x more tokens/s on one thread than on two).
 
     Raises:
         ExportError: not an export, a file missing or unreadable, or no onnxruntime.
@@ -91,7 +96,8 @@ class OnnxLanguageModel(TextModel):
         self.config = read_config(self.path)
         self.name, self.vocab_size = self.path.resolve().name, self.config["model"]["vocab_size"]
         self.tokenizer = _read_tokenizer(self.path, self.config["files"])
-        self._step = onnx_session(self.path / FILES["step"], threads=threads)
+        self._step = onnx_session(self.path / FILES["step"],
+                                  threads=1 if threads is None else threads)
         self._forward = onnx_session(self.path / FILES["forward"], threads=threads)
         self._start = np.load(self.path / FILES["start_logits"])
         self._state_names = list(self.config["state"])
