@@ -13,10 +13,12 @@ peak resident memory (``ru_maxrss``) counts only what that backend imports and h
   never imported): as loaded by default (the step on one thread), and with onnxruntime's
   own default of one thread per core (``onnx-ort-threads``).
 
-Each generates ``--tokens`` tokens greedily from a short prefix, ``--repeats`` times after
-one warm-up call; the best time counts. Usage::
+The processes run side by side, idle but for the generation each is asked for in turn:
+``--rounds`` rounds of ``--tokens`` greedy tokens from a short prefix, after one warm-up
+call, the backends interleaved within each round; tokens/s is each backend's median over the
+rounds and ``x torch`` the median of the per-round ratios. Usage::
 
-    python benchmarks/onnx_runtime.py --tokens 2000 --repeats 5 [--model cpu-fast] [--json]
+    python benchmarks/onnx_runtime.py --tokens 2000 --rounds 10 [--model cpu-fast] [--json]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,8 +61,9 @@ def build(directory: Path, model: str) -> tuple[Path, Path]:
     return directory / "ckpt", directory / "onnx"
 
 
-def child(backend: str, threads: int | None, path: str, tokens: int, repeats: int) -> dict:
-    """Runs in the fresh interpreter: load, warm up, time, report."""
+def child(backend: str, threads: int | None, path: str) -> None:
+    """The fresh interpreter's loop: load, warm up, then answer each line of stdin
+    (``N``: generate N tokens and print the seconds; EOF: print the report and exit)."""
     start = time.perf_counter()
     if backend == "torch":
         import seqlm
@@ -71,13 +75,13 @@ def child(backend: str, threads: int | None, path: str, tokens: int, repeats: in
         lm = seqlm.runtime.load(path, threads=threads)
     loaded = time.perf_counter() - start
     lm.generate(PREFIX, max_new_tokens=50)
-    best = float("inf")
-    for _ in range(repeats):
+    print("ready", flush=True)
+    for line in sys.stdin:
         t = time.perf_counter()
-        lm.generate(PREFIX, max_new_tokens=tokens)
-        best = min(best, time.perf_counter() - t)
-    return {"tokens_per_s": tokens / best, "load_s": loaded, "peak_rss_mb": peak_rss_mb(),
-            "torch_imported": "torch" in sys.modules}
+        lm.generate(PREFIX, max_new_tokens=int(line))
+        print(time.perf_counter() - t, flush=True)
+    print(json.dumps({"load_s": loaded, "peak_rss_mb": peak_rss_mb(),
+                      "torch_imported": "torch" in sys.modules}), flush=True)
 
 
 def peak_rss_mb() -> float:
@@ -92,38 +96,59 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(model: str, tokens: int, repeats: int) -> dict:
+def _start(backend: str, threads: int | None, path: Path) -> subprocess.Popen:
+    code = (f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(Path(__file__).parent)!r}]; "
+            f"import onnx_runtime; onnx_runtime.child({backend!r}, {threads!r}, {str(path)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the {backend} process did not start")
+    return proc
+
+
+def run(model: str, tokens: int, rounds: int) -> dict:
+    """All backends' processes at once, timed in turn round after round (A B C A B C ...),
+    so that a machine drifting between fast and slow phases shifts all of them alike."""
     with tempfile.TemporaryDirectory(prefix="seqlm-bench-onnx-") as tmp:
         ckpt, onnx = build(Path(tmp), model)
+        procs = {name: _start(backend, threads, ckpt if backend == "torch" else onnx)
+                 for name, (backend, threads) in BACKENDS.items()}
+        times: dict[str, list[float]] = {name: [] for name in procs}
+        for _ in range(rounds):
+            for name, proc in procs.items():
+                proc.stdin.write(f"{tokens}\n")
+                proc.stdin.flush()
+                times[name].append(float(proc.stdout.readline()))
         results = {}
-        for name, (backend, threads) in BACKENDS.items():
-            path = ckpt if backend == "torch" else onnx
-            code = (f"import json, sys; sys.path.insert(0, {str(REPO)!r}); "
-                    f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import onnx_runtime; "
-                    f"print(json.dumps(onnx_runtime.child({backend!r}, {threads!r}, "
-                    f"{str(path)!r}, {tokens}, {repeats})))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 check=True)
-            results[name] = json.loads(out.stdout.splitlines()[-1])
-    return {"model": model, "tokens": tokens, "repeats": repeats, "results": results}
+        for name, proc in procs.items():
+            out, _ = proc.communicate()
+            rates = [tokens / t for t in times[name]]
+            ratios = [a / b for a, b in zip(times["torch"], times[name])]
+            results[name] = {**json.loads(out.strip().splitlines()[-1]),
+                             "tokens_per_s": statistics.median(rates),
+                             "tokens_per_s_range": [min(rates), max(rates)],
+                             "x_torch": statistics.median(ratios)}
+    return {"model": model, "tokens": tokens, "rounds": rounds, "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", choices=["default", "cpu-fast"])
     parser.add_argument("--tokens", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    report = run(args.model, args.tokens, args.repeats)
+    report = run(args.model, args.tokens, args.rounds)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.model} model, one stream, {args.tokens} greedy tokens, best of {args.repeats}")
-    print(f"{'backend':<15}{'tokens/s':>10}{'peak RSS MB':>13}{'load s':>8}  torch imported")
+    print(f"{args.model} model, one stream, {args.tokens} greedy tokens, median of "
+          f"{args.rounds} interleaved rounds")
+    print(f"{'backend':<18}{'tokens/s':>10}{'x torch':>9}{'peak RSS MB':>13}{'load s':>8}"
+          "  torch imported")
     for name, r in report["results"].items():
-        print(f"{name:<15}{r['tokens_per_s']:>10,.0f}{r['peak_rss_mb']:>13.0f}"
-              f"{r['load_s']:>8.2f}  {r['torch_imported']}")
+        print(f"{name:<18}{r['tokens_per_s']:>10,.0f}{r['x_torch']:>9.2f}"
+              f"{r['peak_rss_mb']:>13.0f}{r['load_s']:>8.2f}  {r['torch_imported']}")
     return 0
 
 

@@ -9,6 +9,7 @@ k alternatives.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -158,24 +159,24 @@ def token_stream(tokenizer, prefix_ids: list[int], steps: Iterator[tuple], *,
             return
 
 
-class TextModel:
-    """``stream``, ``score`` and ``perplexity`` of a loaded model, over two hooks:
-
-    * ``_decode(prefix_ids, *, max_new_tokens, temperature, top_k, top_p, seed)``: the
-      decoding loop of one row after the warm-up on ``prefix_ids``, yielding
-      ``(tokens (1,), logits (1, V))`` with numpy logits (:func:`seqlm.decoding.decode_steps`);
-    * ``_logits(ids)``: the ``(logits (n, V), targets)`` chunks :func:`text_score` takes.
-
-    Subclasses set ``tokenizer``.
+class TextModel(ABC):
+    """``stream``, ``score`` and ``perplexity`` of a loaded model, over the two hooks each
+    model class implements (:meth:`_decode`, :meth:`_logits`). Subclasses set ``tokenizer``.
     """
 
     tokenizer = None
 
-    def _decode(self, prefix_ids: list[int], **knobs) -> Iterator[tuple]:
-        raise TypeError(f"{type(self).__name__} does not decode")
+    @abstractmethod
+    def _decode(self, prefix_ids: list[int], *, max_new_tokens: int, temperature: float,
+                top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[tuple]:
+        """The decoding loop of one row after the warm-up on ``prefix_ids``
+        (:func:`seqlm.decoding.decode_steps`), yielding ``(tokens (1,), logits (1, V))``
+        with numpy logits."""
 
+    @abstractmethod
     def _logits(self, ids: np.ndarray) -> Iterator[tuple]:
-        raise TypeError(f"{type(self).__name__} does not score")
+        """``(logits (n, V), targets (m,))`` chunks over ``ids`` (N,), as :func:`text_score`
+        takes them: the first row is the prediction generation starts from."""
 
     def stream(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
                temperature: float = TEMPERATURE, top_k: int | None = None,
