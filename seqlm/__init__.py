@@ -5,6 +5,10 @@ The pipeline, one module per stage: :mod:`seqlm.text` (read and clean corpora) �
 (splits and the two sampling strategies) → :mod:`seqlm.models` → :mod:`seqlm.train` →
 :mod:`seqlm.generate`, with :mod:`seqlm.checkpoint` the only code that knows the on-disk format
 and :mod:`seqlm.cli` the only code that parses arguments or prints.
+
+From Python: ``seqlm.load(run_or_checkpoint)`` (:mod:`seqlm.api`) gives a model object that
+generates, streams, scores and reads hidden states; :mod:`seqlm.export` writes ONNX graphs,
+which :mod:`seqlm.runtime` runs with numpy and onnxruntime, never importing torch.
 """
 
 __version__ = "0.1.0"

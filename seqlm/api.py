@@ -21,12 +21,10 @@ import numpy as np
 import torch
 
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
-from seqlm.decoding import (MAX_NEW_TOKENS, TEMPERATURE, check_count, check_sampling,
-                            encode_prefix)
+from seqlm.decoding import MAX_NEW_TOKENS, TEMPERATURE
 from seqlm.errors import ConfigError
 from seqlm.generate import generate, make_generator, token_steps, warm_up
-from seqlm.results import (TextScore, TokenStep, check_top, text_ids, text_score,
-                           token_stream)
+from seqlm.results import TextModel, TextScore, TokenStep, text_ids
 
 __all__ = ["LanguageModel", "TextScore", "TokenStep", "load"]
 
@@ -57,8 +55,11 @@ def load(path: str | Path, *, device: str = "cpu") -> LanguageModel:
                          checkpoint=which if in_run else "checkpoint")
 
 
-class LanguageModel:
-    """A trained recurrent language model with its tokenizer: generate, stream, score.
+class LanguageModel(TextModel):
+    """A trained recurrent language model with its tokenizer: :meth:`generate` and
+    :meth:`states` here; ``stream``, ``score`` and ``perplexity`` from
+    :class:`~seqlm.results.TextModel` (documented there), which the torch-free
+    :class:`seqlm.runtime.OnnxLanguageModel` shares.
 
     Attributes:
         model: the :class:`~seqlm.models.RNNLM` (in eval mode).
@@ -105,68 +106,18 @@ class LanguageModel:
                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                         stop=stop)[0]
 
-    def stream(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
-               temperature: float = TEMPERATURE, top_k: int | None = None,
-               top_p: float | None = None, seed: int | None = None, stop: str | None = None,
-               top: int = 10) -> Iterator[TokenStep]:
-        """Generate as :meth:`generate` does, one :class:`TokenStep` per new token.
-
-        Same warm-up, stepper and sampling as :meth:`generate` (the same seed gives the same
-        tokens). Knobs are checked when the first step is asked for.
-
-        Args:
-            prefix, max_new_tokens, temperature, top_k, top_p, seed, stop: as :meth:`generate`.
-            top: how many likeliest tokens each step lists (0 for none).
-
-        Yields:
-            :class:`TokenStep`, until ``max_new_tokens`` or the stop string.
-
-        Raises:
-            ConfigError: a knob out of range, or ``top`` < 0.
-        """
-        check_sampling(temperature, top_k, top_p)
-        check_count("max_new_tokens", max_new_tokens)
-        check_top(top)
+    def _decode(self, prefix_ids: list[int], *, max_new_tokens: int, temperature: float,
+                top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[tuple]:
+        """One row of :func:`seqlm.generate.token_steps` after :func:`seqlm.generate.warm_up`,
+        logits as numpy (for :meth:`stream`)."""
         generator = make_generator(self.model, seed)
-        prefix_ids = encode_prefix(self.tokenizer, prefix)
         logits, state = warm_up(self.model, self.tokenizer, prefix_ids)
         # No grad-mode context here: it would leak into the caller between steps. The
         # stepper runs without autograd by itself.
         steps = token_steps(self.model, logits, state, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p,
                             generator=generator)
-        yield from token_stream(self.tokenizer, prefix_ids, ((t, _numpy(x)) for t, x in steps),
-                                max_new_tokens=max_new_tokens, stop=stop, top=top)
-
-    def score(self, text: str, *, top: int = 0) -> TextScore:
-        """Log-probability of each token of ``text`` given the tokens before it.
-
-        The first token is scored from where generation starts (the prediction after
-        ``<bos>`` when the vocabulary has it, else the zero state's), then the text is read
-        in one pass with the state carried, as the training loss and ``seqlm evaluate`` read
-        it.
-
-        Args:
-            text: the text to score.
-            top: also keep the ``top`` likeliest tokens at each position (0: none).
-
-        Returns:
-            A :class:`TextScore` of the N tokens.
-
-        Raises:
-            ConfigError: the text has no tokens, or ``top`` < 0.
-        """
-        check_top(top)
-        ids = text_ids(self.tokenizer, text)
-        return text_score(self.tokenizer, text, ids, self._logits(ids), top)
-
-    def perplexity(self, text: str) -> float:
-        """exp of the mean NLL of ``text``'s tokens (:meth:`score`'s ``perplexity``).
-
-        Raises:
-            ConfigError: the text has no tokens.
-        """
-        return self.score(text).perplexity
+        return ((tokens, _numpy(scores)) for tokens, scores in steps)
 
     def states(self, text: str, *, cell: bool = False) -> np.ndarray:
         """Hidden states after each token of ``text``, every layer.

@@ -21,3 +21,7 @@ class CorpusError(SeqlmError):
 
 class CheckpointError(SeqlmError):
     """A checkpoint or run directory is missing, incomplete, corrupt or inconsistent."""
+
+
+class ExportError(SeqlmError):
+    """A model cannot be exported, or an exported directory is missing, incomplete or stale."""

@@ -34,7 +34,9 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None =
     logits are divided by the temperature, cut to the ``top_k`` largest, then to the smallest
     set whose probability reaches ``top_p`` (the nucleus; the most likely token always stays),
     and one token is drawn from the softmax of what is left
-    (:func:`seqlm.decoding.next_token_probs`, shared with the torch-free runtime).
+    (:func:`seqlm.decoding.next_token_probs`, shared with the torch-free runtime; it runs in
+    numpy on the host, so sampling a CUDA model's logits copies them once per token, greedy
+    decoding does not).
 
     Args:
         logits: (N, V) unnormalised scores.

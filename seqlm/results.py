@@ -1,19 +1,22 @@
 """What a loaded model returns when it streams and scores: :class:`TokenStep` and
-:class:`TextScore`, and the numpy code that builds them from logits (no torch).
+:class:`TextScore`, the numpy code that builds them from logits, and :class:`TextModel`, the
+methods both model objects share (no torch).
 
-Both model objects build their results here: :class:`seqlm.api.LanguageModel` (torch) and
+The two model objects are :class:`seqlm.api.LanguageModel` (torch) and
 :class:`seqlm.runtime.OnnxLanguageModel` (onnxruntime). Shapes: N tokens, V the vocabulary,
 k alternatives.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqlm.decoding import TextStream, log_softmax, softmax
+from seqlm.decoding import (MAX_NEW_TOKENS, TEMPERATURE, TextStream, check_count,
+                            check_sampling, encode_prefix, log_softmax, softmax)
 from seqlm.errors import ConfigError
 
 
@@ -154,3 +157,81 @@ def token_stream(tokenizer, prefix_ids: list[int], steps: Iterator[tuple], *,
                         entropy=float(-(nonzero * np.log(nonzero)).sum()))
         if text.done:
             return
+
+
+class TextModel(ABC):
+    """``stream``, ``score`` and ``perplexity`` of a loaded model, over the two hooks each
+    model class implements (:meth:`_decode`, :meth:`_logits`). Subclasses set ``tokenizer``.
+    """
+
+    tokenizer = None
+
+    @abstractmethod
+    def _decode(self, prefix_ids: list[int], *, max_new_tokens: int, temperature: float,
+                top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[tuple]:
+        """The decoding loop of one row after the warm-up on ``prefix_ids``
+        (:func:`seqlm.decoding.decode_steps`), yielding ``(tokens (1,), logits (1, V))``
+        with numpy logits."""
+
+    @abstractmethod
+    def _logits(self, ids: np.ndarray) -> Iterator[tuple]:
+        """``(logits (n, V), targets (m,))`` chunks over ``ids`` (N,), as :func:`text_score`
+        takes them: the first row is the prediction generation starts from."""
+
+    def stream(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
+               temperature: float = TEMPERATURE, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None, stop: str | None = None,
+               top: int = 10) -> Iterator[TokenStep]:
+        """Generate as ``generate`` does, one :class:`TokenStep` per new token.
+
+        Same warm-up, stepper and sampling as ``generate`` (the same seed gives the same
+        tokens). Knobs are checked when the first step is asked for.
+
+        Args:
+            prefix, max_new_tokens, temperature, top_k, top_p, seed, stop: as ``generate``.
+            top: how many likeliest tokens each step lists (0 for none).
+
+        Yields:
+            :class:`TokenStep`, until ``max_new_tokens`` or the stop string.
+
+        Raises:
+            ConfigError: a knob out of range, or ``top`` < 0.
+        """
+        check_sampling(temperature, top_k, top_p)
+        check_count("max_new_tokens", max_new_tokens)
+        check_top(top)
+        prefix_ids = encode_prefix(self.tokenizer, prefix)
+        steps = self._decode(prefix_ids, max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        yield from token_stream(self.tokenizer, prefix_ids, steps,
+                                max_new_tokens=max_new_tokens, stop=stop, top=top)
+
+    def score(self, text: str, *, top: int = 0) -> TextScore:
+        """Log-probability of each token of ``text`` given the tokens before it.
+
+        The first token is scored from where generation starts (the prediction after
+        ``<bos>`` when the vocabulary has it, else the zero state's), then the text is read
+        in one pass with the state carried, as the training loss and ``seqlm evaluate`` read
+        it.
+
+        Args:
+            text: the text to score.
+            top: also keep the ``top`` likeliest tokens at each position (0: none).
+
+        Returns:
+            A :class:`TextScore` of the N tokens.
+
+        Raises:
+            ConfigError: the text has no tokens, or ``top`` < 0.
+        """
+        check_top(top)
+        ids = text_ids(self.tokenizer, text)
+        return text_score(self.tokenizer, text, ids, self._logits(ids), top)
+
+    def perplexity(self, text: str) -> float:
+        """exp of the mean NLL of ``text``'s tokens (:meth:`score`'s ``perplexity``).
+
+        Raises:
+            ConfigError: the text has no tokens.
+        """
+        return self.score(text).perplexity

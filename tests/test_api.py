@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,32 @@ def test_import_seqlm_is_light():
 def test_stream_leaves_grad_mode_alone_between_steps(lm):
     for _ in lm.stream("the", max_new_tokens=3):
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def _readme_python_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    block = _readme_python_blocks()[0]
+    assert len(block.strip().splitlines()) == 3
+    _save(tmp_path / "runs" / "timemachine" / "checkpoints" / "best")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    text, ppl = capsys.readouterr().out.rsplit(" ", 1)
+    assert text.startswith("time traveller") and float(ppl) > 1
+
+
+def test_readme_runtime_example_runs_without_torch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    block = _readme_python_blocks()[1]
+    run = tmp_path / "runs" / "timemachine"
+    _save(run / "checkpoints" / "best")
+    assert main(["export", str(run), "--no-check", "--json"]) == 0
+    code = block + "import sys\nassert 'torch' not in sys.modules\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("time traveller")

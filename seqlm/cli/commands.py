@@ -10,6 +10,7 @@ import torch
 
 from seqlm.cli.flags import add_config_flags, given
 from seqlm.config import DataConfig
+from seqlm.decoding import MAX_NEW_TOKENS
 from seqlm.errors import ConfigError
 
 TEXT_FIELDS = ("corpus", "encoding", "clean", "tokenizer", "min_freq", "max_vocab",
@@ -49,7 +50,8 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="continue a prefix with a trained model")
     p.add_argument("checkpoint", help="a run directory or a checkpoint directory")
     p.add_argument("--prefix", default="", help="text to continue (fed through first: warm-up)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                   help="tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (the book's)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
@@ -57,7 +59,11 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="continuations side by side")
     p.add_argument("--stop", default=None, help="end a sample where this text appears")
     p.add_argument("--strict", action="store_true", help="unknown prefix tokens are an error")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (torch "
+                   "backend; onnx runs on the CPU)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx: "
+                   "onnxruntime on an exported directory, or on the run exported on the fly "
+                   "(greedy text equals torch's; a seed draws other samples)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_generate)
 
@@ -160,27 +166,37 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
-    from seqlm.generate import generate
-    from seqlm.models.lm import resolve_device
-
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be a positive integer, got {args.num_samples}")
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=device)
     stream = not args.json and args.num_samples == 1
+    knobs = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+             "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples,
+             "seed": args.seed if args.seed is not None else torch.seed() % 2**31,
+             "stop": args.stop, "strict": args.strict,
+             "on_text": (lambda i, piece: print(piece, end="", flush=True)) if stream else None}
+    if args.backend == "onnx":
+        from seqlm.export import load_onnx
+
+        lm = load_onnx(args.checkpoint)
+        source = args.checkpoint
+        generate_texts = lm.generate_many
+    else:
+        from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+        from seqlm.generate import generate
+        from seqlm.models.lm import resolve_device
+
+        ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint),
+                               device=resolve_device(args.device))
+        source = str(ckpt.path)
+
+        def generate_texts(prefix, **kw):
+            return generate(ckpt.model, ckpt.tokenizer, prefix, **kw)
     if stream:
         print(args.prefix, end="", flush=True)
-    texts = generate(ckpt.model, ckpt.tokenizer, args.prefix,
-                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
-                     seed=args.seed if args.seed is not None else torch.seed() % 2**31,
-                     stop=args.stop, strict=args.strict,
-                     on_text=(lambda i, piece: print(piece, end="", flush=True))
-                     if stream else None)
+    texts = generate_texts(args.prefix, **knobs)
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt.path), "prefix": args.prefix,
-                          "samples": texts}, ensure_ascii=False))
+        print(json.dumps({"checkpoint": source, "prefix": args.prefix, "samples": texts},
+                         ensure_ascii=False))
     elif stream:
         print()
     else:
