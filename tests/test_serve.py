@@ -300,3 +300,30 @@ def test_serve_refuses_a_bad_run_or_port_before_starting(tmp_path, capsys, runs)
     assert main(["serve", str(runs["tiny"].path), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
     assert main(["serve", str(runs["tiny"].path), "--max-concurrent", "0"]) == 2
+
+
+def test_serve_refuses_a_taken_port(runs, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", str(runs["tiny"].path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "--port" in err
+
+
+def test_serve_prints_the_url_and_warns_off_loopback(runs, capsys, monkeypatch):
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets: served.append(sockets[0].getsockname()[1]))
+    # 127.0.0.2 is still this machine, but not a name the server treats as loopback
+    assert main(["serve", str(runs["tiny"].path), "--host", "127.0.0.2", "--port", "0"]) == 0
+    out = capsys.readouterr()
+    port = served[0]
+    assert f"http://127.0.0.2:{port}/" in out.out and "warning" in out.err
+    assert main(["serve", str(runs["tiny"].path), "--port", "0"]) == 0
+    assert "warning" not in capsys.readouterr().err

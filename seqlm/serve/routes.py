@@ -51,7 +51,39 @@ def _take(steps: Iterator[dict], seconds: float) -> tuple[bytes, int, bool]:
     return b"".join(out), len(out), True
 
 
+async def ndjson_stream(gate: Gate, run: ServedRun, req: GenerateRequest, request: Request):
+    """The lines of one ``/api/generate`` answer (see the module docstring). The gate's slot
+    is taken when the stream starts and given back when it ends, fails or the client leaves;
+    a turn that never comes (the queue timed out) ends the stream with an error line."""
+    t0, count = time.perf_counter(), 0
+    try:
+        await gate.enter()
+    except Busy as exc:
+        yield _line({"type": "error", "error": str(exc)})
+        return
+    try:
+        warm, steps = await anyio.to_thread.run_sync(lambda: engine.stream(
+            run.lm, req.prefix, max_new_tokens=req.max_new_tokens,
+            temperature=req.effective_temperature, top_k=req.top_k, top_p=req.top_p,
+            seed=req.seed))
+        yield _line({"type": "prefix", "run": run.name, "tokens": warm})
+        finished, budget = False, 0.0  # the first token goes out alone, at once
+        while not finished:
+            if await request.is_disconnected():  # the page's Stop: free the slot now
+                return
+            chunk, n, finished = await anyio.to_thread.run_sync(_take, steps, budget)
+            count, budget = count + n, FLUSH_SECONDS
+            if chunk:
+                yield chunk
+        yield _line({"type": "end", "tokens": count, "seconds": time.perf_counter() - t0})
+    except Exception as exc:  # a failure mid-stream ends the stream, not the server
+        yield _line({"type": "error", "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        gate.leave()
+
+
 def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRouter:
+    """The routes that run a model, each behind ``gate``."""
     router = APIRouter(prefix="/api")
 
     async def in_worker(fn, *args):
@@ -68,34 +100,8 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
         run = pick_run(runs, req.run)
         req.check(limits)
         gate.check()  # a full queue is a 429 now; the stream takes its turn when it starts
-        return StreamingResponse(_stream(run, req, request), media_type="application/x-ndjson")
-
-    async def _stream(run: ServedRun, req: GenerateRequest, request: Request):
-        t0, count = time.perf_counter(), 0
-        try:
-            await gate.enter()
-        except Busy as exc:
-            yield _line({"type": "error", "error": str(exc)})
-            return
-        try:
-            warm, steps = await anyio.to_thread.run_sync(lambda: engine.stream(
-                run.lm, req.prefix, max_new_tokens=req.max_new_tokens,
-                temperature=req.effective_temperature, top_k=req.top_k, top_p=req.top_p,
-                seed=req.seed))
-            yield _line({"type": "prefix", "run": run.name, "tokens": warm})
-            finished, budget = False, 0.0  # the first token goes out alone, at once
-            while not finished:
-                if await request.is_disconnected():  # the page's Stop: free the slot now
-                    return
-                chunk, n, finished = await anyio.to_thread.run_sync(_take, steps, budget)
-                count, budget = count + n, FLUSH_SECONDS
-                if chunk:
-                    yield chunk
-            yield _line({"type": "end", "tokens": count, "seconds": time.perf_counter() - t0})
-        except Exception as exc:  # a failure mid-stream ends the stream, not the server
-            yield _line({"type": "error", "error": f"{type(exc).__name__}: {exc}"})
-        finally:
-            gate.leave()
+        return StreamingResponse(ndjson_stream(gate, run, req, request),
+                                 media_type="application/x-ndjson")
 
     @router.post("/score")
     async def score(req: TextRequest) -> dict:
