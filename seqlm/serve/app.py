@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -60,27 +60,43 @@ def create_app(runs: dict[str, ServedRun], *, limits: Limits | None = None,
         return await call_next(request)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(page_routes())
+    app.include_router(info_routes(runs, limits, app.state.gate))
+    app.include_router(model_routes(runs, limits, app.state.gate))
+    return app
 
-    @app.get("/", include_in_schema=False)
+
+def page_routes() -> APIRouter:
+    """The page and the API's description, both files of this package."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/")
     def page():
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/docs", include_in_schema=False)
+    @router.get("/docs")
     def docs():
         return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/runs")
+    return router
+
+
+def info_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRouter:
+    """The routes that read files or compute without a model: runs, metrics, sampling."""
+    router = APIRouter(prefix="/api")
+
+    @router.get("/runs")
     def list_runs() -> dict:
         """The runs being served (the first is the default of every request)."""
         return {"runs": [r.describe() for r in runs.values()], "limits": vars(limits),
-                "queue": app.state.gate.report()}
+                "queue": gate.report()}
 
-    @app.get("/api/runs/{name:path}/metrics")
+    @router.get("/runs/{name:path}/metrics")
     def metrics(name: str) -> dict:
         """The run's training records (metrics.jsonl) and samples, as on disk now."""
         return run_history(pick_run(runs, name))
 
-    @app.get("/api/sampling")
+    @router.get("/sampling")
     def sampling(n_tokens: int = Query(35), batch_size: int = Query(2),
                  num_steps: int = Query(5), seed: int = Query(0)) -> dict:
         """One epoch of random sampling and of sequential partitioning on 0..n_tokens-1."""
@@ -98,8 +114,7 @@ def create_app(runs: dict[str, ServedRun], *, limits: Limits | None = None,
         return {"n_tokens": n_tokens, "batch_size": batch_size, "num_steps": num_steps,
                 "seed": seed, "strategies": plans}
 
-    app.include_router(model_routes(runs, limits, app.state.gate))
-    return app
+    return router
 
 
 def error(status: int, message: str, field: str | None = None, **headers) -> JSONResponse:
