@@ -104,12 +104,13 @@ def _nucleus(scores: np.ndarray, top_p: float) -> np.ndarray:
     return np.where(drop, -np.inf, scores)
 
 
-def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One token per row of ``probs`` (N, V), by inverting the cumulative distribution with
-    a uniform number from ``rng``; a token of probability 0 is never drawn. Returns (N,) int64."""
+def draw(probs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """One token per row of ``probs`` (N, V), by inverting the cumulative distribution at
+    ``uniform`` (N,), numbers in [0, 1) from the caller's random source; a token of
+    probability 0 is never drawn. Returns (N,) int64."""
     cdf = np.cumsum(probs, axis=-1)
-    u = rng.random((cdf.shape[0], 1)) * cdf[:, -1:]
-    return np.argmax(cdf > u, axis=-1).astype(np.int64)
+    below = np.asarray(uniform, dtype=np.float64).reshape(-1, 1) * cdf[:, -1:]
+    return np.argmax(cdf > below, axis=-1).astype(np.int64)
 
 
 def encode_prefix(tokenizer, prefix: str, *, strict: bool = False) -> list[int]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from seqlm.decoding import (BOS, MAX_NEW_TOKENS, TEMPERATURE, OOVWarning, TextStream,
-                            check_count, check_sampling, decode_steps, encode_prefix,
+                            check_count, check_sampling, decode_steps, draw, encode_prefix,
                             next_token_probs, stream_text, warm_up_ids)
 from seqlm.errors import ConfigError
 from seqlm.models.cpu_step import NumpyStepper
@@ -33,10 +33,11 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None =
     With temperature 0 the pick is the argmax (the book's greedy decoding). Otherwise the
     logits are divided by the temperature, cut to the ``top_k`` largest, then to the smallest
     set whose probability reaches ``top_p`` (the nucleus; the most likely token always stays),
-    and one token is drawn from the softmax of what is left
-    (:func:`seqlm.decoding.next_token_probs`, shared with the torch-free runtime; it runs in
-    numpy on the host, so sampling a CUDA model's logits copies them once per token, greedy
-    decoding does not).
+    and one token is drawn from the softmax of what is left: the cumulative distribution is
+    inverted at one uniform number per row from ``generator``. The distribution and the draw
+    are :func:`seqlm.decoding.next_token_probs` and :func:`seqlm.decoding.draw`, shared with
+    the torch-free runtime; they run in numpy on the host, so sampling a CUDA model's logits
+    copies them once per token (greedy decoding does not).
 
     Args:
         logits: (N, V) unnormalised scores.
@@ -60,10 +61,19 @@ def _pick(logits: Tensor, temperature: float, top_k: int | None, top_p: float | 
     """:func:`sample_next` without the checks (the decoding loop checks the knobs once)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = next_token_probs(logits.detach().float().cpu().numpy(), temperature=temperature,
-                             top_k=top_k, top_p=top_p)
-    probs = torch.from_numpy(probs).to(logits.device)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    ids = _pick_numpy(logits.detach().float().cpu().numpy(), temperature, top_k, top_p,
+                      generator)
+    return torch.from_numpy(ids).to(logits.device)
+
+
+def _pick_numpy(logits: np.ndarray, temperature: float, top_k: int | None,
+                top_p: float | None, generator: torch.Generator | None) -> np.ndarray:
+    """The sampling pick on numpy (N, V) logits: the shared distribution and draw of
+    :mod:`seqlm.decoding`, with one uniform number per row from ``generator``."""
+    probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    device = generator.device if generator is not None else "cpu"
+    uniform = torch.rand(len(probs), generator=generator, device=device, dtype=torch.float64)
+    return draw(probs, uniform.cpu().numpy())
 
 
 def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOKENS,
@@ -188,11 +198,7 @@ def token_steps(model, logits: Tensor, state, *, max_new_tokens: int, temperatur
                    generator=generator)
     if isinstance(advance, NumpyStepper):  # ids, logits and state stay numpy arrays
         logits, state = logits.numpy(), advance.numpy_state(state)
-        pick = partial(np.argmax, axis=-1) if temperature == 0 else partial(_pick_numpy, pick)
+        pick = partial(np.argmax, axis=-1) if temperature == 0 else partial(
+            _pick_numpy, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         advance = advance.step
     return decode_steps(advance, logits, state, max_new_tokens, pick)
-
-
-def _pick_numpy(pick: Callable[[Tensor], Tensor], logits: np.ndarray) -> np.ndarray:
-    """``pick`` (sampling, with its torch generator) on numpy logits."""
-    return pick(torch.from_numpy(logits)).numpy()

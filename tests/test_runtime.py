@@ -98,7 +98,7 @@ def test_sampling_draws_from_the_model_probabilities_and_a_seed_repeats(pair):
 def test_draw_follows_the_distribution():
     probs = next_token_probs(np.log([[0.5, 0.3, 0.15, 0.05]]), temperature=1.0, top_k=3)
     np.testing.assert_allclose(probs[0], [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0])
-    ids = draw(np.repeat(probs, 20000, axis=0), np.random.default_rng(0))
+    ids = draw(np.repeat(probs, 20000, axis=0), np.random.default_rng(0).random(20000))
     counts = np.bincount(ids, minlength=4) / 20000
     np.testing.assert_allclose(counts, probs[0], atol=0.015)
     assert counts[3] == 0

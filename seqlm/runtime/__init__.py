@@ -178,8 +178,9 @@ class OnnxLanguageModel(TextModel):
             rng = np.random.default_rng(seed)
 
             def pick(scores: np.ndarray) -> np.ndarray:
-                return draw(next_token_probs(scores, temperature=temperature, top_k=top_k,
-                                             top_p=top_p), rng)
+                probs = next_token_probs(scores, temperature=temperature, top_k=top_k,
+                                         top_p=top_p)
+                return draw(probs, rng.random(len(probs)))
         advance = partial(self._run, self._step)
         return decode_steps(advance, logits, state, max_new_tokens, pick)
 
