@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 
@@ -111,6 +112,27 @@ def draw(probs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(probs, axis=-1)
     below = np.asarray(uniform, dtype=np.float64).reshape(-1, 1) * cdf[:, -1:]
     return np.argmax(cdf > below, axis=-1).astype(np.int64)
+
+
+def seeded_uniform(seed: int | None = None) -> Callable[[int], np.ndarray]:
+    """``uniform(n) -> (n,)`` float64 numbers in [0, 1) from numpy's PCG64 seeded with
+    ``seed`` (None: fresh entropy): the random source a ``seed`` means on both backends, so
+    one seed draws the same tokens from the same probabilities."""
+    return np.random.default_rng(seed).random
+
+
+def make_pick(*, temperature: float, top_k: int | None, top_p: float | None,
+              uniform: Callable[[int], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``pick(logits (N, V)) -> (N,) int64``: the argmax for temperature 0, else a draw
+    (:func:`draw`, one ``uniform`` number per row) from :func:`next_token_probs`."""
+    if temperature == 0:
+        return partial(np.argmax, axis=-1)
+
+    def pick(logits: np.ndarray) -> np.ndarray:
+        probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        return draw(probs, uniform(len(probs)))
+
+    return pick
 
 
 def encode_prefix(tokenizer, prefix: str, *, strict: bool = False) -> list[int]:
