@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
-from seqlm.decoding import MAX_NEW_TOKENS, TEMPERATURE
+from seqlm.decoding import MAX_NEW_TOKENS, TEMPERATURE, seeded_uniform
 from seqlm.errors import ConfigError
-from seqlm.generate import generate, make_generator, token_steps, warm_up
+from seqlm.generate import generate, token_steps, warm_up
 from seqlm.results import TextModel, TextScore, TokenStep, text_ids
 
 __all__ = ["LanguageModel", "TextScore", "TokenStep", "load"]
@@ -110,13 +110,12 @@ class LanguageModel(TextModel):
                 top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[tuple]:
         """One row of :func:`seqlm.generate.token_steps` after :func:`seqlm.generate.warm_up`,
         logits as numpy (for :meth:`stream`)."""
-        generator = make_generator(self.model, seed)
         logits, state = warm_up(self.model, self.tokenizer, prefix_ids)
         # No grad-mode context here: it would leak into the caller between steps. The
         # stepper runs without autograd by itself.
         steps = token_steps(self.model, logits, state, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p,
-                            generator=generator)
+                            uniform=seeded_uniform(seed))
         return ((tokens, _numpy(scores)) for tokens, scores in steps)
 
     def states(self, text: str, *, cell: bool = False) -> np.ndarray:

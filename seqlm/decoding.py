@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 
@@ -104,12 +105,34 @@ def _nucleus(scores: np.ndarray, top_p: float) -> np.ndarray:
     return np.where(drop, -np.inf, scores)
 
 
-def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One token per row of ``probs`` (N, V), by inverting the cumulative distribution with
-    a uniform number from ``rng``; a token of probability 0 is never drawn. Returns (N,) int64."""
+def draw(probs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """One token per row of ``probs`` (N, V), by inverting the cumulative distribution at
+    ``uniform`` (N,), numbers in [0, 1) from the caller's random source; a token of
+    probability 0 is never drawn. Returns (N,) int64."""
     cdf = np.cumsum(probs, axis=-1)
-    u = rng.random((cdf.shape[0], 1)) * cdf[:, -1:]
-    return np.argmax(cdf > u, axis=-1).astype(np.int64)
+    below = np.asarray(uniform, dtype=np.float64).reshape(-1, 1) * cdf[:, -1:]
+    return np.argmax(cdf > below, axis=-1).astype(np.int64)
+
+
+def seeded_uniform(seed: int | None = None) -> Callable[[int], np.ndarray]:
+    """``uniform(n) -> (n,)`` float64 numbers in [0, 1) from numpy's PCG64 seeded with
+    ``seed`` (None: fresh entropy): the random source a ``seed`` means on both backends, so
+    one seed draws the same tokens from the same probabilities."""
+    return np.random.default_rng(seed).random
+
+
+def make_pick(*, temperature: float, top_k: int | None, top_p: float | None,
+              uniform: Callable[[int], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``pick(logits (N, V)) -> (N,) int64``: the argmax for temperature 0, else a draw
+    (:func:`draw`, one ``uniform`` number per row) from :func:`next_token_probs`."""
+    if temperature == 0:
+        return partial(np.argmax, axis=-1)
+
+    def pick(logits: np.ndarray) -> np.ndarray:
+        probs = next_token_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        return draw(probs, uniform(len(probs)))
+
+    return pick
 
 
 def encode_prefix(tokenizer, prefix: str, *, strict: bool = False) -> list[int]:

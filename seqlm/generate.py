@@ -17,12 +17,12 @@ from torch import Tensor
 
 from seqlm.decoding import (BOS, MAX_NEW_TOKENS, TEMPERATURE, OOVWarning, TextStream,
                             check_count, check_sampling, decode_steps, encode_prefix,
-                            next_token_probs, stream_text, warm_up_ids)
+                            make_pick, seeded_uniform, stream_text, warm_up_ids)
 from seqlm.errors import ConfigError
 from seqlm.models.cpu_step import NumpyStepper
 
-__all__ = ["BOS", "OOVWarning", "check_sampling", "encode_prefix", "generate",
-           "make_generator", "sample_next", "token_steps", "warm_up"]
+__all__ = ["BOS", "OOVWarning", "check_sampling", "encode_prefix", "generate", "sample_next",
+           "token_steps", "warm_up"]
 
 
 def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
@@ -33,9 +33,10 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None =
     With temperature 0 the pick is the argmax (the book's greedy decoding). Otherwise the
     logits are divided by the temperature, cut to the ``top_k`` largest, then to the smallest
     set whose probability reaches ``top_p`` (the nucleus; the most likely token always stays),
-    and one token is drawn from the softmax of what is left
-    (:func:`seqlm.decoding.next_token_probs`, shared with the torch-free runtime; it runs in
-    numpy on the host, so sampling a CUDA model's logits copies them once per token, greedy
+    and one token is drawn from the softmax of what is left: the cumulative distribution is
+    inverted at one uniform number per row from ``generator``. The distribution and the draw
+    are :func:`seqlm.decoding.make_pick`'s, shared with the torch-free runtime; they run in
+    numpy on the host, so sampling a CUDA model's logits copies them once per token (greedy
     decoding does not).
 
     Args:
@@ -52,18 +53,17 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None =
         ConfigError: a knob is out of range (see :func:`check_sampling`).
     """
     check_sampling(temperature, top_k, top_p)
-    return _pick(logits, temperature, top_k, top_p, generator)
-
-
-def _pick(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-          generator: torch.Generator | None) -> Tensor:
-    """:func:`sample_next` without the checks (the decoding loop checks the knobs once)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = next_token_probs(logits.detach().float().cpu().numpy(), temperature=temperature,
-                             top_k=top_k, top_p=top_p)
-    probs = torch.from_numpy(probs).to(logits.device)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p,
+                     uniform=partial(_torch_uniform, generator))
+    return _host_pick(pick, logits.detach())
+
+
+def _torch_uniform(generator: torch.Generator | None, n: int) -> np.ndarray:
+    """(n,) float64 numbers in [0, 1) from ``generator`` (None: torch's default)."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.rand(n, generator=generator, device=device, dtype=torch.float64).cpu().numpy()
 
 
 def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOKENS,
@@ -89,7 +89,9 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOK
         temperature, top_k, top_p: as :func:`sample_next`; the default 0 is the book's greedy
             decoding, which makes every sample identical.
         num_samples: continuations to produce side by side (≥ 1).
-        seed: seed for a fresh generator on the model's device; or pass ``generator``.
+        seed: seeds the draws (:func:`seqlm.decoding.seeded_uniform`, the source the ONNX
+            runtime uses too: one seed, the same samples on both); None draws fresh entropy.
+        generator: draw from this torch generator instead of a seed.
         stop: stop a sample where this text appears in its continuation; the returned text
             ends just before it.
         strict: raise instead of warning when the prefix has out-of-vocabulary tokens.
@@ -105,39 +107,22 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOK
     check_sampling(temperature, top_k, top_p)
     check_count("max_new_tokens", max_new_tokens)
     check_count("num_samples", num_samples)
-    generator = make_generator(model, seed, generator)
+    if seed is not None and generator is not None:
+        raise ConfigError("pass either seed or generator to generate, not both")
+    uniform = seeded_uniform(seed) if generator is None else partial(_torch_uniform, generator)
     prefix_ids = encode_prefix(tokenizer, prefix, strict=strict)
     streams = [TextStream(tokenizer, prefix_ids, stop) for _ in range(num_samples)]
     logits, state = warm_up(model, tokenizer, prefix_ids, num_samples)
     with torch.inference_mode():
         steps = token_steps(model, logits, state, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p,
-                            generator=generator)
+                            uniform=uniform)
         tokens = stream_text(steps, streams if (stop or on_text) else None, on_text)
     stack = np.stack if isinstance(tokens[0], np.ndarray) else torch.stack
     new_ids = stack(tokens, 1).tolist()
     if stop is None:
         return [tokenizer.decode(prefix_ids + row) for row in new_ids]
     return [s.prefix_text + s.generated for s in streams]
-
-
-def make_generator(model, seed: int | None = None,
-                   generator: torch.Generator | None = None) -> torch.Generator:
-    """``generator``, or a fresh one on the model's device seeded with ``seed`` (or entropy).
-
-    Raises:
-        ConfigError: both ``seed`` and ``generator`` given.
-    """
-    if seed is not None and generator is not None:
-        raise ConfigError("pass either seed or generator to generate, not both")
-    if generator is not None:
-        return generator
-    generator = torch.Generator(device=next(model.parameters()).device)
-    if seed is None:
-        generator.seed()  # fresh entropy, still never torch's global generator
-    else:
-        generator.manual_seed(seed)
-    return generator
 
 
 def warm_up(model, tokenizer, prefix_ids: Sequence[int], num_samples: int = 1):
@@ -166,7 +151,7 @@ def warm_up(model, tokenizer, prefix_ids: Sequence[int], num_samples: int = 1):
 
 def token_steps(model, logits: Tensor, state, *, max_new_tokens: int, temperature: float,
                 top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> Iterator[tuple]:
+                uniform: Callable[[int], np.ndarray]) -> Iterator[tuple]:
     """The decoding loop of :func:`seqlm.decoding.decode_steps` on ``model``'s stepper.
 
     Each token goes through :meth:`RNNLM.stepper <seqlm.models.RNNLM.stepper>` (a row gather
@@ -178,21 +163,25 @@ def token_steps(model, logits: Tensor, state, *, max_new_tokens: int, temperatur
     Args:
         model: an :class:`seqlm.models.RNNLM`.
         logits, state: from :func:`warm_up`; logits (B, V).
-        max_new_tokens, temperature, top_k, top_p, generator: as :func:`generate`.
+        max_new_tokens, temperature, top_k, top_p: as :func:`generate`.
+        uniform: ``uniform(n)``, n numbers in [0, 1) for the draws
+            (:func:`seqlm.decoding.seeded_uniform`).
 
     Yields:
         ``(tokens (B,), logits (B, V))`` per new token, the logits it was picked from.
     """
     advance = model.stepper(batch_size=logits.shape[0])
-    pick = partial(_pick, temperature=temperature, top_k=top_k, top_p=top_p,
-                   generator=generator)
+    pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p, uniform=uniform)
     if isinstance(advance, NumpyStepper):  # ids, logits and state stay numpy arrays
         logits, state = logits.numpy(), advance.numpy_state(state)
-        pick = partial(np.argmax, axis=-1) if temperature == 0 else partial(_pick_numpy, pick)
         advance = advance.step
+    elif temperature == 0:
+        pick = partial(torch.argmax, dim=-1)  # on the device: no host sync per token
+    else:
+        pick = partial(_host_pick, pick)
     return decode_steps(advance, logits, state, max_new_tokens, pick)
 
 
-def _pick_numpy(pick: Callable[[Tensor], Tensor], logits: np.ndarray) -> np.ndarray:
-    """``pick`` (sampling, with its torch generator) on numpy logits."""
-    return pick(torch.from_numpy(logits)).numpy()
+def _host_pick(pick: Callable[[np.ndarray], np.ndarray], logits: Tensor) -> Tensor:
+    """A numpy ``pick`` on tensor logits; the ids come back on the logits' device."""
+    return torch.from_numpy(pick(logits.float().cpu().numpy())).to(logits.device)

@@ -22,6 +22,7 @@ from seqlm.cli import main  # noqa: E402
 from seqlm.decoding import draw, next_token_probs  # noqa: E402
 from seqlm.errors import ConfigError, ExportError  # noqa: E402
 from seqlm.export import export_onnx  # noqa: E402
+from seqlm.generate import generate  # noqa: E402
 from seqlm.models import RNNLM, ModelConfig  # noqa: E402
 from seqlm.tokenize import CharTokenizer, WordTokenizer  # noqa: E402
 
@@ -90,15 +91,18 @@ def test_sampling_draws_from_the_model_probabilities_and_a_seed_repeats(pair):
         logits, _ = lm.model(torch.tensor([ids[:-1]]))
     probs = torch.softmax(logits[0, 2:].double(), -1)[range(30), ids[3:]].numpy()
     np.testing.assert_allclose(probs, [s.prob for s in steps], rtol=1e-4)
+    assert first == lm.generate("the", seed=5, **knobs)  # one seed, the same draws
+    assert [s.id for s in lm.stream("the", seed=5, top=0, **knobs)] == [s.id for s in steps]
     rows = rt.generate_many("the", num_samples=3, seed=1, **knobs)
     assert len(rows) == 3 and len(set(rows)) > 1
+    assert rows == generate(lm.model, lm.tokenizer, "the", num_samples=3, seed=1, **knobs)
     assert rt.generate("the", temperature=2.0, top_k=1, seed=3) == rt.generate("the")
 
 
 def test_draw_follows_the_distribution():
     probs = next_token_probs(np.log([[0.5, 0.3, 0.15, 0.05]]), temperature=1.0, top_k=3)
     np.testing.assert_allclose(probs[0], [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0])
-    ids = draw(np.repeat(probs, 20000, axis=0), np.random.default_rng(0))
+    ids = draw(np.repeat(probs, 20000, axis=0), np.random.default_rng(0).random(20000))
     counts = np.bincount(ids, minlength=4) / 20000
     np.testing.assert_allclose(counts, probs[0], atol=0.015)
     assert counts[3] == 0
@@ -122,9 +126,12 @@ def test_cli_onnx_backend_equals_torch(tmp_path, capsys):
                      "--temperature", "0", "--max-new-tokens", "25", "--json"]) == 0
         outputs.append(json.loads(capsys.readouterr().out)["samples"])
     assert outputs[0] == outputs[1] == outputs[2] == [lm.generate("the ", max_new_tokens=25)]
-    assert main(["generate", str(tmp_path / "ckpt"), "--backend", "onnx", "--prefix", "the ",
-                 "--max-new-tokens", "5", "--seed", "1"]) == 0
-    assert capsys.readouterr().out.startswith("the ")
+    sampled = []
+    for backend in ("torch", "onnx"):
+        assert main(["generate", str(tmp_path / "ckpt"), "--backend", backend, "--prefix",
+                     "the ", "--max-new-tokens", "30", "--seed", "4", "--temperature", "1"]) == 0
+        sampled.append(capsys.readouterr().out)
+    assert sampled[0] == sampled[1] and sampled[0].startswith("the ")
 
 
 def test_not_an_export_is_one_line(tmp_path):

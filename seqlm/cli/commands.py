@@ -63,7 +63,7 @@ def register(sub) -> None:
                    "backend; onnx runs on the CPU)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx: "
                    "onnxruntime on an exported directory, or on the run exported on the fly "
-                   "(greedy text equals torch's; a seed draws other samples)")
+                   "(the same text as torch, greedy or with the same --seed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_generate)
 

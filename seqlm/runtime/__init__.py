@@ -12,8 +12,10 @@ and ``perplexity`` of :class:`seqlm.api.LanguageModel`, built on the same torch-
 the warm-up rule, the sampling distribution (:func:`seqlm.decoding.next_token_probs`, which
 ``seqlm.generate.sample_next`` also draws from), the decoding loop and the text stream of
 :mod:`seqlm.decoding`, and the result types of :mod:`seqlm.results`. Greedy decoding gives the
-torch model's text; sampling draws from the same probabilities with numpy's generator, so a
-seed gives other text than the torch backend's. Nothing imported here imports torch.
+torch model's text, and a seed draws the same uniform numbers as there
+(:func:`seqlm.decoding.seeded_uniform`), so sampling gives the torch model's samples too,
+unless a draw falls within float32 rounding (about 1e-7) of a boundary between two tokens.
+Nothing imported here imports torch.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from seqlm.decoding import (MAX_NEW_TOKENS, TEMPERATURE, TextStream, check_count,
-                            check_sampling, decode_steps, draw, encode_prefix,
-                            next_token_probs, stream_text, warm_up_ids)
+                            check_sampling, decode_steps, encode_prefix, make_pick,
+                            seeded_uniform, stream_text, warm_up_ids)
 from seqlm.errors import ExportError, SeqlmError
 from seqlm.results import TextModel, TextScore, TokenStep
 from seqlm.runtime.format import FILES, TOKENS, read_config
@@ -131,7 +133,7 @@ class OnnxLanguageModel(TextModel):
                       seed: int | None = None, stop: str | None = None, strict: bool = False,
                       on_text: Callable[[int, str], None] | None = None) -> list[str]:
         """``num_samples`` continuations side by side, with the arguments of
-        :func:`seqlm.generate.generate` (numpy's generator in place of torch's).
+        :func:`seqlm.generate.generate` (a seed draws as it does there).
 
         Raises:
             ConfigError: a bad knob or count, or (with ``strict``) unknown prefix tokens.
@@ -170,16 +172,10 @@ class OnnxLanguageModel(TextModel):
                 temperature: float, top_k: int | None, top_p: float | None,
                 seed: int | None) -> Iterator[tuple]:
         """:func:`seqlm.decoding.decode_steps` on ``step.onnx`` for ``n`` rows after the
-        warm-up; sampling with numpy's generator seeded with ``seed``."""
+        warm-up; draws from :func:`seqlm.decoding.seeded_uniform` ``(seed)``."""
         logits, state = self._warm_up(prefix_ids, n)
-        if temperature == 0:
-            pick = partial(np.argmax, axis=-1)
-        else:
-            rng = np.random.default_rng(seed)
-
-            def pick(scores: np.ndarray) -> np.ndarray:
-                return draw(next_token_probs(scores, temperature=temperature, top_k=top_k,
-                                             top_p=top_p), rng)
+        pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p,
+                         uniform=seeded_uniform(seed))
         advance = partial(self._run, self._step)
         return decode_steps(advance, logits, state, max_new_tokens, pick)
 
