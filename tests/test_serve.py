@@ -163,6 +163,24 @@ def test_score_equals_the_library_and_marks_unknown_tokens(client, runs):
     assert out["baseline"]["name"].endswith("bigram") and out["baseline"]["perplexity"] > 1
 
 
+def test_word_tokens_read_with_their_spaces(tmp_path):
+    from seqlm.tokenize import WordTokenizer
+
+    tok = WordTokenizer.fit("the time traveller was expounding a matter to us")
+    torch.manual_seed(0)
+    model = RNNLM(ModelConfig(vocab_size=len(tok.vocab), cell="gru", hidden_size=8))
+    save_checkpoint(tmp_path / "words", model, tok)  # a bare checkpoint: no corpus, no metrics
+    with TestClient(create_app(load_runs([tmp_path / "words"]))) as c:
+        out = c.post("/api/score", json={"text": "the time machine was a matter"}).json()
+        assert "".join(t["text"] for t in out["tokens"]) == "the time machine was a matter"
+        assert [t["unknown"] for t in out["tokens"]] == [False, False, True, False, False,
+                                                         False]
+        assert "unavailable" in out["baseline"]
+        states = c.post("/api/states", json={"text": "the time machine"}).json()
+        assert states["tokens"] == ["the", " time", " machine"]
+        assert c.get("/api/runs/words/metrics").json()["records"] == []
+
+
 def test_bigram_per_token_agrees_with_the_training_baseline():
     rng = np.random.default_rng(0)
     train, test = rng.integers(0, 7, 500), rng.integers(0, 7, 60)

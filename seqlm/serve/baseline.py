@@ -12,6 +12,7 @@ import numpy as np
 
 from seqlm.config import DataConfig
 from seqlm.data import Corpus, is_prepared, split_text
+from seqlm.errors import CorpusError
 from seqlm.metrics import BASELINE_TOKENS, ngram_baselines
 
 
@@ -48,10 +49,13 @@ def fit_bigram(config: dict, tokenizer) -> Bigram:
     """The bigram baseline of a run, from the corpus named in its saved config.
 
     Raises:
-        SeqlmError: the corpus cannot be read any more (moved, or a bare checkpoint).
+        CorpusError: the corpus cannot be read any more (moved), or the checkpoint does not
+            name one (saved without a data section).
         TypeError: the config has no data section a :class:`DataConfig` accepts.
     """
-    data = DataConfig(**config.get("data", {}))
+    if not isinstance(config.get("data"), dict):
+        raise CorpusError("the checkpoint does not say which corpus it was trained on")
+    data = DataConfig(**config["data"])
     if is_prepared(data.corpus):
         splits = Corpus.load(data.corpus).splits
         train, val = splits["train"], splits.get("val", np.zeros(0, np.int64))
