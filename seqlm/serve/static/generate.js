@@ -80,7 +80,7 @@ async function generate() {
                                                                     controller.signal)));
     if (texts[0]) shared.lastText = texts[0];
   } catch (err) {
-    showError("generate-error", err);
+    if (err.name !== "AbortError") showError("generate-error", err);  // Stop is not an error
   } finally {
     $("generate").disabled = false;
     $("stop").disabled = true;
