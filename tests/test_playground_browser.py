@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,11 @@ def _shot(driver, name: str, tmp_path: Path) -> None:
         small.save(path, optimize=True)
 
 
+def _queue(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}api/runs", timeout=10) as answer:
+        return json.load(answer)["queue"]
+
+
 def test_every_tab_in_a_real_browser(server, browser, run_dir, tmp_path):
     proc, url = server
     d = browser
@@ -215,6 +221,20 @@ def test_every_tab_in_a_real_browser(server, browser, run_dir, tmp_path):
     text = d.find_element(By.ID, "sampling-out").text
     assert "state reset" in text and "state of minibatch 0, row 1" in text
     _shot(d, "sampling", tmp_path)
+
+    # Stop a long generation: no error shown, and the server frees the slot at once.
+    _tab(d, "generate")
+    _type(d, "max_new_tokens", "2000")
+    d.find_element(By.ID, "generate").click()
+    WebDriverWait(d, 20, poll_frequency=0.02).until(
+        lambda _: d.find_elements(By.CSS_SELECTOR, "#gen-panels .tok:not(.warm)"))
+    d.find_element(By.ID, "stop").click()
+    wait.until(lambda _: d.find_element(By.ID, "generate").is_enabled())
+    assert d.find_element(By.ID, "generate-error").text == ""
+    shown = len(d.find_elements(By.CSS_SELECTOR, "#gen-panels .panel:first-child "
+                                                 ".tok:not(.warm)"))
+    assert 0 < shown < 2000  # stopped mid-stream
+    wait.until(lambda _: _queue(url)["running"] == 0)
 
     errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors

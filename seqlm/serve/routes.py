@@ -51,6 +51,21 @@ def _take(steps: Iterator[dict], seconds: float) -> tuple[bytes, int, bool]:
     return b"".join(out), len(out), True
 
 
+class ClosingStream(StreamingResponse):
+    """A StreamingResponse that closes its generator however the answer ends.
+
+    When a client goes away in the middle, the server's ``send`` fails and Starlette leaves
+    the generator suspended at a ``yield``; its ``finally`` (which gives the gate's slot
+    back) would wait for the garbage collector. Closing it here runs it at once.
+    """
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 async def ndjson_stream(gate: Gate, run: ServedRun, req: GenerateRequest, request: Request):
     """The lines of one ``/api/generate`` answer (see the module docstring). The gate's slot
     is taken when the stream starts and given back when it ends, fails or the client leaves;
@@ -100,8 +115,8 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
         run = pick_run(runs, req.run)
         req.check(limits)
         gate.check()  # a full queue is a 429 now; the stream takes its turn when it starts
-        return StreamingResponse(ndjson_stream(gate, run, req, request),
-                                 media_type="application/x-ndjson")
+        return ClosingStream(ndjson_stream(gate, run, req, request),
+                             media_type="application/x-ndjson")
 
     @router.post("/score")
     async def score(req: TextRequest) -> dict:
