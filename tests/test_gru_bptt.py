@@ -9,7 +9,8 @@ from torch.func import functional_call
 
 from seqlm.errors import ConfigError
 from seqlm.models.bptt import gru_recurrence
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.config import ModelConfig
+from seqlm.models import RNNLM
 from seqlm.models.scratch import ScratchGRU, make_core
 
 DT = torch.float64
