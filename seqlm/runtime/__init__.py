@@ -72,7 +72,7 @@ def load(directory: str | Path, *, threads: int | None = None) -> OnnxLanguageMo
             (one per core). None: one thread for ``step.onnx`` and the default for
             ``forward.onnx``, because a one-row step is a few matrix-vector products,
             where handing work to other threads costs more than it saves
-            (docs/performance.md: 1.3-1.8x the tokens/s of two threads).
+            (docs/performance.md: 1.3-1.9x the tokens/s of two threads).
 
     Raises:
         ExportError: not an export, a file missing or unreadable, or no onnxruntime.
