@@ -160,3 +160,16 @@ def test_a_fresh_interpreter_generates_without_torch(pair, tmp_path):
     assert greedy == rt.generate("the t", max_new_tokens=20, temperature=0)
     assert sampled == rt.generate("the t", max_new_tokens=20, temperature=0.9, seed=2)
     assert float(ppl) == pytest.approx(rt.perplexity("the time"), abs=1e-4)
+
+
+def test_bpe_model_carries_its_tokenizer_file(tmp_path):
+    pytest.importorskip("tokenizers")
+    from seqlm.tokenize import BPETokenizer
+
+    lm, rt = _pair(tmp_path, tokenizer=BPETokenizer.fit(TEXT * 4, vocab_size=300), cell="gru")
+    assert (tmp_path / "onnx" / "tokenizer.json").is_file()
+    assert rt.tokenizer.kind == "bpe"
+    assert (rt.generate("the time", max_new_tokens=15, temperature=0)
+            == lm.generate("the time", max_new_tokens=15, temperature=0))
+    np.testing.assert_allclose(rt.score(TEXT).logprobs, lm.score(TEXT).logprobs, atol=1e-5)
+    assert rt.score(TEXT).tokens == lm.score(TEXT).tokens
