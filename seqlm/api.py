@@ -138,7 +138,7 @@ class LanguageModel(TextModel):
         """
         lstm = self.model.config.cell == "lstm"
         if cell and not lstm:
-            raise ConfigError(f"cell=True needs an LSTM; this model's cell is "
+            raise ConfigError(f"`cell` True needs an LSTM; this model's cell is "
                               f"{self.model.config.cell!r}, whose state is h alone")
         ids = text_ids(self.tokenizer, text)
         state = warm_up(self.model, self.tokenizer, [])[1]

@@ -18,7 +18,7 @@ import numpy as np
 from seqlm.config import DEFAULT_TEMPERATURE
 from seqlm.decoding import (MAX_NEW_TOKENS, TextStream, check_count, check_sampling,
                             encode_prefix, log_softmax, softmax)
-from seqlm.errors import ConfigError
+from seqlm.errors import ConfigError, field_error
 
 
 @dataclass
@@ -85,7 +85,7 @@ class TextScore:
 def check_top(top: object) -> None:
     """Raise :class:`ConfigError` unless ``top`` is an integer >= 0."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise ConfigError(f"top={top!r} must be an integer >= 0")
+        raise field_error("top", top, "an integer >= 0")
 
 
 def text_ids(tokenizer, text: str) -> np.ndarray:
