@@ -18,8 +18,8 @@ import seqlm
 from seqlm.checkpoint import save_checkpoint
 from seqlm.cli import main
 from seqlm.errors import CheckpointError, ConfigError
-from seqlm.generate import generate
 from seqlm.config import ModelConfig
+from seqlm.generate import generate
 from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer, WordTokenizer
 from seqlm.train import evaluate
@@ -185,6 +185,7 @@ def test_word_model_tokens_and_oov_prefix(tmp_path):
         assert lm.generate("the zebra", max_new_tokens=3).startswith("the <unk>")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_seqlm_is_light():
     code = ("import sys, seqlm; assert 'load' in dir(seqlm) and 'torch' not in sys.modules; "
             "print('ok')")
@@ -214,6 +215,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert text.startswith("time traveller") and float(ppl) > 1
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_readme_runtime_example_runs_without_torch(tmp_path):
     pytest.importorskip("onnxruntime")
     block = _readme_python_blocks()[1]

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import TINY_TEXT
 
+pytestmark = pytest.mark.slow  # every test runs the command line in processes of its own
+
 TINY_TRAIN = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4",
               "--num-steps", "8", "--max-steps", "12", "--eval-every", "6", "--log-every", "3",
               "--sample-tokens", "10", "--split", "0.8,0.2,0"]
@@ -137,17 +139,3 @@ def test_sigterm_saves_last_and_exits_143(tmp_path):
     assert proc.returncode == 143, err
     state = json.loads((run / "checkpoints" / "last" / "trainer.json").read_text())
     assert state["progress"]["step"] >= 1 and state["progress"]["stop_reason"] == "interrupted"
-
-
-def test_library_setting_names_print_as_the_flags_a_user_types():
-    """One mapping: a setting named in backticks by the library is the flag on the command line;
-    names that are no flag keep their plain name."""
-    from seqlm.cli import build_parser
-    from seqlm.cli.flags import as_flags
-
-    build_parser()
-    assert as_flags("`num_steps` must be a positive integer, got 0") == (
-        "--num-steps must be a positive integer, got 0")
-    assert as_flags("pass `overwrite` or choose another `out`") == (
-        "pass --overwrite or choose another --out")
-    assert as_flags("unknown `stepper` 'jax'") == "unknown stepper 'jax'"  # no such flag

@@ -27,6 +27,8 @@ import pytest
 import torch
 from forkrun import Runner, fresh
 
+pytestmark = pytest.mark.slow  # the catalogue runs each case in a process of its own
+
 TEXT = ("the time traveller for so it will be convenient to speak of him was expounding a "
         "recondite matter to us his grey eyes shone and twinkled\n") * 40
 TINY = ["--cell", "rnn", "--impl", "fused", "--hidden-size", "16", "--embedding-dim", "8",

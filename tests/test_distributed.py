@@ -237,6 +237,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_are_the_same_optimisation_as_one(runs):
     one, two = _losses(runs / "one20"), _losses(runs / "two20")
     assert sorted(one) == sorted(two) == list(range(1, 21))
@@ -253,6 +254,7 @@ def test_two_processes_are_the_same_optimisation_as_one(runs):
         p.name for p in (runs / "one20").iterdir())
 
 
+@pytest.mark.slow
 def test_checkpoint_of_two_processes_holds_the_global_state_and_resumes_in_one(runs):
     one = load_file(runs / "one20" / "checkpoints" / "last" / "trainer.safetensors")
     two = load_file(runs / "two20" / "checkpoints" / "last" / "trainer.safetensors")
@@ -266,6 +268,7 @@ def test_checkpoint_of_two_processes_holds_the_global_state_and_resumes_in_one(r
     _assert_same_weights(runs / "two20-one25", runs / "one25")
 
 
+@pytest.mark.slow
 def test_two_processes_resume_their_own_checkpoint(runs):
     resumed = _losses(runs / "two20-two25")
     assert sorted(resumed) == list(range(1, 26))
@@ -273,6 +276,7 @@ def test_two_processes_resume_their_own_checkpoint(runs):
     _assert_same_weights(runs / "two20-two25", runs / "one25")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_one_process_resumes_in_two(runs):
     resumed = _losses(runs / "one10-two20")
     assert sorted(resumed) == list(range(1, 21))
@@ -291,6 +295,7 @@ def _pid_of_rank(tag: str, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_a_rank_that_dies_takes_the_job_down_and_the_last_checkpoint_stays_whole(tmp_path):
     corpus = tmp_path / "tiny.txt"

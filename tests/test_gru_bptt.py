@@ -195,7 +195,7 @@ def test_manual_gru_rejects_other_truncations_naming_the_fix(truncation):
                                   truncation=truncation),
                 lambda: ScratchGRU(3, 4, bptt_engine="manual", truncation=truncation)]
     for build in builders:
-        with pytest.raises(ConfigError, match="use bptt_engine 'autograd'") as err:
+        with pytest.raises(ConfigError, match="use `bptt_engine` 'autograd'") as err:
             build()
         assert "\n" not in str(err.value) and truncation in str(err.value)
 

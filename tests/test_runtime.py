@@ -19,11 +19,11 @@ import seqlm  # noqa: E402
 import seqlm.runtime  # noqa: E402
 from seqlm.checkpoint import save_checkpoint  # noqa: E402
 from seqlm.cli import main  # noqa: E402
+from seqlm.config import ModelConfig  # noqa: E402
 from seqlm.decoding import draw, next_token_probs  # noqa: E402
 from seqlm.errors import ConfigError, ExportError  # noqa: E402
 from seqlm.export import export_onnx  # noqa: E402
 from seqlm.generate import generate  # noqa: E402
-from seqlm.config import ModelConfig  # noqa: E402
 from seqlm.models import RNNLM  # noqa: E402
 from seqlm.tokenize import CharTokenizer, WordTokenizer  # noqa: E402
 
@@ -143,6 +143,7 @@ def test_not_an_export_is_one_line(tmp_path):
         seqlm.runtime.load(tmp_path)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_fresh_interpreter_generates_without_torch(pair, tmp_path):
     _, rt = pair
     code = (
