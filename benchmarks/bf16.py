@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from seqlm.config import DataConfig, TrainConfig
-from seqlm.data import SAMPLERS, load_corpus
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.batches import SAMPLERS
+from seqlm.data import load_corpus
+from seqlm.models import RNNLM
 from seqlm.train import Trainer
 
 MODELS = {  # name: (model fields, optimizer, lr)

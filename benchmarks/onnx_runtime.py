@@ -43,9 +43,10 @@ def build(directory: Path, model: str) -> tuple[Path, Path]:
     import torch
 
     from seqlm.checkpoint import save_checkpoint
-    from seqlm.config import preset
+    from seqlm.presets import preset
     from seqlm.export import export_onnx
-    from seqlm.models import RNNLM, ModelConfig
+    from seqlm.config import ModelConfig
+    from seqlm.models import RNNLM
     from seqlm.text import read_corpus
     from seqlm.tokenize import fit_tokenizer
 

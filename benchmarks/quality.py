@@ -51,12 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqlm.config import (DataConfig, TrainConfig, field_types, optional_fields, preset,
-                          split_overrides)
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.presets import field_types, optional_fields, preset, split_overrides
 from seqlm.data import load_corpus
 from seqlm.generate import generate
 from seqlm.metrics import LN2, bigram_nll
-from seqlm.models.lm import ModelConfig
 from seqlm.run import RunSession
 from seqlm.train import Hooks
 
@@ -396,7 +395,7 @@ def throughput(args) -> list[str]:
     in this one process (the order flips every round); medians over ``--rounds``."""
     import statistics
 
-    from seqlm.models.lm import RNNLM
+    from seqlm.models import RNNLM
     from seqlm.train import make_optimizer
 
     vocab = load_corpus(DataConfig(corpus=args.corpus, clean="none", split=SPLIT)).vocab_size

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
-from seqlm.decoding import MAX_NEW_TOKENS, TEMPERATURE, seeded_uniform
+from seqlm.config import DEFAULT_TEMPERATURE
+from seqlm.decoding import MAX_NEW_TOKENS, seeded_uniform
 from seqlm.errors import ConfigError
 from seqlm.generate import generate, token_steps, warm_up
 from seqlm.results import TextModel, TextScore, TokenStep, text_ids
@@ -83,7 +84,7 @@ class LanguageModel(TextModel):
                 f"H={c.hidden_size}, vocab {self.vocab_size}, {self.tokenizer.kind} tokens)")
 
     def generate(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
-                 temperature: float = TEMPERATURE, top_k: int | None = None,
+                 temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
                  stop: str | None = None) -> str:
         """Continue ``prefix``: :func:`seqlm.generate.generate` with one sample.
@@ -91,7 +92,8 @@ class LanguageModel(TextModel):
         Args:
             prefix: text to continue ('' starts from ``<bos>`` or the zero state).
             max_new_tokens: tokens to produce (≥ 1).
-            temperature: 0 (the default) is greedy; > 0 samples.
+            temperature: 0 is greedy; > 0 samples (default:
+                :data:`seqlm.config.DEFAULT_TEMPERATURE`).
             top_k, top_p: keep only the k likeliest / the nucleus of mass p when sampling.
             seed: the same seed gives the same text; None draws fresh entropy.
             stop: end where this text appears; the result ends just before it.
@@ -136,7 +138,7 @@ class LanguageModel(TextModel):
         """
         lstm = self.model.config.cell == "lstm"
         if cell and not lstm:
-            raise ConfigError(f"cell=True needs an LSTM; this model's cell is "
+            raise ConfigError(f"`cell` True needs an LSTM; this model's cell is "
                               f"{self.model.config.cell!r}, whose state is h alone")
         ids = text_ids(self.tokenizer, text)
         state = warm_up(self.model, self.tokenizer, [])[1]

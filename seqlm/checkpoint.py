@@ -10,18 +10,14 @@ A checkpoint is a directory of plain data; nothing in it is ever unpickled::
       trainer.safetensors   optional trainer tensors (optimizer moments, RNG states)
       trainer.json          optional trainer state (step, epoch, best loss, ...)
 
-Saving is atomic: the files are written and fsynced in a sibling ``.<name>.tmp-<random>``,
-then the old checkpoint (if any) is renamed to ``.<name>.old``, the new one renamed into
-place, and the old one deleted. A crash between the two renames leaves ``.<name>.old``, which
-:func:`load_checkpoint` uses when ``<name>`` is missing.
+Saving is atomic (:mod:`seqlm.atomic`): the files are written and fsynced in a sibling
+``.<name>.tmp-<random>`` that replaces the old checkpoint in two renames. A crash between them
+leaves ``.<name>.old``, which :func:`load_checkpoint` uses when ``<name>`` is missing.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +26,11 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from seqlm import atomic
+from seqlm.config import ModelConfig
 from seqlm.errors import CheckpointError, ConfigError, SeqlmError
-from seqlm.models.lm import RNNLM, ModelConfig, resolve_device
+from seqlm.devices import resolve_device
+from seqlm.models import RNNLM
 from seqlm.tokenize import Tokenizer, tokenizer_from_state
 
 FORMAT_VERSION = 1
@@ -92,19 +91,16 @@ def save_checkpoint(directory: str | Path, model: RNNLM, tokenizer: Tokenizer, *
     except OSError as exc:
         raise CheckpointError(f"cannot create {target.parent}: {exc}; choose a writable "
                               "directory") from exc
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed save
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-    had_previous = target.exists() or _old_sibling(target).exists()
+    had_previous = target.exists() or atomic.old_sibling(target).exists()
+    tmp = None
     try:
-        tmp.mkdir()
+        tmp = atomic.temp_sibling(target)
         for name, data in files.items():
-            _write_file(tmp / name, data)
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, target)
+            atomic.write_durably(tmp / name, data)
+        atomic.swap_into_place(tmp, target)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _restore_old(target)
+        if tmp is not None:
+            atomic.abandon(tmp, target)
         kept = ("the previous checkpoint there is intact" if had_previous
                 else "nothing was written")
         raise CheckpointError(f"could not write checkpoint {target}: {exc}; {kept} — free disk "
@@ -158,48 +154,6 @@ def _tensors_bytes(tensors: dict[str, Tensor]) -> bytes:
     return safetensors.torch.save(stored, metadata=metadata)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames and new entries in ``path`` durable (a no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the data files are already synced
-    finally:
-        os.close(fd)
-
-
-def _old_sibling(target: Path) -> Path:
-    return target.parent / f".{target.name}.old"
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    old = _old_sibling(target)
-    if old.exists() and target.exists():
-        shutil.rmtree(old)  # a leftover from an interrupted save; target is the newer one
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _restore_old(target: Path) -> None:
-    old = _old_sibling(target)
-    if not target.exists() and old.exists():
-        os.replace(old, target)
-
-
 # -- loading ------------------------------------------------------------------------------------
 def resolve_checkpoint(path: str | Path) -> Path:
     """Find the checkpoint in ``path``: itself, or a run's checkpoints/best then .../last.
@@ -224,7 +178,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def _readable(candidate: Path) -> Path | None:
     if (candidate / CONFIG_FILE).is_file():
         return candidate
-    old = _old_sibling(candidate)
+    old = atomic.old_sibling(candidate)
     if not candidate.exists() and (old / CONFIG_FILE).is_file():
         return old
     return None

@@ -1,9 +1,10 @@
-"""Typed configuration: data, model and training dataclasses, presets, TOML files.
+"""Typed configuration: the data, model and training dataclasses, and config files.
 
 Each field carries one help string (``metadata["help"]``) and, where it has a fixed set of
-values, its ``choices``; the command line is generated from these fields. Values are
-validated in ``__post_init__`` and a bad one raises :class:`~seqlm.errors.ConfigError`
-naming the flag, the value and what is allowed.
+values, its ``choices``; the command line is generated from these fields and takes its defaults
+from them. Values are validated in ``__post_init__``; a bad one raises
+:class:`~seqlm.errors.ConfigError` naming the field and the value (the command line prints the
+field as its flag). Named recipes live in :mod:`seqlm.presets`.
 
 Precedence, lowest first: field defaults < ``--preset`` < ``--config file.toml`` < flags.
 """
@@ -12,43 +13,42 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
-from seqlm.errors import ConfigError
+from seqlm.errors import ConfigError, check_choice, check_positive_int, field_error
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+REQUIRED = dataclasses.MISSING  # opt(REQUIRED, ...): a field without a default
+
+CELLS = ("rnn", "gru", "lstm")
+IMPLS = ("scratch", "fused")
+NONLINEARITIES = ("tanh", "relu")
+INITS = ("torch", "d2l")
+BPTT_ENGINES = ("autograd", "manual")
+MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
+WINDOWED = ("window", "full")  # truncations that every core and engine runs
+# Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
+# varies; 0 is the book's greedy argmax, which soon repeats itself.
+DEFAULT_TEMPERATURE = 0.8
 
 
 def opt(default, help: str, choices: tuple | None = None):
     """A dataclass field with its command-line help and allowed values."""
     meta = {"help": help}
     if choices:
-        meta["choices"] = choices
+        meta["choices"] = tuple(choices)
     return field(default=default, metadata=meta)
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _check(cond: bool, name: str, value, rule: str) -> None:
     if not cond:
-        raise ConfigError(f"{flag(name)} must be {rule}, got {value!r}")
+        raise field_error(name, value, rule)
 
 
 def check_choices(obj) -> None:
-    """Raises ConfigError for any field whose value is not among its ``choices``."""
+    """Raises ConfigError for any field of ``obj`` whose value is not among its ``choices``."""
     for f in dataclasses.fields(obj):
-        choices = f.metadata.get("choices")
-        value = getattr(obj, f.name)
-        if choices and value not in choices:
-            raise ConfigError(f"unknown {flag(f.name)} {value!r}; choose one of "
-                              f"{', '.join(map(str, choices))}")
+        if f.metadata.get("choices"):
+            check_choice(f.name, getattr(obj, f.name), f.metadata["choices"])
 
 
 @dataclass
@@ -76,10 +76,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         for name in ("batch_size", "num_steps", "min_freq", "vocab_size"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "a positive integer")
+            check_positive_int(name, getattr(self, name))
         for name in ("max_vocab", "max_tokens"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, name, value, "a positive integer")
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
         self.split_fractions()
 
     def split_fractions(self) -> tuple[float, float, float]:
@@ -101,6 +101,118 @@ class DataConfig:
             options["vocab_size"] = self.vocab_size
             options["min_freq"] = max(self.min_freq, 2)
         return options
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an :class:`~seqlm.models.RNNLM` (saved in every checkpoint).
+
+    Raises:
+        ConfigError: from ``__post_init__``, naming the field and the value it cannot use.
+    """
+
+    vocab_size: int = opt(REQUIRED, "number of token ids V (set from the vocabulary)")
+    cell: str = opt("rnn", "recurrent cell", CELLS)
+    impl: str = opt("scratch", "'scratch': the chapter's equations in Python; 'fused': torch's "
+                    "cuDNN/MKL kernels; 'auto': the faster one measured for the cell and device "
+                    "(ModelConfig.resolve)", (*IMPLS, "auto"))
+    hidden_size: int = opt(256, "hidden units H per layer")
+    num_layers: int = opt(1, "stacked recurrent layers L")
+    embedding_dim: int | None = opt(None, "learned embedding size E; None feeds the chapter's "
+                                    "one-hot vectors")
+    dropout: float = opt(0.0, "dropout probability on embeddings, between layers and before the "
+                         "decoder, in [0, 1)")
+    tie_weights: bool = opt(False, "share the embedding matrix with the decoder (needs "
+                            "embedding_dim == hidden_size)")
+    nonlinearity: str = opt("tanh", "activation of the plain RNN cell", NONLINEARITIES)
+    init: str = opt("torch", "'torch': U(-1/sqrt(H), 1/sqrt(H)); 'd2l': the book's "
+                    "N(0, 0.01^2) weights, zero biases", INITS)
+    bptt_engine: str = opt("autograd", "'manual' runs the hand-written backward pass (impl "
+                           "scratch; cell rnn, or cell gru with truncation window/full); "
+                           "'auto': manual where it exists, else autograd",
+                           (*BPTT_ENGINES, "auto"))
+    truncation: str = opt("window", "BPTT truncation: 'window', 'full', 'tau:K' or 'random:P' "
+                          "(the last two: impl scratch)")
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers"):
+            check_positive_int(name, getattr(self, name))
+        if self.embedding_dim is not None:
+            check_positive_int("embedding_dim", self.embedding_dim)
+        check_choices(self)
+        if self.tie_weights and self.embedding_dim != self.hidden_size:
+            raise ConfigError(f"`tie_weights` needs embedding_dim == hidden_size, got "
+                              f"embedding_dim={self.embedding_dim} hidden_size="
+                              f"{self.hidden_size}; set `embedding_dim` to {self.hidden_size}")
+        if not isinstance(self.truncation, str):
+            raise field_error("truncation", self.truncation, "text such as 'window'")
+        c = self.resolve()
+        check_core(c.cell, c.impl, nonlinearity=c.nonlinearity, dropout=c.dropout, init=c.init,
+                   bptt_engine=c.bptt_engine, truncation=c.truncation)
+
+    def resolve(self, device_type: str = "cpu") -> ModelConfig:
+        """This configuration with ``impl`` and ``bptt_engine`` 'auto' made concrete for a
+        device type (``'cpu'``, ``'cuda'``, ``'mps'``).
+
+        ``impl``: the faster core as measured (docs/performance.md): on the CPU the scratch
+        cores with their hand-written BPTT for rnn and gru, torch's fused LSTM; the fused cores
+        (cuDNN) elsewhere; always scratch for a truncation other than window/full.
+        ``bptt_engine``: 'manual' where the scratch core has one, else 'autograd'.
+        """
+        impl, engine = self.impl, self.bptt_engine
+        windowed = self.truncation in WINDOWED
+        if impl == "auto":
+            fused = device_type != "cpu" or self.cell == "lstm"
+            impl = "fused" if fused and windowed else "scratch"
+        if engine == "auto":
+            has_manual = impl == "scratch" and (self.cell == "rnn" or
+                                                (self.cell == "gru" and windowed))
+            engine = "manual" if has_manual else "autograd"
+        if (impl, engine) == (self.impl, self.bptt_engine):
+            return self
+        return replace(self, impl=impl, bptt_engine=engine)
+
+
+def check_core(cell: str, impl: str, *, nonlinearity: str = "tanh", dropout: float = 0.0,
+               init: str = "torch", bptt_engine: str = "autograd",
+               truncation: Truncation | str | None = None) -> Truncation | None:
+    """The one check of a recurrent core's settings, for :class:`ModelConfig` and every core
+    built outside one (:func:`seqlm.models.make_core`, the scratch cores).
+
+    Returns:
+        The parsed truncation, or None for 'window'/'full' (inside one forward call both
+        back-propagate through every step; they differ only between batches).
+
+    Raises:
+        ConfigError: an unknown choice, a dropout outside [0, 1), a nonlinearity other than
+            tanh for gru/lstm, a truncation a fused core or the GRU's manual engine cannot
+            run, or the manual engine for a core that has none.
+    """
+    check_choice("cell", cell, CELLS)
+    check_choice("impl", impl, IMPLS)
+    check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    check_choice("init", init, INITS)
+    check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
+    _check(isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0, "dropout", dropout,
+           "a probability in [0, 1)")
+    if cell != "rnn" and nonlinearity != "tanh":
+        raise ConfigError(f"`nonlinearity` {nonlinearity!r} applies only to cell 'rnn', not "
+                          f"{cell!r}; use `nonlinearity` 'tanh'")
+    policy = as_truncation(truncation)
+    windowed = policy.kind in WINDOWED
+    if impl == "fused" and not windowed:
+        raise ConfigError(f"`truncation` {str(policy)!r} needs impl 'scratch'; fused cores "
+                          "support only 'window' and 'full'")
+    if bptt_engine == "manual":
+        if cell not in MANUAL_ENGINE_CELLS or impl != "scratch":
+            raise ConfigError(f"`bptt_engine` 'manual' needs cell 'rnn' or 'gru' and impl "
+                              f"'scratch', got cell {cell!r} impl {impl!r}; use `bptt_engine` "
+                              "'autograd'")
+        if cell == "gru" and not windowed:
+            raise ConfigError(f"`bptt_engine` 'manual' for cell 'gru' runs truncation 'window' "
+                              f"or 'full' only, got {str(policy)!r}; use `bptt_engine` "
+                              "'autograd'")
+    return None if windowed else policy
 
 
 DEFAULT_TIME_BUDGET = 150.0  # seconds: the main job's budget when no other budget is given
@@ -131,7 +243,8 @@ class TrainConfig:
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
     sample_prefix: str | None = opt(None, "prefix of the sample printed at each evaluation")
     sample_tokens: int = opt(80, "tokens generated for that sample (0 = none)")
-    sample_temperature: float = opt(0.7, "temperature of that sample (0 = greedy, the book's)")
+    sample_temperature: float = opt(DEFAULT_TEMPERATURE, "temperature of that sample (0 = "
+                                    "greedy, the book's)")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -141,10 +254,10 @@ class TrainConfig:
         _check(0 < self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "in (0, 1]")
         for name in ("warmup_steps", "eval_every", "sample_tokens"):
             _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
-        _check(self.log_every >= 1, "log_every", self.log_every, "a positive integer")
+        check_positive_int("log_every", self.log_every)
         for name in ("epochs", "max_steps", "early_stopping", "threads"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, name, value, "a positive integer")
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
         _check(self.sample_temperature >= 0, "sample_temperature", self.sample_temperature,
                ">= 0")
         if self.epochs is None and self.max_steps is None and self.time_budget is None:
@@ -154,109 +267,86 @@ class TrainConfig:
                "a positive number of seconds")
 
 
-PRESETS: dict[str, dict] = {
-    # The book's three experiments (d2l-zh 2.0 §8.5/8.6): The Time Machine, letters only,
-    # char tokens, the first 10,000 tokens, batch 32 × 35 steps, SGD lr 1, clip 1, 500 epochs.
-    "d2l-scratch": {
-        "corpus": "timemachine", "clean": "letters", "tokenizer": "char", "max_tokens": 10000,
-        "sampler": "sequential", "batch_size": 32, "num_steps": 35,
-        "cell": "rnn", "impl": "scratch", "hidden_size": 512, "embedding_dim": None,
-        "init": "d2l", "optimizer": "sgd", "lr": 1.0, "clip": 1.0, "schedule": "constant",
-        "epochs": 500, "eval_every": 0, "sample_prefix": "time traveller", "sample_tokens": 50,
-        "sample_temperature": 0.0, "log_every": 8,
-    },
-}
-# Recipes for a CPU budget, chosen with benchmarks/quality.py (docs/quality.md has the table of
-# what was tried). Many small steps win at these budgets: a GRU (faster per token than the
-# LSTM and better at equal time) on the fastest core for the device (impl and bptt_engine
-# 'auto': the hand-written BPTT on the CPU, cuDNN on a GPU), 64 rows x 32 steps, Adam at a high
-# peak lr with a cosine that ends with the time budget.
-PRESETS["cpu-fast"] = {
-    "cell": "gru", "impl": "auto", "bptt_engine": "auto", "hidden_size": 384, "num_layers": 1, "embedding_dim": 64,
-    "dropout": 0.0, "tie_weights": False, "sampler": "sequential", "batch_size": 64,
-    "num_steps": 32, "truncation": "window", "optimizer": "adam", "lr": 5e-3,
-    "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 50, "min_lr_ratio": 0.1,
-    "clip": 1.0, "time_budget": 95.0, "eval_every": 250,
-}
-PRESETS["cpu-quality"] = {**PRESETS["cpu-fast"], "hidden_size": 512, "dropout": 0.2,
-                          "time_budget": 540.0, "eval_every": 500}
-PRESETS["d2l-scratch-random"] = {**PRESETS["d2l-scratch"], "sampler": "random"}
-PRESETS["d2l-concise"] = {**PRESETS["d2l-scratch"], "impl": "fused", "hidden_size": 256,
-                          "init": "torch"}
-BOOK_PERPLEXITY = {"d2l-scratch": 1.0, "d2l-scratch-random": 1.5, "d2l-concise": 1.3}
+
+# -- BPTT truncation, a model setting: its text form and the value it parses to ----------------
+TRUNCATION_KINDS = ("window", "full", "tau", "random")
+ACCEPTED_FORMS = "'window', 'full', 'tau:K' (K an integer >= 1) or 'random:P' (0 < P <= 1)"
 
 
-def field_types(cls) -> dict[str, type]:
-    """Each field's base type (``int | None`` → ``int``) for parsing flags and TOML values."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for name, hint in hints.items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = args[0] if args else hint
-    return out
+@dataclass(frozen=True)
+class Truncation:
+    """A BPTT truncation policy; see the module docstring for the semantics.
 
-
-def optional_fields(cls) -> set[str]:
-    hints = typing.get_type_hints(cls)
-    return {n for n, h in hints.items() if type(None) in typing.get_args(h)}
-
-
-def split_overrides(values: dict, classes: dict[str, type],
-                    skip: dict[str, set[str]] | None = None) -> dict[str, dict]:
-    """Routes flat ``name → value`` pairs to the config class that owns each name
-    (``skip`` removes names from a class's ownership).
+    Attributes:
+        kind: One of ``'window'``, ``'full'``, ``'tau'``, ``'random'``.
+        k: Number of steps each loss term reaches back, for ``'tau'`` only.
+        p: Probability that the backward signal continues through a step, for ``'random'`` only.
 
     Raises:
-        ConfigError: a name no config has, or a value of the wrong type.
+        ConfigError: ``kind`` is unknown, or ``k``/``p`` is missing, out of range or given for a
+            kind that does not use it.
     """
-    skip = skip or {}
-    owners = {f.name: key for key, cls in classes.items() for f in dataclasses.fields(cls)
-              if f.name not in skip.get(key, ())}
-    out: dict[str, dict] = {key: {} for key in classes}
-    for name, value in values.items():
-        if name not in owners:
-            raise ConfigError(f"unknown setting {name!r}; see seqlm train --help for the names")
-        cls = classes[owners[name]]
-        out[owners[name]][name] = coerce(cls, name, value)
-    return out
+
+    kind: str = "window"
+    k: int | None = None
+    p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRUNCATION_KINDS:
+            raise ConfigError(f"truncation kind {self.kind!r} is unknown; use {ACCEPTED_FORMS}")
+        if self.kind == "tau":
+            k_ok = isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1
+            if not k_ok:
+                raise ConfigError(f"truncation 'tau' needs an integer k >= 1, got k={self.k!r}")
+        elif self.k is not None:
+            raise ConfigError(f"truncation {self.kind!r} takes no k, got k={self.k!r}; drop it")
+        if self.kind == "random":
+            p_ok = isinstance(self.p, (int, float)) and not isinstance(self.p, bool)
+            if not (p_ok and 0.0 < self.p <= 1.0):
+                raise ConfigError(f"truncation 'random' needs 0 < p <= 1, got p={self.p!r}")
+        elif self.p is not None:
+            raise ConfigError(f"truncation {self.kind!r} takes no p, got p={self.p!r}; drop it")
+
+    @classmethod
+    def parse(cls, text: str) -> "Truncation":
+        """Read ``'window'``, ``'full'``, ``'tau:K'`` or ``'random:P'``.
+
+        Raises:
+            ConfigError: ``text`` is none of the accepted forms.
+        """
+        bad = ConfigError(f"truncation {text!r} is not understood; use {ACCEPTED_FORMS}")
+        if not isinstance(text, str):
+            raise bad
+        kind, sep, arg = text.strip().partition(":")
+        if kind in ("window", "full") and not sep:
+            return cls(kind)
+        if kind == "tau" and arg.isascii() and arg.isdigit() and int(arg) >= 1:
+            return cls("tau", k=int(arg))
+        if kind == "random" and arg:
+            try:
+                p = float(arg)
+            except ValueError:
+                raise bad from None
+            if 0.0 < p <= 1.0:
+                return cls("random", p=p)
+        raise bad
+
+    def __str__(self) -> str:
+        if self.kind == "tau":
+            return f"tau:{self.k}"
+        if self.kind == "random":
+            return f"random:{float(self.p)!r}"
+        return self.kind
 
 
-def coerce(cls, name: str, value):
-    """Checks a TOML or preset value against the field's type (ints accepted for floats)."""
-    kind = field_types(cls)[name]
-    if value is None and name in optional_fields(cls):
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"setting {name!r} must be {kind.__name__}, got "
-                          f"{type(value).__name__} {value!r}")
-    return value
-
-
-def read_toml(path: str | Path) -> dict:
-    """Reads a config file: flat ``name = value`` pairs, or the same inside ``[data]``,
-    ``[model]`` and ``[train]`` tables.
+def as_truncation(truncation: Truncation | str | None) -> Truncation:
+    """Accept a :class:`Truncation`, its text form, or ``None`` (``window``).
 
     Raises:
-        ConfigError: the file is missing or not valid TOML.
+        ConfigError: the text is not an accepted form.
     """
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path}: not valid TOML ({exc}); fix the file") from None
-    flat: dict = {}
-    for key, value in raw.items():
-        if key in ("data", "model", "train") and isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    return flat
-
-
-def preset(name: str) -> dict:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
+    if truncation is None:
+        return Truncation()
+    if isinstance(truncation, Truncation):
+        return truncation
+    return Truncation.parse(truncation)

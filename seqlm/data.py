@@ -1,163 +1,28 @@
-"""Language-model data: token arrays, splits, prepared corpora and the two sampling strategies.
+"""Language-model data: the corpus as token arrays, its splits, and prepared corpora.
 
-Every minibatch is a pair ``(X, Y)`` of int64 tensors of shape ``(batch_size, num_steps)``
-with ``Y`` the tokens that follow ``X``: ``Y[b, t] == tokens[s_b + t + 1]`` when
-``X[b, t] == tokens[s_b + t]``. The two strategies differ in where the windows start:
-
-* :func:`random_batches` (random sampling): windows from a random offset, shuffled,
-  each used at most once per epoch, minibatches independent (``contiguous = False``).
-* :func:`sequential_batches` (sequential partitioning): the stream cut into ``batch_size``
-  rows; row ``i`` of minibatch ``k+1`` continues row ``i`` of minibatch ``k``
-  (``contiguous = True``), so a trainer may carry the hidden state across minibatches.
+A corpus is read and cleaned (:mod:`seqlm.text`), split contiguously into train / validation /
+test, and encoded with a tokenizer fitted on the training part only (:func:`build_corpus`,
+:func:`load_corpus`); a prepared corpus is the same arrays on disk, memory-mapped. The
+minibatches cut from the arrays are :mod:`seqlm.batches`'.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import re
-import secrets
-import shutil
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from seqlm import atomic
 from seqlm.errors import ConfigError, CorpusError
 from seqlm.tokenize import Tokenizer, fit_tokenizer, tokenizer_from_state
 
 SPLITS = ("train", "val", "test")
-
-
-def check_fits(tokens: np.ndarray, batch_size: int, num_steps: int) -> None:
-    """Raises:
-        CorpusError: ``tokens`` cannot fill one minibatch of either strategy (the message
-            gives the numbers), which needs ``batch_size * num_steps + num_steps`` tokens.
-    """
-    need = batch_size * num_steps + num_steps
-    if len(tokens) < need:
-        raise CorpusError(
-            f"corpus too short for one minibatch: {len(tokens)} tokens, but batch_size "
-            f"{batch_size} × num_steps {num_steps} needs at least {need}; use a longer corpus "
-            "or a smaller --batch-size / --num-steps")
-
-
-def _gather(tokens: np.ndarray, starts: np.ndarray, num_steps: int) -> tuple[torch.Tensor, ...]:
-    """Rows ``tokens[s : s+num_steps]`` and ``tokens[s+1 : s+num_steps+1]`` for each start."""
-    index = starts[:, None] + np.arange(num_steps + 1)
-    window = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
-    release_pages(tokens)
-    return window[:, :-1], window[:, 1:]
-
-
-def release_pages(tokens: np.ndarray) -> None:
-    """Unmaps the pages a memory-mapped token array has touched (they stay in the OS page
-    cache, so reading them again costs no I/O). Windows read at random, or a whole epoch
-    read in order, would otherwise map all of a large prepared corpus into the process's
-    resident memory. A no-op for arrays in memory or where the OS has no ``madvise``."""
-    base = tokens
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        base.madvise(mmap.MADV_DONTNEED)
-
-
-def _offset(num_steps: int, generator: torch.Generator | None) -> int:
-    # Uniform in [0, num_steps): d2l's sequential iterator drew from [0, num_steps], which
-    # could waste a whole window (d2l-zh PRs #1301, #1337).
-    return int(torch.randint(num_steps, (1,), generator=generator))
-
-
-def random_plan(n_tokens: int, batch_size: int, num_steps: int,
-                generator: torch.Generator | None = None) -> np.ndarray:
-    """The window starts of one epoch of random sampling, shape ``(num_batches, batch_size)``."""
-    offset = _offset(num_steps, generator)
-    num_windows = (n_tokens - offset - 1) // num_steps
-    order = torch.randperm(num_windows, generator=generator).numpy()
-    num_batches = num_windows // batch_size
-    starts = offset + order[: num_batches * batch_size] * num_steps
-    return starts.reshape(num_batches, batch_size)
-
-
-def sequential_plan(n_tokens: int, batch_size: int, num_steps: int,
-                    generator: torch.Generator | None = None) -> np.ndarray:
-    """The row starts of each minibatch of one epoch of sequential partitioning."""
-    offset = _offset(num_steps, generator)
-    row_len = (n_tokens - offset - 1) // batch_size
-    num_batches = row_len // num_steps
-    rows = offset + np.arange(batch_size) * row_len
-    return rows[None, :] + (np.arange(num_batches) * num_steps)[:, None]
-
-
-def random_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
-                   generator: torch.Generator | None = None, start: int = 0
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Random sampling: one epoch of independent minibatches.
-
-    A random offset in ``[0, num_steps)`` is dropped, the rest is cut into non-overlapping
-    windows of ``num_steps`` (+1 for the targets), and the windows are shuffled::
-
-        tokens   0 1 | 2 3 4 5 6 | 7 8 9 10 11 | 12 13 14 15 16 | ...   (offset 2, T = 5)
-        windows        w0          w1            w2
-        batches  [w2, w0], [w1, ...]   (shuffled; leftovers dropped)
-
-    With the chapter's corpus ``0..34``, batch 2 and 5 steps, an epoch is 3 minibatches whose
-    rows are windows such as ``[11..15]`` and ``[21..25]`` (targets ``[12..16]``, ``[22..26]``).
-
-    Args:
-        tokens: 1-D token indices (numpy, memory-mapped arrays work).
-        batch_size, num_steps: ``B`` and ``T``.
-        generator: the source of the offset and the shuffle; the same seed gives the same epoch.
-        start: minibatches to skip (resuming in the middle of an epoch).
-
-    Yields:
-        ``(X, Y)`` int64 tensors of shape ``(B, T)``.
-
-    Raises:
-        CorpusError: fewer tokens than one minibatch needs (the message gives the numbers).
-    """
-    check_fits(tokens, batch_size, num_steps)
-    for starts in random_plan(len(tokens), batch_size, num_steps, generator)[start:]:
-        yield _gather(tokens, starts, num_steps)
-
-
-def sequential_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
-                       generator: torch.Generator | None = None, start: int = 0
-                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Sequential partitioning: minibatch ``k+1`` row ``i`` continues minibatch ``k`` row ``i``.
-
-    A random offset in ``[0, num_steps)`` is dropped and the stream is cut into ``B`` equal
-    rows; minibatch ``k`` is columns ``[k·T, (k+1)·T)`` of every row::
-
-        row 0:  | k=0: 1 2 3 4 5 | k=1: 6 7 8 9 10 | k=2: 11 12 13 14 15 | ...
-        row 1:  | k=0: 17 ... 21 | k=1: 22 ... 26  | k=2: 27 ... 31      | ...
-
-    That is the chapter's example: corpus ``0..34``, batch 2, 5 steps, offset 1.
-
-    Args and yields as :func:`random_batches`.
-
-    Raises:
-        CorpusError: fewer tokens than one minibatch needs.
-    """
-    check_fits(tokens, batch_size, num_steps)
-    for starts in sequential_plan(len(tokens), batch_size, num_steps, generator)[start:]:
-        yield _gather(tokens, starts, num_steps)
-
-
-random_batches.contiguous = False
-sequential_batches.contiguous = True
-SAMPLERS = {"random": random_batches, "sequential": sequential_batches}
-
-
-def min_batches_per_epoch(n_tokens: int, batch_size: int, num_steps: int) -> int:
-    """Minibatches in an epoch of either strategy at the largest offset (``num_steps - 1``);
-    an epoch never has fewer."""
-    usable = max(n_tokens - num_steps, 0)
-    return min(usable // num_steps // batch_size, usable // batch_size // num_steps)
 
 
 def _cut_targets(length: int, fractions: tuple[float, ...]) -> list[int]:
@@ -267,10 +132,10 @@ def check_prepared_target(directory: str | Path, *, overwrite: bool = False) -> 
         raise ConfigError(f"{path} is a file; choose a directory for the prepared corpus")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
-            raise ConfigError(f"{path} already exists; pass --overwrite to replace the prepared "
+            raise ConfigError(f"{path} already exists; pass `overwrite` to replace the prepared "
                               "corpus, or choose another path")
         if not is_prepared(path):
-            raise ConfigError(f"{path} exists and is not a prepared corpus; --overwrite only "
+            raise ConfigError(f"{path} exists and is not a prepared corpus; `overwrite` only "
                               "replaces prepared corpora; choose another path")
 
 
@@ -308,47 +173,54 @@ def write_prepared(directory: str | Path, tokenizer: Tokenizer,
     """
     target = Path(directory)
     check_prepared_target(target, overwrite=overwrite)
-    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-    dtype = tokenizer.dtype
-    counts, zeros = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
+    tmp = None
     try:
-        tmp.mkdir(parents=True)
-        files = {name: open(tmp / f"{name}.npy", "wb") for name in SPLITS}
-        try:
-            for handle in files.values():
-                handle.write(_npy_header(dtype, 0))
-            for name, ids in arrays:
-                if name == "train" and max_tokens is not None:
-                    ids = ids[: max(max_tokens - counts[name], 0)]
-                ids = np.ascontiguousarray(ids, dtype=dtype)
-                files[name].write(ids.tobytes())
-                counts[name] += len(ids)
-                zeros[name] += int(np.count_nonzero(ids == 0))
-            for name, handle in files.items():
-                handle.seek(0)
-                handle.write(_npy_header(dtype, counts[name]))
-        finally:
-            for handle in files.values():
-                handle.close()
+        tmp = atomic.temp_sibling(target)
+        counts, zeros = _write_arrays(tmp, tokenizer.dtype, arrays, max_tokens)
         meta = {"format": "seqlm-prepared", "version": 1, "tokenizer": tokenizer.state(),
                 "oov_rate": {k: zeros[k] / counts[k] if counts[k] else 0.0 for k in SPLITS},
                 "tokens": counts}
-        (tmp / "corpus.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-        aside = target.parent / f".{target.name}.replaced-{secrets.token_hex(4)}"
-        if target.exists():
-            os.replace(target, aside)
-        os.replace(tmp, target)
-        shutil.rmtree(aside, ignore_errors=True)
+        atomic.write_durably(tmp / "corpus.json", json.dumps(meta, ensure_ascii=False))
+        atomic.swap_into_place(tmp, target)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            atomic.abandon(tmp, target)
         raise CorpusError(f"cannot write the prepared corpus {target} ({exc.strerror or exc}); "
                           "choose a writable directory or free some disk space") from None
     return meta
 
 
+def _write_arrays(directory: Path, dtype, arrays: Iterable[tuple[str, np.ndarray]],
+                  max_tokens: int | None) -> tuple[dict[str, int], dict[str, int]]:
+    """Streams the ``(split, ids)`` pairs into ``<split>.npy`` files; returns the token and
+    ``<unk>`` counts of each split."""
+    counts, zeros = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
+    files = {name: open(directory / f"{name}.npy", "wb") for name in SPLITS}
+    try:
+        for handle in files.values():
+            handle.write(_npy_header(dtype, 0))
+        for name, ids in arrays:
+            if name == "train" and max_tokens is not None:
+                ids = ids[: max(max_tokens - counts[name], 0)]
+            ids = np.ascontiguousarray(ids, dtype=dtype)
+            files[name].write(ids.tobytes())
+            counts[name] += len(ids)
+            zeros[name] += int(np.count_nonzero(ids == 0))
+        for name, handle in files.items():
+            handle.seek(0)
+            handle.write(_npy_header(dtype, counts[name]))
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        for handle in files.values():
+            handle.close()
+    return counts, zeros
+
+
 def build_corpus(text: str, *, tokenizer: str = "char",
                  split: tuple[float, float, float] = (0.9, 0.05, 0.05),
-                 max_tokens: int | None = None, tokenizer_options: dict | None = None) -> Corpus:
+                 max_tokens: int | None = None, tokenizer_options: dict | None = None,
+                 fitted: Tokenizer | None = None) -> Corpus:
     """Splits ``text`` contiguously, fits the tokenizer on the training part only, and encodes
     every part.
 
@@ -359,6 +231,7 @@ def build_corpus(text: str, *, tokenizer: str = "char",
         max_tokens: keep only the first ``max_tokens`` tokens of the training split (the book
             trains on the first 10,000 characters); the other splits are kept whole.
         tokenizer_options: passed to the tokenizer's ``fit`` (min_freq, max_size, ...).
+        fitted: encode with this tokenizer instead of fitting one (a trained model's).
 
     Returns:
         A :class:`Corpus` whose ``oov_rate`` gives, for each split, the fraction of tokens that
@@ -370,7 +243,7 @@ def build_corpus(text: str, *, tokenizer: str = "char",
     parts = dict(zip(SPLITS, split_text(text, split)))
     if not parts["train"].strip():
         raise empty_training_split()
-    tok = fit_tokenizer(tokenizer, parts["train"], **(tokenizer_options or {}))
+    tok = fitted or fit_tokenizer(tokenizer, parts["train"], **(tokenizer_options or {}))
     splits = {name: tok.encode(part) for name, part in parts.items()}
     if max_tokens is not None:
         splits["train"] = splits["train"][:max_tokens]
@@ -378,9 +251,10 @@ def build_corpus(text: str, *, tokenizer: str = "char",
     return Corpus(tok, splits, oov)
 
 
-def load_corpus(cfg) -> Corpus:
+def load_corpus(cfg, *, tokenizer: Tokenizer | None = None) -> Corpus:
     """The corpus a :class:`~seqlm.config.DataConfig` describes: a prepared directory as it
-    is (memory-mapped), or text read, cleaned, split and encoded.
+    is (memory-mapped), or text read, cleaned, split and encoded (with ``tokenizer`` when
+    given, else with one fitted on the training split).
 
     Raises:
         CorpusError: as :func:`seqlm.text.read_corpus`, or the cleaning left nothing.
@@ -396,12 +270,13 @@ def load_corpus(cfg) -> Corpus:
     if not text.strip():
         raise nothing_left(cfg)
     return build_corpus(text, tokenizer=cfg.tokenizer, split=cfg.split_fractions(),
-                        max_tokens=cfg.max_tokens, tokenizer_options=cfg.tokenizer_options())
+                        max_tokens=cfg.max_tokens, tokenizer_options=cfg.tokenizer_options(),
+                        fitted=tokenizer)
 
 
 def nothing_left(cfg) -> CorpusError:
-    return CorpusError(f"{cfg.corpus}: nothing is left after --clean {cfg.clean}; use "
-                       "--clean none or a corpus with letters in it")
+    return CorpusError(f"{cfg.corpus}: nothing is left after `clean` {cfg.clean}; use "
+                       "`clean` none or a corpus with letters in it")
 
 
 def empty_training_split() -> CorpusError:

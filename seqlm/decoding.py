@@ -15,12 +15,11 @@ from functools import partial
 
 import numpy as np
 
-from seqlm.errors import ConfigError
+from seqlm.errors import ConfigError, field_error
 
 BOS = "<bos>"
 REPLACEMENT_CHAR = "\ufffd"  # a decoder's stand-in for an unfinished multi-byte character
 MAX_NEW_TOKENS = 200  # tokens a call produces unless told otherwise
-TEMPERATURE = 0.0  # the book's greedy decoding
 
 
 class OOVWarning(UserWarning):
@@ -35,18 +34,18 @@ def check_sampling(temperature: float = 1.0, top_k: int | None = None,
         ConfigError: temperature < 0 or NaN, top_k < 1, or top_p outside (0, 1].
     """
     if not isinstance(temperature, (int, float)) or math.isnan(temperature) or temperature < 0:
-        raise ConfigError(f"temperature={temperature!r} must be >= 0 (0 means greedy argmax)")
+        raise field_error("temperature", temperature, ">= 0 (0 means greedy argmax)")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
                               or top_k < 1):
-        raise ConfigError(f"top_k={top_k!r} must be an integer >= 1, or None to keep all tokens")
+        raise field_error("top_k", top_k, "an integer >= 1 or None to keep all tokens")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ConfigError(f"top_p={top_p!r} must be in (0, 1], or None to keep all tokens")
+        raise field_error("top_p", top_p, "in (0, 1] or None to keep all tokens")
 
 
 def check_count(name: str, value: object) -> None:
     """Raise :class:`ConfigError` unless ``value`` is an integer >= 1 (``max_new_tokens``...)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+        raise field_error(name, value, "an integer >= 1")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -225,30 +224,22 @@ class TextStream:
         return piece
 
 
-def stream_text(steps: Iterator[tuple], streams: list[TextStream] | None,
-                on_text: Callable[[int, str], None] | None) -> list:
-    """Run :func:`decode_steps` to its end, feeding :class:`TextStream` s when given.
-
-    Syncs with the host once per token only when streaming (``streams`` given): ``.tolist()``
-    of each token. Stops early once every stream has met its stop string.
-
-    Returns:
-        The list of each step's tokens (B,), as ``pick`` made them (stack them to (B, n)).
-    """
+def collect(steps: Iterator[tuple], on_tokens: Callable[[list[int]], bool] | None = None
+            ) -> list:
+    """Run :func:`decode_steps` to its end and return each step's tokens (B,) in a list
+    (stack them to (B, n)). ``on_tokens`` is called with each step's ids as a list (a host
+    sync per token, so only when streaming); returning True stops the loop."""
     tokens: list = []
     for token, _ in steps:
         tokens.append(token)
-        if streams is not None and _push_all(streams, token.tolist(), on_text):
+        if on_tokens is not None and on_tokens(token.tolist()):
             break
-    if streams is not None and on_text is not None:
-        for i, s in enumerate(streams):
-            if piece := s.flush():
-                on_text(i, piece)
     return tokens
 
 
-def _push_all(streams: list[TextStream], ids: list[int], on_text) -> bool:
-    """Push one token to each unfinished stream; return True once every stream has stopped."""
+def push_all(streams: list[TextStream], ids: list[int], *, on_text) -> bool:
+    """Push one token to each unfinished stream, handing new text to ``on_text(i, piece)``;
+    return True once every stream has stopped (an ``on_tokens`` for :func:`collect`)."""
     for i, (s, token_id) in enumerate(zip(streams, ids)):
         if s.done:
             continue
@@ -256,3 +247,10 @@ def _push_all(streams: list[TextStream], ids: list[int], on_text) -> bool:
         if piece and on_text is not None:
             on_text(i, piece)
     return all(s.done for s in streams)
+
+
+def flush_all(streams: list[TextStream], on_text) -> None:
+    """Hand each stream's held-back text to ``on_text(i, piece)`` once the loop has ended."""
+    for i, s in enumerate(streams):
+        if piece := s.flush():
+            on_text(i, piece)

@@ -26,7 +26,6 @@ A single process is ``Dist()`` (rank 0 of 1): every method is then a no-op or th
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,11 +35,11 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from seqlm.errors import ConfigError, SeqlmError
+from seqlm.errors import EXIT_ON_SIGNAL, EXIT_USAGE, ConfigError, SeqlmError
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-INTERRUPTED = {int(signal.SIGINT): 130, int(signal.SIGTERM): 143}  # exit status of seqlm train
-USER_ERROR = 2  # a SeqlmError: the rank printed its one-line message
+INTERRUPTED = {int(sig): code for sig, code in EXIT_ON_SIGNAL.items()}  # of seqlm train
+USER_ERROR = EXIT_USAGE  # a SeqlmError: the rank printed its one-line message
 _NEVER = torch.iinfo(torch.int64).max
 # Substrings of the RuntimeError a collective raises when a peer process has gone away.
 _LOST_PEER = ("gloo", "nccl", "connection", "broken pipe", "timed out", "socket")
@@ -84,8 +83,8 @@ class Dist:
         if batch_size % self.world_size:
             fits = [n for n in range(1, batch_size + 1) if batch_size % n == 0][:5]
             raise ConfigError(
-                f"--batch-size {batch_size} cannot be split over {self.world_size} processes "
-                f"(each rank takes B/N rows); use a --batch-size that is a multiple of "
+                f"`batch_size` {batch_size} cannot be split over {self.world_size} processes "
+                f"(each rank takes B/N rows); use a `batch_size` that is a multiple of "
                 f"{self.world_size}, or {', '.join(map(str, fits))} processes")
 
     def rows(self, batch_size: int) -> slice:
@@ -203,7 +202,7 @@ class Dist:
         return DistributedError(
             f"rank {self.rank} of {self.world_size} lost contact with the other ranks "
             f"({reason}): another rank failed or was killed (torchrun names it); "
-            "checkpoints/last is the last whole checkpoint: continue with --resume")
+            "checkpoints/last is the last whole checkpoint: continue with `resume`")
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Dist:
@@ -240,15 +239,15 @@ def init(device: str = "auto", environ: Mapping[str, str] | None = None
         ConfigError: bad torchrun variables, ``device`` unknown or unavailable, 'mps' with
             several processes, or fewer CUDA devices than local ranks.
     """
-    from seqlm.models.lm import resolve_device
+    from seqlm.devices import resolve_device
 
     dist = from_env(environ)
     resolved = resolve_device(device)
     if not dist.enabled:
         return dist, resolved
     if resolved.type == "mps":
-        raise ConfigError("--device mps cannot run several processes (torch.distributed has "
-                          "no MPS backend); use --device cpu")
+        raise ConfigError("`device` mps cannot run several processes (torch.distributed has "
+                          "no MPS backend); use `device` cpu")
     if resolved.type == "cuda":
         if dist.local_rank >= torch.cuda.device_count():
             raise ConfigError(f"local rank {dist.local_rank} has no GPU: this machine has "

@@ -147,12 +147,14 @@ def export_onnx(source: str | Path, out: str | Path, *, overwrite: bool = False,
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
-    if target.is_file() or (target.is_dir() and any(target.iterdir())):
-        if not (overwrite and is_export(target)):
-            hint = ("pass --overwrite to replace that export" if is_export(target)
-                    else "it is not a seqlm export, so seqlm will not replace it")
-            raise ExportError(f"{target} already exists and is not empty; {hint}, or choose "
-                              "another --out")
+    if not (target.is_file() or (target.is_dir() and any(target.iterdir()))):
+        return
+    if not is_export(target):
+        raise ExportError(f"{target} already exists and is not a seqlm export; choose another "
+                          "`out` (seqlm never replaces other files)")
+    if not overwrite:
+        raise ExportError(f"{target} already holds an export; pass `overwrite` to replace it, "
+                          "or choose another `out`")
 
 
 def _write(model, ckpt, directory: Path) -> list[str]:

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqlm.decoding import (BOS, MAX_NEW_TOKENS, TEMPERATURE, OOVWarning, TextStream,
-                            check_count, check_sampling, decode_steps, encode_prefix,
-                            make_pick, seeded_uniform, stream_text, warm_up_ids)
+from seqlm.config import DEFAULT_TEMPERATURE
+from seqlm.decoding import (BOS, MAX_NEW_TOKENS, OOVWarning, TextStream, check_count,
+                            check_sampling, collect, encode_prefix, flush_all, make_pick,
+                            push_all, seeded_uniform, warm_up_ids)
 from seqlm.errors import ConfigError
-from seqlm.models.cpu_step import NumpyStepper
 
 __all__ = ["BOS", "OOVWarning", "check_sampling", "encode_prefix", "generate", "sample_next",
            "token_steps", "warm_up"]
@@ -57,7 +57,7 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None =
         return logits.argmax(dim=-1)
     pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p,
                      uniform=partial(_torch_uniform, generator))
-    return _host_pick(pick, logits.detach())
+    return torch.from_numpy(pick(logits.detach().float().cpu().numpy())).to(logits.device)
 
 
 def _torch_uniform(generator: torch.Generator | None, n: int) -> np.ndarray:
@@ -67,7 +67,7 @@ def _torch_uniform(generator: torch.Generator | None, n: int) -> np.ndarray:
 
 
 def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOKENS,
-             temperature: float = TEMPERATURE, top_k: int | None = None,
+             temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
              top_p: float | None = None, num_samples: int = 1, seed: int | None = None,
              generator: torch.Generator | None = None, stop: str | None = None,
              strict: bool = False,
@@ -86,8 +86,8 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOK
         tokenizer: the tokenizer the model was trained with.
         prefix: text to continue.
         max_new_tokens: tokens to produce per sample (≥ 1).
-        temperature, top_k, top_p: as :func:`sample_next`; the default 0 is the book's greedy
-            decoding, which makes every sample identical.
+        temperature, top_k, top_p: as :func:`sample_next` (default temperature:
+            :data:`seqlm.config.DEFAULT_TEMPERATURE`); 0 is the book's greedy decoding.
         num_samples: continuations to produce side by side (≥ 1).
         seed: seeds the draws (:func:`seqlm.decoding.seeded_uniform`, the source the ONNX
             runtime uses too: one seed, the same samples on both); None draws fresh entropy.
@@ -108,7 +108,7 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOK
     check_count("max_new_tokens", max_new_tokens)
     check_count("num_samples", num_samples)
     if seed is not None and generator is not None:
-        raise ConfigError("pass either seed or generator to generate, not both")
+        raise ConfigError("pass either `seed` or `generator`, not both")
     uniform = seeded_uniform(seed) if generator is None else partial(_torch_uniform, generator)
     prefix_ids = encode_prefix(tokenizer, prefix, strict=strict)
     streams = [TextStream(tokenizer, prefix_ids, stop) for _ in range(num_samples)]
@@ -117,7 +117,10 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOK
         steps = token_steps(model, logits, state, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p,
                             uniform=uniform)
-        tokens = stream_text(steps, streams if (stop or on_text) else None, on_text)
+        on_tokens = partial(push_all, streams, on_text=on_text) if (stop or on_text) else None
+        tokens = collect(steps, on_tokens)
+    if on_tokens is not None and on_text is not None:
+        flush_all(streams, on_text)
     stack = np.stack if isinstance(tokens[0], np.ndarray) else torch.stack
     new_ids = stack(tokens, 1).tolist()
     if stop is None:
@@ -152,13 +155,11 @@ def warm_up(model, tokenizer, prefix_ids: Sequence[int], num_samples: int = 1):
 def token_steps(model, logits: Tensor, state, *, max_new_tokens: int, temperature: float,
                 top_k: int | None, top_p: float | None,
                 uniform: Callable[[int], np.ndarray]) -> Iterator[tuple]:
-    """The decoding loop of :func:`seqlm.decoding.decode_steps` on ``model``'s stepper.
-
-    Each token goes through :meth:`RNNLM.stepper <seqlm.models.RNNLM.stepper>` (a row gather
-    and one cell update per layer) rather than a full ``forward`` call on a (B, 1) batch; a
-    single float32 stream on the CPU steps in numpy (:mod:`seqlm.models.cpu_step`), and then
-    tokens and logits are numpy arrays, else torch tensors on the model's device. The knobs
-    are not checked here (:func:`check_sampling` does that).
+    """The decoding loop on ``model``'s one-token stepper (:meth:`Stepper.steps
+    <seqlm.models.stepper.Stepper.steps>`: a row gather and one cell update per layer, rather
+    than a full ``forward`` call on a (B, 1) batch). A single float32 CPU stream steps in
+    numpy, and then tokens and logits are numpy arrays, else torch tensors on the model's
+    device. The knobs are not checked here (:func:`check_sampling` does that).
 
     Args:
         model: an :class:`seqlm.models.RNNLM`.
@@ -170,18 +171,6 @@ def token_steps(model, logits: Tensor, state, *, max_new_tokens: int, temperatur
     Yields:
         ``(tokens (B,), logits (B, V))`` per new token, the logits it was picked from.
     """
-    advance = model.stepper(batch_size=logits.shape[0])
+    stepper = model.stepper(batch_size=logits.shape[0])
     pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p, uniform=uniform)
-    if isinstance(advance, NumpyStepper):  # ids, logits and state stay numpy arrays
-        logits, state = logits.numpy(), advance.numpy_state(state)
-        advance = advance.step
-    elif temperature == 0:
-        pick = partial(torch.argmax, dim=-1)  # on the device: no host sync per token
-    else:
-        pick = partial(_host_pick, pick)
-    return decode_steps(advance, logits, state, max_new_tokens, pick)
-
-
-def _host_pick(pick: Callable[[np.ndarray], np.ndarray], logits: Tensor) -> Tensor:
-    """A numpy ``pick`` on tensor logits; the ids come back on the logits' device."""
-    return torch.from_numpy(pick(logits.float().cpu().numpy())).to(logits.device)
+    return stepper.steps(logits, state, max_new_tokens, pick, greedy=temperature == 0)

@@ -5,11 +5,10 @@ and torch's ``F.cross_entropy`` passes over them several times: ``log_softmax`` 
 second tensor as large, the backward pass first fills a zero tensor as large for the NLL
 gradient, then ``log_softmax``'s backward reads both. This function reads the logits once
 for the loss (a log-sum-exp per row) and writes the gradient once (softmax minus the one-hot
-target, scaled), each over blocks of rows small enough to stay in cache. On the CI machine
-that is 10.5 ms against 14.5 ms per word-model step (interleaved timing); it equals
-``F.cross_entropy`` to float rounding. With few classes the rows are short, torch's fused
-kernel wins (0.32x at 28 classes, 0.98x at 1,000, 1.04x at 3,000 for this function's speed
-relative to torch's), so below ``BLOCKWISE_MIN_VOCAB`` classes the call goes to torch.
+target, scaled), each over blocks of rows small enough to stay in cache, and equals
+``F.cross_entropy`` to float rounding. With few classes the rows are short and torch's fused
+kernel wins, so below ``BLOCKWISE_MIN_VOCAB`` classes the call goes to torch (the timings
+behind both choices are in docs/performance.md).
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqlm.decoding import (MAX_NEW_TOKENS, TEMPERATURE, TextStream, check_count,
-                            check_sampling, encode_prefix, log_softmax, softmax)
-from seqlm.errors import ConfigError
+from seqlm.config import DEFAULT_TEMPERATURE
+from seqlm.decoding import (MAX_NEW_TOKENS, TextStream, check_count, check_sampling,
+                            encode_prefix, log_softmax, softmax)
+from seqlm.errors import ConfigError, field_error
 
 
 @dataclass
@@ -84,7 +85,7 @@ class TextScore:
 def check_top(top: object) -> None:
     """Raise :class:`ConfigError` unless ``top`` is an integer >= 0."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise ConfigError(f"top={top!r} must be an integer >= 0")
+        raise field_error("top", top, "an integer >= 0")
 
 
 def text_ids(tokenizer, text: str) -> np.ndarray:
@@ -179,7 +180,7 @@ class TextModel(ABC):
         takes them: the first row is the prediction generation starts from."""
 
     def stream(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
-               temperature: float = TEMPERATURE, top_k: int | None = None,
+               temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, stop: str | None = None,
                top: int = 10) -> Iterator[TokenStep]:
         """Generate as ``generate`` does, one :class:`TokenStep` per new token.

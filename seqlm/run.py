@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from seqlm import __version__, distributed
+from seqlm import __version__, atomic, distributed
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from seqlm.config import DataConfig, TrainConfig
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import Corpus, load_corpus
 from seqlm.errors import CheckpointError, ConfigError
 from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.models import RNNLM
 from seqlm.train import Hooks, Trainer
 
 BUDGET_FIELDS = ("epochs", "max_steps", "time_budget", "early_stopping")
@@ -47,14 +47,14 @@ class RunDir:
         """
         run = cls(path)
         if run.path.is_file():
-            raise ConfigError(f"{run.path} is a file; choose a directory for --out")
+            raise ConfigError(f"{run.path} is a file; choose a directory for `out`")
         if run.path.exists() and any(run.path.iterdir()):
             if not overwrite:
-                raise ConfigError(f"{run.path} already exists; pass --overwrite to replace it, "
-                                  "--resume to continue it, or choose another --out")
+                raise ConfigError(f"{run.path} already exists; pass `overwrite` to replace it, "
+                                  "`resume` to continue it, or choose another `out`")
             if not run.config.is_file():
-                raise ConfigError(f"{run.path} exists and is not a seqlm run; --overwrite only "
-                                  "replaces runs; choose another --out")
+                raise ConfigError(f"{run.path} exists and is not a seqlm run; `overwrite` only "
+                                  "replaces runs; choose another `out`")
 
     @classmethod
     def create(cls, path: str | Path, *, overwrite: bool = False) -> RunDir:
@@ -75,7 +75,7 @@ class RunDir:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the run directory {run.path} ({exc.strerror}); "
-                              "choose a writable --out") from None
+                              "choose a writable `out`") from None
         return run
 
     @classmethod
@@ -102,20 +102,14 @@ class RunDir:
         Raises:
             CheckpointError: the file cannot be written (the previous version is kept).
         """
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic.write_file(path, text)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise self._write_error(path, exc) from None
 
     def _write_error(self, path: Path, exc: OSError) -> CheckpointError:
         return CheckpointError(f"cannot write {path} ({exc.strerror or exc}); free some disk "
-                               f"space, then continue with --resume {self.path}")
+                               f"space, then continue with `resume` {self.path}")
 
     def read_config(self) -> dict:
         """The saved settings, checked against the config classes.
@@ -185,17 +179,17 @@ class RunDir:
                                             for r in kept))
 
 
-def model_from_run(configs: dict, vocab_size: int) -> ModelConfig:
-    fields = {k: v for k, v in configs["model"].items() if k != "vocab_size"}
-    return ModelConfig(vocab_size=vocab_size, **fields)
-
-
 class RunSession:
-    """Builds the corpus, model and trainer for a run, saves its checkpoints and curves."""
+    """Builds the corpus, model and trainer for a run, saves its checkpoints and curves.
 
-    def __init__(self, run: RunDir, data: DataConfig, model_fields: dict, train: TrainConfig,
-                 *, preset: str | None = None) -> None:
-        self.run, self.data, self.train_cfg, self.preset = run, data, train, preset
+    ``RunSession(...)`` alone trains without a run directory (``run`` is None: nothing is
+    saved); :meth:`start` and :meth:`reopen` give it one.
+    """
+
+    def __init__(self, data: DataConfig, model_fields: dict, train: TrainConfig, *,
+                 preset: str | None = None) -> None:
+        self.run: RunDir | None = None
+        self.data, self.train_cfg, self.preset = data, train, preset
         if train.threads:
             torch.set_num_threads(train.threads)
         # Under torchrun: join the job, take this rank's device; only rank 0 writes files.
@@ -213,6 +207,44 @@ class RunSession:
                                          self.corpus.splits.get("val", []),
                                          self.corpus.vocab_size)
         self.samples: list[dict] = []
+
+    @classmethod
+    def start(cls, out: str | Path, data: DataConfig, model_fields: dict, train: TrainConfig,
+              *, preset: str | None = None, overwrite: bool = False,
+              is_main: bool = True) -> RunSession:
+        """A new run in ``out``. The directory is checked before the corpus loads and created
+        after it (a bad corpus or setting leaves nothing behind); only the main rank writes.
+
+        Raises:
+            ConfigError: ``out`` is taken (see :meth:`RunDir.check_available`).
+        """
+        if is_main:
+            RunDir.check_available(out, overwrite=overwrite)
+        session = cls(data, model_fields, train, preset=preset)
+        session.run = RunDir.create(out, overwrite=overwrite) if is_main else RunDir(out)
+        if is_main:
+            session.run.write_config(session.configs())
+        return session
+
+    @classmethod
+    def reopen(cls, path: str | Path, flags: dict, *, is_main: bool = True) -> RunSession:
+        """The run in ``path`` at its ``checkpoints/last``, with the budget settings among
+        ``flags`` changed (see :func:`budget_overrides`).
+
+        Raises:
+            ConfigError: a flag other than a budget differs from the saved run.
+            CheckpointError: no usable checkpoint (see :meth:`resume`).
+        """
+        run = RunDir.open(path)
+        saved = run.read_config()
+        train = resolve_train_config(saved["train"], budget_overrides(saved, flags))
+        session = cls(DataConfig(**saved["data"]), saved["model"], train,
+                      preset=saved.get("preset"))
+        session.run = run
+        session.resume()
+        if is_main:
+            run.write_config(session.configs())
+        return session
 
     @property
     def tokenizer(self):
@@ -234,7 +266,7 @@ class RunSession:
                             trainer_state=meta if kind == "last" else
                             {"progress": meta["progress"]})
         except CheckpointError as exc:  # e.g. a full disk: say how the run goes on
-            raise CheckpointError(f"{exc}; then continue the run with --resume "
+            raise CheckpointError(f"{exc}; then continue the run with `resume` "
                                   f"{self.run.path}") from None
 
     def resume(self) -> None:
@@ -248,7 +280,7 @@ class RunSession:
         except CheckpointError:
             raise CheckpointError(f"{self.run.path} has no checkpoint to resume from "
                                   "(no complete checkpoints/last: the run stopped before its "
-                                  "first save); start it again with --overwrite") from None
+                                  "first save); start it again with `overwrite`") from None
         ckpt = load_checkpoint(last, device=self.device)
         if ckpt.tokenizer.vocab != self.tokenizer.vocab:
             raise CheckpointError(f"{self.run.path}: the corpus gives another vocabulary than "
@@ -314,7 +346,7 @@ def budget_overrides(saved: dict, given: dict) -> dict:
                 raise ConfigError(f"--{name.replace('_', '-')} {value} contradicts the saved "
                                   f"run ({saved[section][name]}); only "
                                   f"{', '.join('--' + b.replace('_', '-') for b in BUDGET_FIELDS)}"
-                                  " may change on --resume; start a new run for other settings")
+                                  " may change on `resume`; start a new run for other settings")
     return {k: v for k, v in given.items() if k in BUDGET_FIELDS}
 
 

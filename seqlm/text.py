@@ -188,7 +188,7 @@ def decode_bytes(data: bytes, name: str, encoding: str) -> str:
 
 
 def _unknown_encoding(encoding: str) -> CorpusError:
-    return CorpusError(f"--encoding {encoding}: unknown encoding; try utf-8 or latin-1")
+    return CorpusError(f"`encoding` {encoding}: unknown encoding; try utf-8 or latin-1")
 
 
 def _check_not_binary(data: bytes, name: str, encoding: str) -> None:
@@ -202,8 +202,8 @@ def _undecodable(name: str, encoding: str, exc: UnicodeDecodeError, end: int) ->
     out the BOM), so the bad byte sits at ``end - len(exc.object) + exc.start``."""
     at = end - len(exc.object) + exc.start
     return CorpusError(f"{name}: not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at "
-                       f"offset {at}; pass --encoding with the file's encoding (e.g. "
-                       "--encoding latin-1)")
+                       f"offset {at}; pass `encoding` with the file's encoding (e.g. "
+                       "`encoding` latin-1)")
 
 
 def _builtin_text() -> str:
@@ -300,7 +300,7 @@ def clean(text: str, mode: str = "none") -> str:
         return text.lower()
     if mode == "letters":
         return re.sub(r"[^A-Za-z]+", " ", text).lower()
-    raise ConfigError(f"unknown --clean {mode!r}; choose one of {', '.join(CLEANING)}")
+    raise ConfigError(f"unknown `clean` {mode!r}; choose one of {', '.join(CLEANING)}")
 
 
 def clean_pieces(pieces, mode: str = "none") -> Iterator[str]:

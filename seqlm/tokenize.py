@@ -233,7 +233,7 @@ class BPETokenizer(Tokenizer):
         """
         hf = _import_tokenizers()
         if vocab_size < 300:
-            raise ConfigError(f"--vocab-size must be at least 300 for byte-level BPE (256 bytes "
+            raise ConfigError(f"`vocab_size` must be at least 300 for byte-level BPE (256 bytes "
                               f"+ specials), got {vocab_size}")
         model = hf.Tokenizer(hf.models.BPE(unk_token=UNK))
         model.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -271,7 +271,7 @@ def _import_tokenizers():
     try:
         import tokenizers
     except ImportError:
-        raise ConfigError("--tokenizer bpe needs Hugging Face tokenizers: "
+        raise ConfigError("`tokenizer` bpe needs Hugging Face tokenizers: "
                           "pip install 'seqlm[bpe]'") from None
     return tokenizers
 

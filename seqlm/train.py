@@ -27,12 +27,14 @@ import numpy as np
 import torch
 
 from seqlm.config import DataConfig, TrainConfig
-from seqlm.data import SAMPLERS, Corpus, check_fits, release_pages
+from seqlm.batches import SAMPLERS, check_fits, eval_batches, min_batches_per_epoch
+from seqlm.data import Corpus
 from seqlm.distributed import Dist
 from seqlm.errors import SeqlmError
 from seqlm.metrics import LossMeter, summary
 from seqlm.loss import cross_entropy
-from seqlm.models.lm import RNNLM, detach_state, flatten_logits
+from seqlm.models import RNNLM, detach_state
+from seqlm.models.fast import flatten_logits
 
 
 class TrainingDiverged(SeqlmError):
@@ -96,24 +98,6 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int | None,
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def eval_batches(tokens: np.ndarray, batch_size: int, num_steps: int):
-    """Every token of a split once, in order: the stream cut into ``batch_size`` rows read
-    ``num_steps`` columns at a time (the last piece shorter), for a carried-state evaluation.
-    Each piece is gathered when it is needed, so a memory-mapped split is never copied
-    whole."""
-    rows = max(1, min(batch_size, (len(tokens) - 1) // max(num_steps, 1)))
-    row_len = (len(tokens) - 1) // rows
-    if row_len < 1:
-        return
-    starts = np.arange(rows)[:, None] * row_len
-    for col in range(0, row_len, num_steps):
-        width = min(num_steps, row_len - col)
-        window = torch.from_numpy(np.asarray(tokens[starts + col + np.arange(width + 1)],
-                                             dtype=np.int64))
-        release_pages(tokens)
-        yield window[:, :-1], window[:, 1:]
-
-
 @torch.inference_mode()
 def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_steps: int = 35,
              device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
@@ -175,7 +159,6 @@ class Trainer:
         self.history: list[dict] = []
 
     def _total_steps(self) -> int | None:
-        from seqlm.data import min_batches_per_epoch
 
         per_epoch = min_batches_per_epoch(len(self.corpus.splits["train"]),
                                           self.data.batch_size, self.data.num_steps)
@@ -316,8 +299,8 @@ class Trainer:
     def _check_weights(self) -> None:
         if not all(bool(torch.isfinite(w).all()) for w in self.model.parameters()):
             raise TrainingDiverged(
-                f"the weights became NaN or infinite by step {self.progress.step}; lower --lr "
-                f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints "
+                f"the weights became NaN or infinite by step {self.progress.step}; lower `lr` "
+                f"(now {self.cfg.lr:g}) or clip gradients (`clip` 1); the saved checkpoints "
                 "are the last good ones")
 
     def _interrupted(self, hooks: Hooks) -> str:
@@ -339,8 +322,8 @@ class Trainer:
         step = self.dist.first_step(bad_step)
         if step >= 0:
             raise TrainingDiverged(
-                f"the loss became NaN or infinite at step {step}; lower --lr (now "
-                f"{self.cfg.lr:g}) or clip gradients (--clip 1); the saved checkpoints are the "
+                f"the loss became NaN or infinite at step {step}; lower `lr` (now "
+                f"{self.cfg.lr:g}) or clip gradients (`clip` 1); the saved checkpoints are the "
                 "last good ones")
 
     def _log_record(self, loss_sum, norm_sum, norm_max, window, lr) -> dict:
@@ -361,8 +344,8 @@ class Trainer:
         if report is not None:
             if not math.isfinite(report["loss"]):
                 raise TrainingDiverged(
-                    f"the validation loss became {report['loss']} at step {p.step}; lower --lr "
-                    f"(now {self.cfg.lr:g}) or clip gradients (--clip 1); the saved "
+                    f"the validation loss became {report['loss']} at step {p.step}; lower `lr` "
+                    f"(now {self.cfg.lr:g}) or clip gradients (`clip` 1); the saved "
                     "checkpoints are the last good ones")
             record.update({f"val_{k}": v for k, v in report.items()})
             improved = report["loss"] < p.best_val - 1e-6

@@ -130,7 +130,7 @@ def test_engine_matches_autograd_loop(T, B, H, seed, nonlinearity, h0_grad, scal
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("truncation", ["window", "random:0.5"])
 def test_float32_engine_matches_the_float64_one(nonlinearity, truncation):
-    """float32 CPU tensors take the oneDNN products (seqlm.models.steps) where torch has them;
+    """float32 CPU tensors take the oneDNN products (seqlm.models.fast) where torch has them;
     they agree with the float64 engine to float32 tolerance, random:P scales included."""
     xw, h0, w, go, gh = make_problem(9, 5, 16, 3, scale=1.0)
     results = []

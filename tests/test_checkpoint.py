@@ -8,10 +8,11 @@ import struct
 import pytest
 import torch
 
-import seqlm.checkpoint as ckpt
+from seqlm import atomic
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.errors import CheckpointError, ConfigError
-from seqlm.models import RNNLM, ModelConfig
+from seqlm.config import ModelConfig
+from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer
 
 TEXT = "the time traveller (for so it will be convenient to speak of him)"
@@ -75,11 +76,12 @@ def test_checkpoint_loads_into_the_twin_core(tmp_path, tokenizer, cell, saved, l
     torch.testing.assert_close(_logits(twin), _logits(model), atol=1e-12, rtol=0)
 
 
-def test_save_and_from_pretrained(tmp_path, tokenizer):
+def test_load_on_the_auto_device(tmp_path, tokenizer):
     model = _model(tokenizer, cell="gru")
-    model.save_pretrained(tmp_path / "ck", tokenizer)
-    again, tok = RNNLM.from_pretrained(tmp_path / "ck", device="auto")
-    assert torch.equal(_logits(again.cpu()), _logits(model)) and tok.vocab == tokenizer.vocab
+    save_checkpoint(tmp_path / "ck", model, tokenizer)
+    loaded = load_checkpoint(tmp_path / "ck", device="auto")
+    assert torch.equal(_logits(loaded.model.cpu()), _logits(model))
+    assert loaded.tokenizer.vocab == tokenizer.vocab
 
 
 def test_bpe_model_goes_to_its_own_file(tmp_path):
@@ -105,7 +107,7 @@ def test_saving_over_a_checkpoint_replaces_it_and_leaves_no_debris(tmp_path, tok
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tokenizer, monkeypatch):
     first = _model(tokenizer, seed=1)
     save_checkpoint(tmp_path / "ck", first, tokenizer)
-    real_write, calls = ckpt._write_file, []
+    real_write, calls = atomic.write_durably, []
 
     def write_then_fill_the_disk(path, data):
         calls.append(path.name)
@@ -114,7 +116,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tokenizer, monkeyp
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_file", write_then_fill_the_disk)
+    monkeypatch.setattr(atomic, "write_durably", write_then_fill_the_disk)
     with pytest.raises(CheckpointError, match="previous checkpoint there is intact"):
         save_checkpoint(tmp_path / "ck", _model(tokenizer, seed=2), tokenizer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
@@ -131,7 +133,7 @@ def test_failed_swap_restores_the_previous_checkpoint(tmp_path, tokenizer, monke
             raise OSError(errno.EIO, "I/O error")
         real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", refuse_new_into_place)
+    monkeypatch.setattr(atomic.os, "replace", refuse_new_into_place)
     with pytest.raises(CheckpointError, match="intact"):
         save_checkpoint(tmp_path / "ck", _model(tokenizer, seed=2), tokenizer)
     monkeypatch.undo()

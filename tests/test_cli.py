@@ -9,6 +9,8 @@ import pytest
 
 from conftest import TINY_TEXT
 
+pytestmark = pytest.mark.slow  # every test runs the command line in processes of its own
+
 TINY_TRAIN = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4",
               "--num-steps", "8", "--max-steps", "12", "--eval-every", "6", "--log-every", "3",
               "--sample-tokens", "10", "--split", "0.8,0.2,0"]

@@ -2,29 +2,29 @@ import math
 
 import pytest
 
-from seqlm.config import (PRESETS, DataConfig, TrainConfig, preset, read_toml, split_overrides)
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.presets import PRESETS, preset, read_toml, split_overrides
 from seqlm.errors import ConfigError
-from seqlm.models.lm import ModelConfig
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 SKIP = {"model": {"vocab_size"}}
 
 
 @pytest.mark.parametrize("kwargs, flag", [
-    ({"batch_size": 0}, "--batch-size"), ({"num_steps": -1}, "--num-steps"),
-    ({"split": "0.5,0.6,0"}, "--split"), ({"split": "a,b,c"}, "--split"),
-    ({"sampler": "shuffled"}, "--sampler"), ({"tokenizer": "spm"}, "--tokenizer"),
-    ({"clean": "upper"}, "--clean"), ({"max_tokens": 0}, "--max-tokens"),
+    ({"batch_size": 0}, "`batch_size`"), ({"num_steps": -1}, "`num_steps`"),
+    ({"split": "0.5,0.6,0"}, "`split`"), ({"split": "a,b,c"}, "`split`"),
+    ({"sampler": "shuffled"}, "`sampler`"), ({"tokenizer": "spm"}, "`tokenizer`"),
+    ({"clean": "upper"}, "`clean`"), ({"max_tokens": 0}, "`max_tokens`"),
 ])
-def test_data_config_rejects_bad_values_naming_the_flag(kwargs, flag):
+def test_data_config_rejects_bad_values_naming_the_field(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):
         DataConfig(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs, flag", [
-    ({"lr": -1.0}, "--lr"), ({"lr": math.nan}, "--lr"), ({"clip": -1.0}, "--clip"),
-    ({"optimizer": "rmsprop"}, "--optimizer"), ({"epochs": 0}, "--epochs"),
-    ({"time_budget": 0.0}, "--time-budget"), ({"log_every": 0}, "--log-every"),
+    ({"lr": -1.0}, "`lr`"), ({"lr": math.nan}, "`lr`"), ({"clip": -1.0}, "`clip`"),
+    ({"optimizer": "rmsprop"}, "`optimizer`"), ({"epochs": 0}, "`epochs`"),
+    ({"time_budget": 0.0}, "`time_budget`"), ({"log_every": 0}, "`log_every`"),
 ])
 def test_train_config_rejects_bad_values_naming_the_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):

@@ -29,11 +29,12 @@ from safetensors.torch import load_file
 
 from seqlm.checkpoint import load_checkpoint
 from seqlm.cli import main
-from seqlm.config import DataConfig, TrainConfig
-from seqlm.data import build_corpus, random_batches, sequential_batches
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.batches import random_batches, sequential_batches
+from seqlm.data import build_corpus
 from seqlm.distributed import Dist, DistributedError, from_env
 from seqlm.errors import ConfigError
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.models import RNNLM
 from seqlm.train import Trainer, evaluate
 
 # ---- in one process ---------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def test_from_env_reads_torchrun_variables_and_rejects_bad_ones():
 def test_rows_split_the_global_batch_in_rank_order():
     assert [Dist(r, 4).rows(8) for r in range(4)] == [slice(0, 2), slice(2, 4), slice(4, 6),
                                                      slice(6, 8)]
-    with pytest.raises(ConfigError, match=r"--batch-size 6 cannot be split over 4 processes"):
+    with pytest.raises(ConfigError, match=r"`batch_size` 6 cannot be split over 4 processes"):
         Dist(0, 4).rows(6)
     state = torch.arange(2 * 8 * 3.0).reshape(2, 8, 3)  # (L, B, H)
     assert torch.equal(torch.cat([Dist(r, 2).shard(state, dim=1) for r in range(2)], 1), state)
@@ -87,7 +88,7 @@ def test_lost_peer_turns_only_collective_failures_into_one_clear_error():
     err = rank1.lost_peer(RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error "
                                        "[127.0.0.1]:1234: Connection reset by peer"))
     assert isinstance(err, DistributedError) and "rank 1 of 2 lost contact" in str(err)
-    assert "\n" not in str(err) and "--resume" in str(err)
+    assert "\n" not in str(err) and "`resume`" in str(err)
     assert rank1.lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
 
 
@@ -138,7 +139,7 @@ def test_sharded_evaluation_sums_to_the_single_process_evaluation():
 def test_trainer_and_cli_refuse_a_process_count_that_does_not_divide_the_batch(tmp_path, capsys):
     corpus = build_corpus(TINY_TEXT, tokenizer="char")
     model = RNNLM(ModelConfig(vocab_size=corpus.vocab_size, hidden_size=8))
-    with pytest.raises(ConfigError, match="--batch-size 4 cannot be split over 3 processes"):
+    with pytest.raises(ConfigError, match="`batch_size` 4 cannot be split over 3 processes"):
         Trainer(model, corpus, DataConfig(batch_size=4, num_steps=8), TrainConfig(max_steps=1),
                 torch.device("cpu"), dist=Dist(0, 3))
     corpus_file = tmp_path / "tiny.txt"
@@ -236,6 +237,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_are_the_same_optimisation_as_one(runs):
     one, two = _losses(runs / "one20"), _losses(runs / "two20")
     assert sorted(one) == sorted(two) == list(range(1, 21))
@@ -252,6 +254,7 @@ def test_two_processes_are_the_same_optimisation_as_one(runs):
         p.name for p in (runs / "one20").iterdir())
 
 
+@pytest.mark.slow
 def test_checkpoint_of_two_processes_holds_the_global_state_and_resumes_in_one(runs):
     one = load_file(runs / "one20" / "checkpoints" / "last" / "trainer.safetensors")
     two = load_file(runs / "two20" / "checkpoints" / "last" / "trainer.safetensors")
@@ -265,6 +268,7 @@ def test_checkpoint_of_two_processes_holds_the_global_state_and_resumes_in_one(r
     _assert_same_weights(runs / "two20-one25", runs / "one25")
 
 
+@pytest.mark.slow
 def test_two_processes_resume_their_own_checkpoint(runs):
     resumed = _losses(runs / "two20-two25")
     assert sorted(resumed) == list(range(1, 26))
@@ -272,6 +276,7 @@ def test_two_processes_resume_their_own_checkpoint(runs):
     _assert_same_weights(runs / "two20-two25", runs / "one25")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_one_process_resumes_in_two(runs):
     resumed = _losses(runs / "one10-two20")
     assert sorted(resumed) == list(range(1, 21))
@@ -290,6 +295,7 @@ def _pid_of_rank(tag: str, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_a_rank_that_dies_takes_the_job_down_and_the_last_checkpoint_stays_whole(tmp_path):
     corpus = tmp_path / "tiny.txt"

@@ -14,10 +14,11 @@ pytest.importorskip("onnxruntime")
 
 from seqlm.checkpoint import save_checkpoint  # noqa: E402
 from seqlm.cli import main  # noqa: E402
+from seqlm.config import ModelConfig  # noqa: E402
 from seqlm.errors import ExportError  # noqa: E402
 from seqlm.export import export_onnx  # noqa: E402
-from seqlm.models import RNNLM, ModelConfig  # noqa: E402
-from seqlm.models.lm import ONEDNN_MIN_WEIGHT  # noqa: E402
+from seqlm.models import RNNLM  # noqa: E402
+from seqlm.models.fast import ONEDNN_MIN_WEIGHT  # noqa: E402
 from seqlm.runtime import onnx_session  # noqa: E402
 from seqlm.runtime.format import FILES, read_config  # noqa: E402
 from seqlm.tokenize import CharTokenizer, Tokenizer  # noqa: E402

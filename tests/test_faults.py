@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 
 from seqlm.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # kills and starves real training processes
+
 TEXT = ("the time traveller for so it will be convenient to speak of him was expounding a "
         "recondite matter to us his grey eyes shone and twinkled and his usually pale face "
         "was flushed and animated\n") * 30

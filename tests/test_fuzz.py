@@ -25,12 +25,12 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from seqlm.config import DataConfig
-from seqlm.data import load_corpus, random_batches, sequential_batches, split_pieces, split_text
+from seqlm.batches import eval_batches, random_batches, sequential_batches
+from seqlm.data import load_corpus, split_pieces, split_text
 from seqlm.errors import CorpusError
 from seqlm.prepare import prepare_corpus
 from seqlm.text import clean, clean_pieces, read_corpus, read_pieces
 from seqlm.tokenize import _chunks, fit_tokenizer, rechunk
-from seqlm.train import eval_batches
 from seqlm.vocab import UNK
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

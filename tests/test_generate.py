@@ -7,7 +7,8 @@ import torch
 
 from seqlm.errors import ConfigError
 from seqlm.generate import OOVWarning, generate, sample_next
-from seqlm.models import RNNLM, ModelConfig
+from seqlm.config import ModelConfig
+from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer, WordTokenizer
 
 TEXT = "the time traveller (for so it will be convenient to speak of him) was expounding"
@@ -112,25 +113,25 @@ def _book_predict(model, tokenizer, prefix, num_preds):
 def test_greedy_generation_matches_the_books_token_by_token_warm_up(tokenizer, cell):
     model = _lm(tokenizer, cell).eval()
     expected = _book_predict(model, tokenizer, "time travel", 25)
-    assert generate(model, tokenizer, "time travel", max_new_tokens=25) == [expected]
+    assert generate(model, tokenizer, "time travel", max_new_tokens=25, temperature=0) == [expected]
     assert expected.startswith("time travel") and len(expected) == len("time travel") + 25
 
 
 def test_generation_runs_in_eval_mode_and_restores_training(tokenizer):
     model = _lm(tokenizer, dropout=0.5)
     model.train()
-    first = generate(model, tokenizer, "the ", max_new_tokens=20)
+    first = generate(model, tokenizer, "the ", max_new_tokens=20, temperature=0)
     assert model.training
-    assert generate(model, tokenizer, "the ", max_new_tokens=20) == first  # no dropout noise
+    assert generate(model, tokenizer, "the ", max_new_tokens=20, temperature=0) == first  # no dropout noise
 
 
 def test_stop_string_ends_the_sample_before_it(tokenizer):
     model = _lm(tokenizer).eval()
-    full = generate(model, tokenizer, "the", max_new_tokens=30)[0][len("the"):]
+    full = generate(model, tokenizer, "the", max_new_tokens=30, temperature=0)[0][len("the"):]
     stop = full[5:7]
     cut = full.index(stop)
     pieces = []
-    out = generate(model, tokenizer, "the", max_new_tokens=30, stop=stop,
+    out = generate(model, tokenizer, "the", max_new_tokens=30, stop=stop, temperature=0,
                    on_text=lambda i, piece: pieces.append((i, piece)))
     assert out == ["the" + full[:cut]]
     assert "".join(p for _, p in pieces) == full[:cut] and {i for i, _ in pieces} <= {0}
@@ -170,7 +171,7 @@ def test_empty_prefix_starts_from_the_zero_state(tokenizer):
     with torch.no_grad():
         model.decoder.bias.zero_()
         model.decoder.bias[tokenizer.vocab["x"]] = 5.0
-    out = generate(model, tokenizer, "", max_new_tokens=4)[0]
+    out = generate(model, tokenizer, "", max_new_tokens=4, temperature=0)[0]
     assert len(out) == 4 and out[0] == "x"
 
 
@@ -182,7 +183,7 @@ def test_empty_prefix_starts_from_bos_when_the_vocabulary_has_it():
         logits, state = model(torch.tensor([[bos]]))
         first = int(logits[0, -1].argmax())
         second = int(model(torch.tensor([[first]]), state)[0][0, -1].argmax())
-    assert generate(model, tok, "", max_new_tokens=2) == [tok.decode([first, second])]
+    assert generate(model, tok, "", max_new_tokens=2, temperature=0) == [tok.decode([first, second])]
 
 
 def test_word_tokenizer_generation_keeps_the_prefix():
@@ -208,7 +209,7 @@ def test_bpe_streaming_pieces_add_up_to_the_result():
 def test_out_of_vocabulary_prefix_warns_or_raises(tokenizer):
     model = _lm(tokenizer)
     with pytest.warns(OOVWarning, match="'Z'.*'@'"):
-        out = generate(model, tokenizer, "Zt@", max_new_tokens=2)
+        out = generate(model, tokenizer, "Zt@", max_new_tokens=2, temperature=0)
     assert out[0].startswith("<unk>t<unk>")
     with pytest.raises(ConfigError, match="'Z'"):
         generate(model, tokenizer, "Zt", max_new_tokens=2, strict=True)
@@ -226,13 +227,13 @@ def test_generate_rejects_bad_arguments(tokenizer, kwargs, match):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("knobs", [{}, {"temperature": 1.3, "top_k": 5, "seed": 4},
+@pytest.mark.parametrize("knobs", [{"temperature": 0}, {"temperature": 1.3, "top_k": 5, "seed": 4},
                                    {"temperature": 0.8, "top_p": 0.9, "seed": 1}])
 def test_one_cpu_stream_decodes_in_numpy_as_torch_stepping_would(tokenizer, cell, knobs,
                                                                  monkeypatch):
-    """A single float32 CPU stream steps in numpy (seqlm.models.cpu_step); with the torch
+    """A single float32 CPU stream steps in numpy (seqlm.models.stepper); with the torch
     stepper forced instead, greedy and seeded sampling give the same text."""
-    from seqlm.models import cpu_step
+    from seqlm.models.stepper import NumpyStepper
 
     model = _lm(tokenizer, cell=cell)
     steppers = []
@@ -244,6 +245,6 @@ def test_one_cpu_stream_decodes_in_numpy_as_torch_stepping_would(tokenizer, cell
 
     monkeypatch.setattr(RNNLM, "stepper", spy)
     fast = generate(model, tokenizer, "the ", max_new_tokens=40, **knobs)
-    assert isinstance(steppers[-1], cpu_step.NumpyStepper)
-    monkeypatch.setattr(RNNLM, "stepper", lambda self, *a, **k: original(self, "torch"))
+    assert isinstance(steppers[-1], NumpyStepper)
+    monkeypatch.setattr(RNNLM, "stepper", lambda self, **k: original(self, batch_size=k.get("batch_size"), backend="torch"))
     assert generate(model, tokenizer, "the ", max_new_tokens=40, **knobs) == fast

@@ -9,7 +9,8 @@ from torch.func import functional_call
 
 from seqlm.errors import ConfigError
 from seqlm.models.bptt import gru_recurrence
-from seqlm.models.lm import RNNLM, ModelConfig
+from seqlm.config import ModelConfig
+from seqlm.models import RNNLM
 from seqlm.models.scratch import ScratchGRU, make_core
 
 DT = torch.float64
@@ -194,7 +195,7 @@ def test_manual_gru_rejects_other_truncations_naming_the_fix(truncation):
                                   truncation=truncation),
                 lambda: ScratchGRU(3, 4, bptt_engine="manual", truncation=truncation)]
     for build in builders:
-        with pytest.raises(ConfigError, match="use bptt_engine 'autograd'") as err:
+        with pytest.raises(ConfigError, match="use `bptt_engine` 'autograd'") as err:
             build()
         assert "\n" not in str(err.value) and truncation in str(err.value)
 

@@ -80,8 +80,7 @@ def test_transformer_evaluation_is_token_weighted_over_every_target(quality):
 def test_model_specs_are_parsed_and_typed(quality):
     name, values = quality.parse_spec("cpu-fast:hidden_size=64,embedding_dim=none,lr=0.002")
     assert name == "cpu-fast"
-    from seqlm.config import DataConfig
-    from seqlm.models.lm import ModelConfig
+    from seqlm.config import DataConfig, ModelConfig
     typed = quality.typed(values, (DataConfig, ModelConfig, TrainConfig))
     assert typed == {"hidden_size": 64, "embedding_dim": None, "lr": 0.002}
     with pytest.raises(SystemExit, match="unknown setting"):

@@ -19,11 +19,12 @@ import seqlm  # noqa: E402
 import seqlm.runtime  # noqa: E402
 from seqlm.checkpoint import save_checkpoint  # noqa: E402
 from seqlm.cli import main  # noqa: E402
+from seqlm.config import ModelConfig  # noqa: E402
 from seqlm.decoding import draw, next_token_probs  # noqa: E402
 from seqlm.errors import ConfigError, ExportError  # noqa: E402
 from seqlm.export import export_onnx  # noqa: E402
 from seqlm.generate import generate  # noqa: E402
-from seqlm.models import RNNLM, ModelConfig  # noqa: E402
+from seqlm.models import RNNLM  # noqa: E402
 from seqlm.tokenize import CharTokenizer, WordTokenizer  # noqa: E402
 
 TEXT = "the time traveller (for so it will be convenient to speak of him) was expounding"
@@ -51,11 +52,12 @@ def pair(tmp_path_factory):
 def test_greedy_generation_and_streaming_equal_the_torch_model(pair):
     lm, rt = pair
     for prefix, stop in (("the t", None), ("", None), ("time ", "e")):
-        want = lm.generate(prefix, max_new_tokens=40, stop=stop)
-        assert rt.generate(prefix, max_new_tokens=40, stop=stop) == want
-        steps = list(rt.stream(prefix, max_new_tokens=40, stop=stop, top=3))
+        knobs = {"max_new_tokens": 40, "temperature": 0, "stop": stop}
+        want = lm.generate(prefix, **knobs)
+        assert rt.generate(prefix, **knobs) == want
+        steps = list(rt.stream(prefix, top=3, **knobs))
         assert prefix + "".join(s.text for s in steps) == want
-        ref = list(lm.stream(prefix, max_new_tokens=40, stop=stop, top=3))
+        ref = list(lm.stream(prefix, top=3, **knobs))
         assert [s.id for s in steps] == [s.id for s in ref]
         np.testing.assert_allclose([s.prob for s in steps], [s.prob for s in ref], rtol=1e-4)
         np.testing.assert_allclose([s.entropy for s in steps], [s.entropy for s in ref],
@@ -96,7 +98,7 @@ def test_sampling_draws_from_the_model_probabilities_and_a_seed_repeats(pair):
     rows = rt.generate_many("the", num_samples=3, seed=1, **knobs)
     assert len(rows) == 3 and len(set(rows)) > 1
     assert rows == generate(lm.model, lm.tokenizer, "the", num_samples=3, seed=1, **knobs)
-    assert rt.generate("the", temperature=2.0, top_k=1, seed=3) == rt.generate("the")
+    assert rt.generate("the", temperature=2.0, top_k=1, seed=3) == rt.generate("the", temperature=0)
 
 
 def test_draw_follows_the_distribution():
@@ -111,7 +113,8 @@ def test_draw_follows_the_distribution():
 def test_word_model_with_bos(tmp_path):
     tok = WordTokenizer.fit(TEXT, reserved_tokens=("<bos>",))
     lm, rt = _pair(tmp_path, tokenizer=tok, cell="gru")
-    assert rt.generate("", max_new_tokens=12) == lm.generate("", max_new_tokens=12)
+    assert (rt.generate("", max_new_tokens=12, temperature=0)
+            == lm.generate("", max_new_tokens=12, temperature=0))
     np.testing.assert_allclose(rt.score("the zebra was").logprobs,
                                lm.score("the zebra was").logprobs, atol=1e-5)
     assert rt.score("the zebra was").unknown.tolist() == [False, True, False]
@@ -125,7 +128,8 @@ def test_cli_onnx_backend_equals_torch(tmp_path, capsys):
         assert main(["generate", str(target), "--backend", backend, "--prefix", "the ",
                      "--temperature", "0", "--max-new-tokens", "25", "--json"]) == 0
         outputs.append(json.loads(capsys.readouterr().out)["samples"])
-    assert outputs[0] == outputs[1] == outputs[2] == [lm.generate("the ", max_new_tokens=25)]
+    greedy = lm.generate("the ", max_new_tokens=25, temperature=0)
+    assert outputs[0] == outputs[1] == outputs[2] == [greedy]
     sampled = []
     for backend in ("torch", "onnx"):
         assert main(["generate", str(tmp_path / "ckpt"), "--backend", backend, "--prefix",
@@ -139,12 +143,13 @@ def test_not_an_export_is_one_line(tmp_path):
         seqlm.runtime.load(tmp_path)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_fresh_interpreter_generates_without_torch(pair, tmp_path):
     _, rt = pair
     code = (
         "import sys, seqlm.runtime\n"
         f"lm = seqlm.runtime.load({str(rt.path)!r})\n"
-        "print(lm.generate('the t', max_new_tokens=20))\n"
+        "print(lm.generate('the t', max_new_tokens=20, temperature=0))\n"
         "print(lm.generate('the t', max_new_tokens=20, temperature=0.9, seed=2))\n"
         "print(round(lm.perplexity('the time'), 4))\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n")
@@ -153,6 +158,19 @@ def test_a_fresh_interpreter_generates_without_torch(pair, tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     greedy, sampled, ppl = out.stdout.splitlines()
-    assert greedy == rt.generate("the t", max_new_tokens=20)
+    assert greedy == rt.generate("the t", max_new_tokens=20, temperature=0)
     assert sampled == rt.generate("the t", max_new_tokens=20, temperature=0.9, seed=2)
     assert float(ppl) == pytest.approx(rt.perplexity("the time"), abs=1e-4)
+
+
+def test_bpe_model_carries_its_tokenizer_file(tmp_path):
+    pytest.importorskip("tokenizers")
+    from seqlm.tokenize import BPETokenizer
+
+    lm, rt = _pair(tmp_path, tokenizer=BPETokenizer.fit(TEXT * 4, vocab_size=300), cell="gru")
+    assert (tmp_path / "onnx" / "tokenizer.json").is_file()
+    assert rt.tokenizer.kind == "bpe"
+    assert (rt.generate("the time", max_new_tokens=15, temperature=0)
+            == lm.generate("the time", max_new_tokens=15, temperature=0))
+    np.testing.assert_allclose(rt.score(TEXT).logprobs, lm.score(TEXT).logprobs, atol=1e-5)
+    assert rt.score(TEXT).tokens == lm.score(TEXT).tokens

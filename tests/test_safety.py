@@ -107,6 +107,7 @@ def _check(result, marker: Path, *, ok: bool) -> None:
             result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pickle", "torch-zip", "npy-object"])
 def test_a_pickle_in_place_of_any_checkpoint_file_is_refused_not_run(made, runner, kind):
     marker = made / f"marker-{kind}"
@@ -120,6 +121,7 @@ def test_a_pickle_in_place_of_any_checkpoint_file_is_refused_not_run(made, runne
         assert name in result.stderr, result.stderr  # the message names the bad file
 
 
+@pytest.mark.slow
 def test_pickles_beside_a_checkpoint_a_run_and_a_corpus_are_ignored(made, runner):
     marker = made / "marker-beside"
     data = payloads(marker)
@@ -138,6 +140,7 @@ def test_pickles_beside_a_checkpoint_a_run_and_a_corpus_are_ignored(made, runner
         _check(runner.run(argv, made, _env()), marker, ok=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_an_object_array_in_a_prepared_corpus_is_refused_not_run(made, runner, split):
     marker = made / f"marker-npy-{split}"
@@ -149,6 +152,7 @@ def test_an_object_array_in_a_prepared_corpus_is_refused_not_run(made, runner, s
     assert "not a prepared corpus" in result.stderr and "seqlm prepare" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_pickled_run_config_or_metrics_file_is_refused_not_run(made, runner):
     marker = made / "marker-run-files"
     raw = payloads(marker)["pickle"]

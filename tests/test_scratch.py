@@ -157,7 +157,6 @@ def test_make_core_rejects_bad_choices(kwargs, match):
 
 
 def test_fused_core_rejects_scratch_only_truncation():
-    pytest.importorskip("seqlm.models.bptt")
     for text in ("tau:3", "random:0.5"):
         with pytest.raises(ConfigError, match="scratch"):
             make_core("gru", "fused", I, H, truncation=text)
@@ -166,7 +165,6 @@ def test_fused_core_rejects_scratch_only_truncation():
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_manual_bptt_engine_matches_autograd(nonlinearity):
-    pytest.importorskip("seqlm.models.bptt")
     auto = ScratchRNN(I, H, 2, nonlinearity=nonlinearity).double()
     manual = ScratchRNN(I, H, 2, nonlinearity=nonlinearity, bptt_engine="manual").double()
     manual.load_state_dict(auto.state_dict())
@@ -190,7 +188,6 @@ def _grad_of_last_output_wrt_input(core, x):
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_tau_truncation_cuts_gradient_through_unroll(cell):
-    pytest.importorskip("seqlm.models.bptt")
     x = torch.randn(B, T, I, dtype=torch.double)
     window = make_core(cell, "scratch", I, H).double()
     cut = make_core(cell, "scratch", I, H, truncation="tau:2").double()
@@ -205,7 +202,6 @@ def test_tau_truncation_cuts_gradient_through_unroll(cell):
 
 
 def test_random_truncation_with_probability_one_is_full_bptt():
-    pytest.importorskip("seqlm.models.bptt")
     x = torch.randn(B, T, I, dtype=torch.double)
     full = ScratchLSTM(I, H).double()
     rand = ScratchLSTM(I, H, truncation="random:1").double()

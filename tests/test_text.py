@@ -41,7 +41,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 def test_latin1_names_the_byte_offset_and_encoding_option_reads_it(tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes("caf\xe9 au lait".encode("latin-1"))
-    with pytest.raises(CorpusError, match="0xe9 at offset 3.*--encoding"):
+    with pytest.raises(CorpusError, match="0xe9 at offset 3.*`encoding`"):
         T.read_corpus(str(path))
     assert T.read_corpus(str(path), encoding="latin-1") == "café au lait"
 

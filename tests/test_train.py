@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from seqlm.config import DataConfig, TrainConfig
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import build_corpus
-from seqlm.models.lm import RNNLM, ModelConfig
-from seqlm.run import RunDir, RunSession, hooks_for
+from seqlm.models import RNNLM
+from seqlm.run import RunSession, hooks_for
 from seqlm.train import Hooks, Trainer, TrainingDiverged, evaluate, lr_factor
 
 from conftest import TINY_TEXT
@@ -126,11 +126,8 @@ def _session(tmp_path, name, **train):
     data = DataConfig(corpus=str(path), batch_size=4, num_steps=8, split="0.8,0.2,0")
     cfg = TrainConfig(**{"optimizer": "adam", "lr": 0.01, "schedule": "constant",
                          "eval_every": 5, "log_every": 2, "sample_tokens": 5, **train})
-    session = RunSession(None, data, {"cell": "lstm", "hidden_size": 16, "embedding_dim": 8,
-                                      "dropout": 0.2}, cfg)
-    session.run = RunDir.create(tmp_path / name)
-    session.run.write_config(session.configs())
-    return session
+    return RunSession.start(tmp_path / name, data, {"cell": "lstm", "hidden_size": 16,
+                                                    "embedding_dim": 8, "dropout": 0.2}, cfg)
 
 
 def test_resume_is_bit_identical(tmp_path):
@@ -157,7 +154,7 @@ def test_diverged_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
             with torch.no_grad():
                 next(session.trainer.model.parameters()).fill_(math.nan)
 
-    with pytest.raises(TrainingDiverged, match=r"step 8.*--lr"):
+    with pytest.raises(TrainingDiverged, match=r"step 8.*`lr`"):
         session.trainer.run(hooks_for(session, on_step=poison))
     last = session.run.checkpoints / "last"
     saved = load_file(last / "model.safetensors")

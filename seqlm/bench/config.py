@@ -80,21 +80,21 @@ class BenchConfig:
         names = [n.strip() for n in self.workloads.split(",") if n.strip()]
         unknown = [n for n in names if n not in WORKLOADS]
         if unknown or not names:
-            raise ConfigError(f"--workloads {self.workloads!r}: unknown or empty; use a "
+            raise ConfigError(f"`workloads` {self.workloads!r}: unknown or empty; use a "
                               f"comma-separated list of {', '.join(WORKLOADS)}")
         return [WORKLOADS[n] for n in dict.fromkeys(names)]
 
     def section_list(self) -> list[str]:
         names = [n.strip() for n in self.sections.split(",") if n.strip()]
         if not names or any(n not in SECTIONS for n in names):
-            raise ConfigError(f"--sections {self.sections!r}: use a comma-separated list of "
+            raise ConfigError(f"`sections` {self.sections!r}: use a comma-separated list of "
                               f"{', '.join(SECTIONS)}")
         return list(dict.fromkeys(names))
 
     def compile_list(self) -> list[str]:
         names = [n.strip() for n in self.compile.split(",") if n.strip() not in ("", "none")]
         if any(n not in WORKLOADS for n in names):
-            raise ConfigError(f"--compile {self.compile!r}: use 'none' or a comma-separated list "
+            raise ConfigError(f"`compile` {self.compile!r}: use 'none' or a comma-separated list "
                               f"of {', '.join(WORKLOADS)}")
         return names
 

@@ -18,7 +18,7 @@ from seqlm.bench.roofline import (flops_per_token, gemm_bound_task, gemm_gflops,
                                   machine_peaks)
 from seqlm.bench.timing import (interleave, median, peak_rss_mb, ratio, step_peak_mb,
                                 synchronizer)
-from seqlm.models.lm import resolve_device
+from seqlm.devices import resolve_device
 
 GEMM_BOUND = "GEMM bound"
 BATCHES = 8  # distinct minibatches each path cycles through

@@ -19,11 +19,10 @@ import torch
 from seqlm.bench.config import Workload
 from seqlm.bench.textbook import (ConciseModel, TextbookModel, module_train_step,
                                   textbook_predict, textbook_train_step)
-from seqlm.config import DataConfig, TrainConfig
+from seqlm.config import MANUAL_ENGINE_CELLS, DataConfig, ModelConfig, TrainConfig
 from seqlm.data import Corpus
 from seqlm.generate import generate
-from seqlm.models.lm import RNNLM, ModelConfig
-from seqlm.models.scratch import MANUAL_ENGINE_CELLS
+from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer, Tokenizer, WordTokenizer
 from seqlm.train import Trainer
 from seqlm.vocab import Vocab

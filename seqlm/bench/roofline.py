@@ -73,7 +73,7 @@ def gemm_gflops(m: int, k: int, n: int, *, device: torch.device,
 
 def onednn_gflops(size: int, *, seconds: float = 0.3) -> float | None:
     """GFLOP/s of a float32 size^3 product through oneDNN (None where torch lacks it)."""
-    from seqlm.models.steps import ONEDNN
+    from seqlm.models.fast import ONEDNN
 
     if not ONEDNN:
         return None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 import warnings
 
-from seqlm.cli.flags import Parser
-from seqlm.errors import SeqlmError
+from seqlm.cli.flags import Parser, as_flags
+from seqlm.errors import EXIT_INTERRUPTED, EXIT_USAGE, SeqlmError
 
 
 def build_parser() -> Parser:
@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return int(args.handler(args) or 0)
         except SeqlmError as exc:
-            print(f"seqlm {args.command}: error: {exc}", file=sys.stderr)
-            return 2
+            print(f"seqlm {args.command}: error: {as_flags(str(exc))}", file=sys.stderr)
+            return EXIT_USAGE
         except KeyboardInterrupt:
             print(f"seqlm {args.command}: interrupted", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
         except BrokenPipeError:  # e.g. `seqlm generate ... | head`
             sys.stderr.close()
             return 0
@@ -58,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     text = str(message).splitlines()[0] if str(message) else category.__name__
-    print(f"seqlm: warning: {text}", file=sys.stderr)
+    print(f"seqlm: warning: {as_flags(text)}", file=sys.stderr)

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 from seqlm.cli.commands import _refuse_existing
 from seqlm.cli.flags import add_config_flags, given
-from seqlm.config import DataConfig
+from seqlm.config import DataConfig, ModelConfig
 from seqlm.errors import ConfigError
-from seqlm.models.lm import ModelConfig
 
 SHOWN_LAGS = (0, 1, 2, 5, 10, 20, 50, 100, 150, 199)
 
@@ -49,7 +48,7 @@ def register(sub) -> None:
 def _model_and_tokens(args):
     """The model (trained or fresh) and a (B, T+1) token batch from its corpus."""
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
-    from seqlm.models.lm import RNNLM
+    from seqlm.models import RNNLM
     from seqlm.text import clean, read_corpus
 
     torch.manual_seed(args.seed)

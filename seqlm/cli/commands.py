@@ -6,12 +6,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from seqlm.cli.flags import add_config_flags, given
-from seqlm.config import DataConfig
+from seqlm.config import DEFAULT_TEMPERATURE, DataConfig
 from seqlm.decoding import MAX_NEW_TOKENS
-from seqlm.errors import ConfigError
+from seqlm.errors import ConfigError, check_positive_int
 
 TEXT_FIELDS = ("corpus", "encoding", "clean", "tokenizer", "min_freq", "max_vocab",
                "vocab_size", "keep_newlines")
@@ -41,8 +42,11 @@ def register(sub) -> None:
     p.add_argument("--encoding", default="utf-8", help="encoding of --corpus")
     p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
                    help="which part (the run's fractions); all = the whole corpus")
-    p.add_argument("--batch-size", type=int, default=32, help="rows evaluated side by side")
-    p.add_argument("--num-steps", type=int, default=64, help="time steps per forward call")
+    knobs = _defaults("seqlm.train", "evaluate")
+    p.add_argument("--batch-size", type=int, default=knobs["batch_size"],
+                   help="rows evaluated side by side")
+    p.add_argument("--num-steps", type=int, default=knobs["num_steps"], help="time steps per "
+                   "forward call (the state is carried, so this changes speed, not the result)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_evaluate)
@@ -52,7 +56,8 @@ def register(sub) -> None:
     p.add_argument("--prefix", default="", help="text to continue (fed through first: warm-up)")
     p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
                    help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (the book's)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help="below 1 sharpens, above 1 flattens; 0 = greedy (the book's)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
@@ -66,6 +71,16 @@ def register(sub) -> None:
                    "(the same text as torch, greedy or with the same --seed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_generate)
+
+
+def _defaults(module: str, function: str) -> dict:
+    """The keyword defaults of a library function, so that its flags never restate them
+    (imported only here: the module loads torch)."""
+    import importlib
+    import inspect
+
+    params = inspect.signature(getattr(importlib.import_module(module), function)).parameters
+    return {name: p.default for name, p in params.items() if p.default is not p.empty}
 
 
 def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
@@ -131,26 +146,23 @@ def cmd_prepare(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
-    from seqlm.data import split_text
-    from seqlm.models.lm import resolve_device
-    from seqlm.text import clean, read_corpus
+    from seqlm.data import load_corpus
+    from seqlm.devices import resolve_device
     from seqlm.train import evaluate
 
     for name in ("batch_size", "num_steps"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+        check_positive_int(name, getattr(args, name))
     device = resolve_device(args.device)
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=device)
-    data = DataConfig(**ckpt.config.get("data", {}))
-    corpus_name = args.corpus or data.corpus
-    encoding = args.encoding if args.corpus else data.encoding
-    text = clean(read_corpus(corpus_name, encoding=encoding), data.clean)
-    parts = dict(zip(("train", "val", "test"), split_text(text, data.split_fractions())))
-    part = text if args.split == "all" else parts[args.split]
-    ids = ckpt.tokenizer.encode(part)
+    data = DataConfig(**{**ckpt.config.get("data", {}), "max_tokens": None,
+                         **({"corpus": args.corpus, "encoding": args.encoding}
+                            if args.corpus else {})})
+    corpus_name = data.corpus
+    splits = load_corpus(data, tokenizer=ckpt.tokenizer).splits
+    ids = np.concatenate(list(splits.values())) if args.split == "all" else splits[args.split]
     if len(ids) < 2:
         raise ConfigError(f"the {args.split} split of {corpus_name} has {len(ids)} tokens; "
-                          "choose another --split or corpus")
+                          "choose another `split` or corpus")
     meter = evaluate(ckpt.model, ids, batch_size=args.batch_size, num_steps=args.num_steps,
                      device=device)
     report = {"checkpoint": str(ckpt.path), "corpus": corpus_name, "split": args.split,
@@ -166,8 +178,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    check_positive_int("num_samples", args.num_samples)
     stream = not args.json and args.num_samples == 1
     knobs = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
              "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples,
@@ -182,8 +193,8 @@ def cmd_generate(args) -> int:
         generate_texts = lm.generate_many
     else:
         from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+        from seqlm.devices import resolve_device
         from seqlm.generate import generate
-        from seqlm.models.lm import resolve_device
 
         ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint),
                                device=resolve_device(args.device))

@@ -1,20 +1,58 @@
-"""Command-line flags generated from the config dataclasses, and the parser that reports a
-bad flag in one line."""
+"""Command-line flags generated from the config dataclasses, the parser that reports a bad
+flag in one line, and the one mapping from the library's setting names to flags."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 
-from seqlm.config import field_types, flag, optional_fields
+from seqlm.errors import EXIT_USAGE
+from seqlm.presets import field_types, optional_fields
+
+
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")  # a setting named in a library message
+
+
+def flag(name: str) -> str:
+    """The flag of a setting: ``num_steps`` -> ``--num-steps``."""
+    return "--" + name.replace("_", "-")
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr with exit status 2."""
+    """An ArgumentParser whose errors are one line on stderr with exit status 2; it records
+    every long flag any seqlm parser defines, for :func:`as_flags`."""
+
+    flags: set[str] = set()
+
+    def add_argument(self, *names, **kwargs):
+        Parser.flags.update(n for n in names if n.startswith("--"))
+        return super().add_argument(*names, **kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+
+        def add_argument(*names, **kw):
+            Parser.flags.update(n for n in names if n.startswith("--"))
+            return add(*names, **kw)
+
+        group.add_argument = add_argument
+        return group
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"seqlm {self.prog.split()[-1]}: error: {message}; see --help\n")
+        self.exit(EXIT_USAGE, f"seqlm {self.prog.split()[-1]}: error: {message}; see --help\n")
+
+
+def as_flags(message: str) -> str:
+    """A library message as the command line says it: each setting named in backticks becomes
+    the flag a user types (```lr``` -> ``--lr``); names that are no flag lose the backticks."""
+    def name(match: re.Match) -> str:
+        option = flag(match.group(1))
+        return option if option in Parser.flags else match.group(1)
+
+    return _SETTING.sub(name, message)
 
 
 def _converter(kind: type, optional: bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -10,12 +11,9 @@ import time
 from pathlib import Path
 
 from seqlm.cli.flags import add_config_flags, given
-from seqlm.config import (BOOK_PERPLEXITY, PRESETS, DataConfig, TrainConfig, preset, read_toml,
-                          split_overrides)
-from seqlm.errors import ConfigError
-from seqlm.models.lm import ModelConfig
-
-EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.errors import EXIT_ON_SIGNAL, ConfigError
+from seqlm.presets import BOOK_PERPLEXITY, PRESETS, preset, read_toml, split_overrides
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 # The model's vocab_size comes from the data; the name belongs to DataConfig's bpe target.
 SKIP = {"model": {"vocab_size"}}
@@ -40,7 +38,7 @@ def register(sub) -> None:
     add_config_flags(p, DataConfig, title="data")
     add_config_flags(p, ModelConfig, title="model", skip=("vocab_size",))
     p.add_argument("--one-hot", dest="embedding_dim", action="store_const", const=None,
-                   default=__import__("argparse").SUPPRESS,
+                   default=argparse.SUPPRESS,
                    help="feed the chapter's one-hot vectors (same as no --embedding-dim)")
     add_config_flags(p, TrainConfig, title="training")
     p.set_defaults(handler=cmd_train)
@@ -150,7 +148,7 @@ def run_training(session, args, reporter: _Reporter) -> dict:
 
 def cmd_train(args) -> int:
     from seqlm import distributed
-    from seqlm.run import RunDir, RunSession, budget_overrides, resolve_train_config
+    from seqlm.run import RunSession
 
     if args.nproc is not None:
         _check_nproc(args.nproc)
@@ -158,25 +156,13 @@ def cmd_train(args) -> int:
             return _launch(args)
     is_main = distributed.from_env().is_main  # only rank 0 creates and writes the run
     if args.resume:
-        run = RunDir.open(args.resume)
-        saved = run.read_config()
         flags = {**given(args, DataConfig), **given(args, ModelConfig), **given(args, TrainConfig)}
-        budget = budget_overrides(saved, flags)
-        data = DataConfig(**saved["data"])
-        train = resolve_train_config(saved["train"], budget)
-        session = RunSession(run, data, saved["model"], train, preset=saved.get("preset"))
-        session.resume()
-        if is_main:
-            run.write_config(session.configs())
+        session = RunSession.reopen(args.resume, flags, is_main=is_main)
     else:
         data, model_fields, train = resolve_configs(args)
-        out = _default_out(args, model_fields)
-        if is_main:
-            RunDir.check_available(out, overwrite=args.overwrite)
-        session = RunSession(None, data, model_fields, train, preset=args.preset)
-        session.run = RunDir.create(out, overwrite=args.overwrite) if is_main else RunDir(out)
-        if is_main:
-            session.run.write_config(session.configs())
+        session = RunSession.start(_default_out(args, model_fields), data, model_fields, train,
+                                   preset=args.preset, overwrite=args.overwrite,
+                                   is_main=is_main)
     quiet = args.quiet or not is_main
     reporter = _Reporter(quiet, args.json, session.trainer.total_steps)
     if not quiet:
@@ -275,7 +261,7 @@ def _print_summary(summary: dict, args, reporter: _Reporter) -> None:
 
 
 def cmd_reproduce(args) -> int:
-    from seqlm.run import RunDir, RunSession
+    from seqlm.run import RunSession
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be a positive integer, got {args.epochs}")
@@ -285,12 +271,9 @@ def cmd_reproduce(args) -> int:
         if args.epochs:
             values["epochs"] = args.epochs
         sections = split_overrides(values, SECTIONS, skip=SKIP)
-        out = Path(args.out) / name
-        RunDir.check_available(out, overwrite=args.overwrite)
-        session = RunSession(None, DataConfig(**sections["data"]), sections["model"],
-                             TrainConfig(**sections["train"]), preset=name)
-        session.run = RunDir.create(out, overwrite=args.overwrite)
-        session.run.write_config(session.configs())
+        session = RunSession.start(Path(args.out) / name, DataConfig(**sections["data"]),
+                                   sections["model"], TrainConfig(**sections["train"]),
+                                   preset=name, overwrite=args.overwrite)
         reporter = _Reporter(args.quiet, True, session.trainer.total_steps)
         summary = run_training(session, args, reporter)
         rows[name] = {"train_ppl": summary["train"]["ppl"], "book_ppl": BOOK_PERPLEXITY[name],

@@ -15,13 +15,19 @@ I     input features of a core: V for one-hot input, E for embeddings, H above l
 Public tensors are batch-first — tokens (B, T), logits (B, T, V) — and recurrent state keeps
 torch's layout (L, B, H), a pair ``(h, c)`` of them for LSTM. Scratch cores run time-major
 (T, B, ·) inside.
+
+The modules: :mod:`~seqlm.models.scratch` (the chapter's cells), :mod:`~seqlm.models.gates`
+(torch's gate layout), :mod:`~seqlm.models.lm` (:class:`RNNLM`), and the fast paths beside the
+clear versions: :mod:`~seqlm.models.bptt` / :mod:`~seqlm.models.gru_bptt` (hand-written
+backward passes), :mod:`~seqlm.models.truncation`, :mod:`~seqlm.models.fast` (oneDNN products)
+and :mod:`~seqlm.models.stepper` (one-token generation). The model's configuration is
+:class:`seqlm.config.ModelConfig`.
 """
 
-from seqlm.models.lm import RNNLM, ModelConfig, detach_state, resolve_device
+from seqlm.models.lm import RNNLM, detach_state
 from seqlm.models.scratch import ScratchGRU, ScratchLSTM, ScratchRNN, init_d2l_, make_core
 
 __all__ = [
-    "ModelConfig",
     "RNNLM",
     "ScratchGRU",
     "ScratchLSTM",
@@ -29,5 +35,4 @@ __all__ = [
     "detach_state",
     "init_d2l_",
     "make_core",
-    "resolve_device",
 ]

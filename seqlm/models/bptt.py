@@ -36,7 +36,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from seqlm.errors import ConfigError
-from seqlm.models.steps import gradient_product, hidden_accumulator
+from seqlm.models.fast import gradient_product, hidden_accumulator
 from seqlm.models.gru_bptt import gru_recurrence
 from seqlm.models.truncation import (
     Truncation,

@@ -30,7 +30,7 @@ and after it
 
 Only ``window``/``full`` truncation: the gradient flows through every step of the call.
 For float32 CPU tensors the loop's products run through oneDNN's matmul, which beats torch's
-GEMM at these small-batch shapes (:mod:`seqlm.models.steps`); other dtypes and devices use
+GEMM at these small-batch shapes (:mod:`seqlm.models.fast`); other dtypes and devices use
 torch's.
 Shapes: T time steps, B batch, H hidden.
 """
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from seqlm.models.steps import accumulator, hidden_product
+from seqlm.models.fast import accumulator, hidden_product
 
 __all__ = ["gru_recurrence"]
 

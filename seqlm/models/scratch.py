@@ -21,57 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlm.errors import ConfigError
+from seqlm.config import INITS, MANUAL_ENGINE_CELLS, check_core
+from seqlm.errors import check_choice, check_positive_int
+from seqlm.models.gates import GATES, input_bias, layer_weights
 
-CELLS = ("rnn", "gru", "lstm")
-IMPLS = ("scratch", "fused")
-NONLINEARITIES = ("tanh", "relu")
-INITS = ("torch", "d2l")
-BPTT_ENGINES = ("autograd", "manual")
-MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
 D2L_INIT_STD = 0.01  # the book's sigma for N(0, sigma^2) weights
 
 State = Tensor | tuple[Tensor, Tensor]
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not supported; use one of {', '.join(choices)}")
-
-
-def _resolve_truncation(truncation):
-    """Return a ``Truncation`` (parsing text) or None; window and full both mean None here.
-
-    Inside one forward call, 'window' and 'full' both back-propagate through every step; they
-    differ only in what the training loop does between batches.
-    """
-    if truncation is None or truncation in ("window", "full"):
-        return None
-    if isinstance(truncation, str):
-        from seqlm.models.bptt import Truncation  # lazy: the engine is optional for plain loops
-
-        truncation = Truncation.parse(truncation)
-    return None if truncation.kind in ("window", "full") else truncation
-
-
-def check_bptt_engine(cell: str, impl: str, bptt_engine: str, truncation=None) -> None:
-    """Raise unless ``bptt_engine`` can run this core with this truncation.
-
-    The hand-written engines exist for the scratch RNN (every truncation) and the scratch GRU
-    (``window``/``full`` only).
-
-    Raises:
-        ConfigError: an unknown engine, or ``'manual'`` for a core or truncation it lacks.
-    """
-    _check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
-    if bptt_engine != "manual":
-        return
-    if cell not in MANUAL_ENGINE_CELLS or impl != "scratch":
-        raise ConfigError(f"bptt_engine='manual' needs cell 'rnn' or 'gru' and impl 'scratch', "
-                          f"got cell {cell!r} impl {impl!r}; use bptt_engine 'autograd'")
-    if cell == "gru" and _resolve_truncation(truncation) is not None:
-        raise ConfigError(f"bptt_engine='manual' for cell 'gru' runs truncation 'window' or "
-                          f"'full' only, got {truncation!s}; use bptt_engine 'autograd'")
 
 
 def init_d2l_(module: nn.Module) -> None:
@@ -87,24 +43,21 @@ def init_d2l_(module: nn.Module) -> None:
 class _ScratchCore(nn.Module):
     """Shared parameters, layer stacking and time loop of the three scratch cores."""
 
-    gates = 1  # number of H-wide blocks stacked in weight_ih / weight_hh
-    fold_hidden_bias = True  # bias_hh is constant over time unless a gate multiplies it
+    cell = "rnn"  # the cell whose gate layout (seqlm.models.gates) the weights follow
     pair_state = False  # LSTM carries (h, c)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
-                 dropout: float = 0.0, init: str = "torch", truncation=None) -> None:
+                 dropout: float = 0.0, init: str = "torch", truncation=None,
+                 **core: str) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be a positive integer")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout={dropout!r} must be in [0, 1)")
-        _check_choice("init", init, INITS)
+            check_positive_int(name, value)
+        self.truncation = check_core(self.cell, "scratch", dropout=dropout, init=init,
+                                     truncation=truncation, **core)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.dropout = float(dropout)
-        self.truncation = _resolve_truncation(truncation)
-        G = self.gates * hidden_size
+        G = len(GATES[self.cell]) * hidden_size
         for k in range(num_layers):
             fan_in = input_size if k == 0 else hidden_size
             setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(G, fan_in)))
@@ -116,7 +69,7 @@ class _ScratchCore(nn.Module):
     def reset_parameters(self, init: str = "torch") -> None:
         """``torch``: every parameter ~ U(−1/√H, 1/√H), like torch.nn.RNN; ``d2l``: see
         :func:`init_d2l_`."""
-        _check_choice("init", init, INITS)
+        check_choice("init", init, INITS)
         if init == "d2l":
             init_d2l_(self)
             return
@@ -127,8 +80,7 @@ class _ScratchCore(nn.Module):
 
     def layer_weights(self, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of layer ``k``."""
-        return tuple(getattr(self, f"{n}_l{k}") for n in
-                     ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        return layer_weights(self, k)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
@@ -182,7 +134,7 @@ class _ScratchCore(nn.Module):
     def _project_input(self, k: int, x: Tensor) -> Tensor:
         """Hoisted input projection of layer ``k`` for all steps: (T, B, I) → (T, B, G·H)."""
         w_ih, _, b_ih, b_hh = self.layer_weights(k)
-        bias = b_ih + b_hh if self.fold_hidden_bias else b_ih
+        bias = input_bias(self.cell, b_ih, b_hh)
         if x.is_floating_point():
             return F.linear(x, w_ih, bias)
         # one-hot x · W_ih^T selects rows of W_ih^T: a lookup instead of a (V-wide) product,
@@ -260,11 +212,10 @@ class ScratchRNN(_ScratchCore):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  nonlinearity: str = "tanh", dropout: float = 0.0, init: str = "torch",
                  bptt_engine: str = "autograd", truncation=None) -> None:
-        _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        _check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
-        self.nonlinearity, self.bptt_engine = nonlinearity, bptt_engine
         super().__init__(input_size, hidden_size, num_layers, dropout=dropout, init=init,
-                         truncation=truncation)
+                         truncation=truncation, nonlinearity=nonlinearity,
+                         bptt_engine=bptt_engine)
+        self.nonlinearity, self.bptt_engine = nonlinearity, bptt_engine
 
     def step(self, weight_hh: Tensor, bias_hh: Tensor, xw_t: Tensor, h: Tensor) -> Tensor:
         pre = torch.addmm(xw_t, h, weight_hh.t())  # xw_t already holds both biases
@@ -305,16 +256,14 @@ class ScratchGRU(_ScratchCore):
             other than ``window``/``full``.
     """
 
-    gates = 3
-    fold_hidden_bias = False
+    cell = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *,
                  dropout: float = 0.0, init: str = "torch", bptt_engine: str = "autograd",
                  truncation=None) -> None:
-        check_bptt_engine("gru", "scratch", bptt_engine, truncation)
-        self.bptt_engine = bptt_engine
         super().__init__(input_size, hidden_size, num_layers, dropout=dropout, init=init,
-                         truncation=truncation)
+                         truncation=truncation, bptt_engine=bptt_engine)
+        self.bptt_engine = bptt_engine
 
     def step(self, weight_hh: Tensor, bias_hh: Tensor, xw_t: Tensor, h: Tensor) -> Tensor:
         hw = torch.addmm(bias_hh, h, weight_hh.t())
@@ -353,7 +302,7 @@ class ScratchLSTM(_ScratchCore):
     :class:`ScratchRNN` without ``nonlinearity`` and ``bptt_engine``.
     """
 
-    gates = 4
+    cell = "lstm"
     pair_state = True
 
     def step(self, weight_hh: Tensor, bias_hh: Tensor, xw_t: Tensor,
@@ -389,32 +338,14 @@ def make_core(cell: str, impl: str, input_size: int, hidden_size: int, num_layer
     Raises:
         ConfigError: an unknown choice or a combination the chosen core cannot run.
     """
-    _check_choice("cell", cell, CELLS)
-    _check_choice("impl", impl, IMPLS)
-    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-    if cell != "rnn" and nonlinearity != "tanh":
-        raise ConfigError(f"nonlinearity={nonlinearity!r} applies only to cell 'rnn', not "
-                          f"{cell!r}; drop it or use cell 'rnn'")
-    check_bptt_engine(cell, impl, bptt_engine, truncation)
     kwargs = {"dropout": dropout, "init": init, "truncation": truncation}
+    check_core(cell, impl, nonlinearity=nonlinearity, bptt_engine=bptt_engine, **kwargs)
     if impl == "scratch":
         if cell in MANUAL_ENGINE_CELLS:
             kwargs.update(bptt_engine=bptt_engine)
         if cell == "rnn":
             kwargs.update(nonlinearity=nonlinearity)
         return _SCRATCH[cell](input_size, hidden_size, num_layers, **kwargs)
-    return _make_fused(cell, input_size, hidden_size, num_layers, nonlinearity=nonlinearity,
-                       **kwargs)
-
-
-def _make_fused(cell, input_size, hidden_size, num_layers, *, nonlinearity, dropout, init,
-                truncation) -> nn.Module:
-    if _resolve_truncation(truncation) is not None:
-        raise ConfigError(f"truncation={truncation!s} needs impl 'scratch'; fused cores "
-                          "support only 'window' and 'full'")
-    _check_choice("init", init, INITS)
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout={dropout!r} must be in [0, 1)")
     extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
     # torch warns about dropout on a single layer, where it would have no effect anyway
     core = _FUSED[cell](input_size, hidden_size, num_layers, batch_first=True,

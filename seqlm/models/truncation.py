@@ -33,95 +33,11 @@ for the chapter's RNN lives in :mod:`seqlm.models.bptt`. Shapes: T time steps, B
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from seqlm.errors import ConfigError
-
-KINDS = ("window", "full", "tau", "random")
-ACCEPTED_FORMS = "'window', 'full', 'tau:K' (K an integer >= 1) or 'random:P' (0 < P <= 1)"
-
-
-@dataclass(frozen=True)
-class Truncation:
-    """A BPTT truncation policy; see the module docstring for the semantics.
-
-    Attributes:
-        kind: One of ``'window'``, ``'full'``, ``'tau'``, ``'random'``.
-        k: Number of steps each loss term reaches back, for ``'tau'`` only.
-        p: Probability that the backward signal continues through a step, for ``'random'`` only.
-
-    Raises:
-        ConfigError: ``kind`` is unknown, or ``k``/``p`` is missing, out of range or given for a
-            kind that does not use it.
-    """
-
-    kind: str = "window"
-    k: int | None = None
-    p: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"truncation kind {self.kind!r} is unknown; use {ACCEPTED_FORMS}")
-        if self.kind == "tau":
-            k_ok = isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1
-            if not k_ok:
-                raise ConfigError(f"truncation 'tau' needs an integer k >= 1, got k={self.k!r}")
-        elif self.k is not None:
-            raise ConfigError(f"truncation {self.kind!r} takes no k, got k={self.k!r}; drop it")
-        if self.kind == "random":
-            p_ok = isinstance(self.p, (int, float)) and not isinstance(self.p, bool)
-            if not (p_ok and 0.0 < self.p <= 1.0):
-                raise ConfigError(f"truncation 'random' needs 0 < p <= 1, got p={self.p!r}")
-        elif self.p is not None:
-            raise ConfigError(f"truncation {self.kind!r} takes no p, got p={self.p!r}; drop it")
-
-    @classmethod
-    def parse(cls, text: str) -> "Truncation":
-        """Read ``'window'``, ``'full'``, ``'tau:K'`` or ``'random:P'``.
-
-        Raises:
-            ConfigError: ``text`` is none of the accepted forms.
-        """
-        bad = ConfigError(f"truncation {text!r} is not understood; use {ACCEPTED_FORMS}")
-        if not isinstance(text, str):
-            raise bad
-        kind, sep, arg = text.strip().partition(":")
-        if kind in ("window", "full") and not sep:
-            return cls(kind)
-        if kind == "tau" and arg.isascii() and arg.isdigit() and int(arg) >= 1:
-            return cls("tau", k=int(arg))
-        if kind == "random" and arg:
-            try:
-                p = float(arg)
-            except ValueError:
-                raise bad from None
-            if 0.0 < p <= 1.0:
-                return cls("random", p=p)
-        raise bad
-
-    def __str__(self) -> str:
-        if self.kind == "tau":
-            return f"tau:{self.k}"
-        if self.kind == "random":
-            return f"random:{float(self.p)!r}"
-        return self.kind
-
-
-def as_truncation(truncation: Truncation | str | None) -> Truncation:
-    """Accept a :class:`Truncation`, its text form, or ``None`` (``window``).
-
-    Raises:
-        ConfigError: the text is not an accepted form.
-    """
-    if truncation is None:
-        return Truncation()
-    if isinstance(truncation, Truncation):
-        return truncation
-    return Truncation.parse(truncation)
-
+from seqlm.config import Truncation, as_truncation
 
 def keep_scales(
     num_steps: int, p: float, generator: torch.Generator | None = None

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from seqlm.decoding import (MAX_NEW_TOKENS, TEMPERATURE, TextStream, check_count,
-                            check_sampling, decode_steps, encode_prefix, make_pick,
-                            seeded_uniform, stream_text, warm_up_ids)
+from seqlm.config import DEFAULT_TEMPERATURE
+from seqlm.decoding import (MAX_NEW_TOKENS, TextStream, check_count, check_sampling, collect,
+                            decode_steps, encode_prefix, flush_all, make_pick, push_all,
+                            seeded_uniform, warm_up_ids)
 from seqlm.errors import ExportError, SeqlmError
 from seqlm.results import TextModel, TextScore, TokenStep
 from seqlm.runtime.format import FILES, TOKENS, read_config
@@ -71,7 +72,7 @@ def load(directory: str | Path, *, threads: int | None = None) -> OnnxLanguageMo
             (one per core). None: one thread for ``step.onnx`` and the default for
             ``forward.onnx``, because a one-row step is a few matrix-vector products,
             where handing work to other threads costs more than it saves
-            (docs/performance.md: 1.3-1.8x the tokens/s of two threads).
+            (docs/performance.md: 1.3-1.9x the tokens/s of two threads).
 
     Raises:
         ExportError: not an export, a file missing or unreadable, or no onnxruntime.
@@ -112,7 +113,7 @@ class OnnxLanguageModel(TextModel):
                 f"H={m['hidden_size']}, vocab {self.vocab_size}, {self.tokenizer.kind} tokens)")
 
     def generate(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
-                 temperature: float = TEMPERATURE, top_k: int | None = None,
+                 temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
                  stop: str | None = None) -> str:
         """Continue ``prefix``, as :meth:`seqlm.api.LanguageModel.generate` does.
@@ -128,7 +129,7 @@ class OnnxLanguageModel(TextModel):
                                   seed=seed, stop=stop)[0]
 
     def generate_many(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
-                      temperature: float = TEMPERATURE, top_k: int | None = None,
+                      temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                       top_p: float | None = None, num_samples: int = 1,
                       seed: int | None = None, stop: str | None = None, strict: bool = False,
                       on_text: Callable[[int, str], None] | None = None) -> list[str]:
@@ -145,7 +146,10 @@ class OnnxLanguageModel(TextModel):
         streams = [TextStream(self.tokenizer, prefix_ids, stop) for _ in range(num_samples)]
         steps = self._decode(prefix_ids, num_samples, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        tokens = stream_text(steps, streams if (stop or on_text) else None, on_text)
+        on_tokens = partial(push_all, streams, on_text=on_text) if (stop or on_text) else None
+        tokens = collect(steps, on_tokens)
+        if on_tokens is not None and on_text is not None:
+            flush_all(streams, on_text)
         rows = np.stack(tokens, axis=1).tolist()
         if stop is None:
             return [self.tokenizer.decode(prefix_ids + row) for row in rows]
