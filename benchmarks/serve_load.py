@@ -45,8 +45,9 @@ def default_run(folder: Path) -> Path:
     import torch
 
     from seqlm.checkpoint import save_checkpoint
-    from seqlm.config import PRESETS
-    from seqlm.models import RNNLM, ModelConfig
+    from seqlm.config import ModelConfig
+    from seqlm.models import RNNLM
+    from seqlm.presets import PRESETS
     from seqlm.text import read_corpus
     from seqlm.tokenize import fit_tokenizer
 

@@ -23,10 +23,11 @@ from fastapi.testclient import TestClient  # noqa: E402
 from conftest import TINY_TEXT  # noqa: E402
 from seqlm.checkpoint import save_checkpoint  # noqa: E402
 from seqlm.cli import main  # noqa: E402
-from seqlm.config import DataConfig  # noqa: E402
-from seqlm.data import build_corpus, random_plan, sequential_plan  # noqa: E402
+from seqlm.config import DataConfig, ModelConfig  # noqa: E402
+from seqlm.batches import random_plan, sequential_plan  # noqa: E402
+from seqlm.data import build_corpus  # noqa: E402
 from seqlm.metrics import bigram_nll, unigram_nll  # noqa: E402
-from seqlm.models import RNNLM, ModelConfig  # noqa: E402
+from seqlm.models import RNNLM  # noqa: E402
 from seqlm.serve import Limits, create_app, load_runs  # noqa: E402
 from seqlm.serve.analysis import text_features  # noqa: E402
 from seqlm.serve.baseline import Bigram  # noqa: E402

@@ -13,7 +13,7 @@ fetched from another machine) and a JSON API (:mod:`seqlm.serve.app`). The page'
 * Through time: ‖∂l_T/∂h_{T−k}‖ against the lag k (:func:`seqlm.diagnostics.gradient_flow`).
 * Training: the run's curves and samples, re-read while ``seqlm train`` writes them.
 * Sampling strategies: the chapter's corpus 0..N cut by random sampling and by sequential
-  partitioning (:mod:`seqlm.data`).
+  partitioning (:mod:`seqlm.batches`).
 
 This package needs the optional extra ``seqlm[serve]`` (FastAPI and uvicorn).
 """

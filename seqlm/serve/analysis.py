@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqlm.data import SAMPLERS, check_fits, random_plan, sequential_plan
+from seqlm.batches import SAMPLERS, check_fits, random_plan, sequential_plan
 from seqlm.diagnostics import gradient_flow
 from seqlm.errors import ConfigError
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqlm.config import DataConfig
-from seqlm.data import Corpus, is_prepared, split_text
+from seqlm.data import load_corpus
 from seqlm.errors import CorpusError
 from seqlm.metrics import BASELINE_TOKENS, ngram_baselines
 
@@ -56,17 +56,8 @@ def fit_bigram(config: dict, tokenizer) -> Bigram:
     if not isinstance(config.get("data"), dict):
         raise CorpusError("the checkpoint does not say which corpus it was trained on")
     data = DataConfig(**config["data"])
-    if is_prepared(data.corpus):
-        splits = Corpus.load(data.corpus).splits
-        train, val = splits["train"], splits.get("val", np.zeros(0, np.int64))
-    else:
-        from seqlm.text import clean, read_corpus
-
-        text = clean(read_corpus(data.corpus, encoding=data.encoding), data.clean)
-        parts = split_text(text, data.split_fractions())
-        train, val = tokenizer.encode(parts[0]), tokenizer.encode(parts[1])
-    if data.max_tokens is not None:
-        train = train[: data.max_tokens]
+    splits = load_corpus(data, tokenizer=tokenizer).splits  # the run's split, its vocabulary
+    train, val = splits["train"], splits.get("val", np.zeros(0, np.int64))
     train, val = train[:BASELINE_TOKENS], val[:BASELINE_TOKENS]
     vocab_size = len(tokenizer.vocab)
     k = ngram_baselines(train, val, vocab_size)["bigram"]["k"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, fields
 
-from seqlm.errors import ConfigError
+from seqlm.errors import field_error
 
 
 def _help(text: str) -> dict:
@@ -48,11 +48,11 @@ class Limits:
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if f.name == "queue_timeout":
                 if not number or not value > 0:
-                    raise ConfigError(f"queue_timeout={value!r} must be a number of seconds > 0")
+                    raise field_error(f.name, value, "a number of seconds > 0")
                 continue
             low = 0 if f.name == "max_queued" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{f.name}={value!r} must be an integer >= {low}")
+                raise field_error(f.name, value, f"an integer >= {low}")
 
 
 class Busy(Exception):
