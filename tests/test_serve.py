@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -346,3 +347,9 @@ def test_serve_prints_the_url_and_warns_off_loopback(runs, capsys, monkeypatch):
     assert f"http://127.0.0.2:{port}/" in out.out and "warning" in out.err
     assert main(["serve", str(runs["tiny"].path), "--port", "0"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_serve_without_the_web_stack_says_how_to_install_it(runs, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now fails
+    assert main(["serve", str(runs["tiny"].path)]) == 2
+    assert "pip install -e '.[serve]'" in capsys.readouterr().err
