@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from seqlm.cli.commands import _refuse_existing
@@ -59,35 +60,31 @@ def _data_flags(args) -> dict:
 
 
 def _model_and_tokens(args):
-    """The model (trained or fresh) and a (B, T+1) token batch from its corpus."""
+    """The model (trained or fresh) and a (B, T+1) token batch from its corpus (the whole of
+    it: every split, encoded by the model's tokenizer or one fitted on the training split)."""
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+    from seqlm.data import load_corpus
     from seqlm.models import RNNLM
-    from seqlm.text import clean, read_corpus
 
     torch.manual_seed(args.seed)
     if args.checkpoint:
         ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
-        model, tokenizer = ckpt.model, ckpt.tokenizer
-        data = DataConfig(**{**ckpt.config.get("data", {}), **_data_flags(args)})
+        data = DataConfig(**{**ckpt.config.get("data", {}), **_data_flags(args),
+                             "max_tokens": None})
+        model, corpus = ckpt.model, load_corpus(data, tokenizer=ckpt.tokenizer)
     else:
-        from seqlm.tokenize import fit_tokenizer
-
-        data = DataConfig(**_data_flags(args))
-        tokenizer = None
-    text = clean(read_corpus(data.corpus, encoding=data.encoding), data.clean)
-    if tokenizer is None:
-        tokenizer = fit_tokenizer(data.tokenizer, text, **data.tokenizer_options())
+        corpus = load_corpus(DataConfig(**{**_data_flags(args), "max_tokens": None}))
         fields = {k: v for k, v in given(args, ModelConfig).items() if k != "vocab_size"}
-        model = RNNLM(ModelConfig(vocab_size=len(tokenizer.vocab), **fields))
-    ids = torch.as_tensor(tokenizer.encode(text).astype("int64"))
+        model = RNNLM(ModelConfig(vocab_size=corpus.vocab_size, **fields))
+    ids = torch.as_tensor(np.concatenate(list(corpus.splits.values())).astype("int64"))
     need = args.batch_size * (args.steps + 1)
     if len(ids) < need:
-        raise ConfigError(f"the corpus has {len(ids)} tokens; --batch-size {args.batch_size} × "
-                          f"(--steps {args.steps} + 1) needs {need}; lower them")
+        raise ConfigError(f"the corpus has {len(ids)} tokens; `batch_size` {args.batch_size} × "
+                          f"(`steps` {args.steps} + 1) needs {need}; lower them")
     gen = torch.Generator().manual_seed(args.seed)
     starts = torch.randint(len(ids) - args.steps - 1, (args.batch_size,), generator=gen)
     batch = torch.stack([ids[s: s + args.steps + 1] for s in starts.tolist()])
-    return model.double().eval(), batch, len(tokenizer.vocab)
+    return model.double().eval(), batch, corpus.vocab_size
 
 
 def cmd_bptt(args) -> int:
