@@ -102,7 +102,7 @@ class OnnxLanguageModel(TextModel):
         self._step = onnx_session(self.path / FILES["step"],
                                   threads=1 if threads is None else threads)
         self._forward = onnx_session(self.path / FILES["forward"], threads=threads)
-        self._start = np.load(self.path / FILES["start_logits"])
+        self._start = np.load(self.path / FILES["start_logits"], allow_pickle=False)
         self._state_names = list(self.config["state"])
         model = self.config["model"]
         self._state_shape = (model["num_layers"], model["hidden_size"])
