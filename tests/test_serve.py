@@ -216,6 +216,8 @@ def test_gradients_per_lag_on_the_text_s_last_tokens(client):
     out = client.post("/api/gradients", json={"text": "the time traveller"}).json()
     assert out["lag"] == list(range(17)) and len(out["grad_norm"]) == 17
     assert all(g > 0 and math.isfinite(g) for g in out["grad_norm"])
+    assert out["jacobian_norm"][0] == 1.0 and len(out["jacobian_norm"]) == 17  # a small state
+    assert out["growth"] == pytest.approx(out["grad_norm"][-1] / out["grad_norm"][0])
     long = client.post("/api/gradients", json={"text": TINY_TEXT[:200]}).json()
     assert long["num_steps"] == 30  # the limit: the text's last 31 tokens
     short = client.post("/api/gradients", json={"text": "t"})

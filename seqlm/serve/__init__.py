@@ -10,7 +10,7 @@ fetched from another machine) and a JSON API (:mod:`seqlm.serve.app`). The page'
   where the model beats or loses to the run's bigram baseline.
 * Inside the state: the hidden state as a units × time heatmap; click a unit to colour the
   text by its activation; units ranked by variance and by correlation with simple features.
-* Through time: ‖∂l_T/∂h_{T−k}‖ against the lag k (:func:`seqlm.diagnostics.gradient_flow`).
+* Through time: ‖∂l_T/∂h_{T−k}‖ against the lag k (:func:`seqlm.diagnostics.language_model_flow`).
 * Training: the run's curves and samples, re-read while ``seqlm train`` writes them.
 * Sampling strategies: the chapter's corpus 0..N cut by random sampling and by sequential
   partitioning (:mod:`seqlm.batches`).

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from seqlm.batches import SAMPLERS, check_fits, random_plan, sequential_plan
-from seqlm.diagnostics import gradient_flow
+from seqlm.diagnostics import language_model_flow
 from seqlm.errors import ConfigError
 
 FEATURES = ("inside quotes", "inside brackets", "position in line", "after a space")
 QUOTES = "\"“”"
 OPEN, CLOSE = "([{", ")]}"
 RANKED = 12  # units listed per ranking
+JACOBIAN_MAX_STATE = 64  # above this state size the Jacobian norms take seconds: skipped
 
 
 def text_features(pieces: list[str]) -> dict[str, np.ndarray]:
@@ -75,7 +75,8 @@ def rank_units(h: np.ndarray, pieces: list[str]) -> dict:
 
 def gradient_by_lag(model, ids: list[int]) -> dict:
     """‖∂l_T/∂h_{T−k}‖ for k = 0 … T−1 on one text, with l_T the model's loss on the text's
-    last token (:func:`seqlm.diagnostics.gradient_flow` on the model's embedding + core).
+    last token (:func:`seqlm.diagnostics.language_model_flow`, what ``seqlm bptt`` measures),
+    and the Jacobian products' spectral norms when the state is small enough to be quick.
 
     Args:
         model: the :class:`~seqlm.models.RNNLM`, in eval mode (it is not modified).
@@ -86,19 +87,13 @@ def gradient_by_lag(model, ids: list[int]) -> dict:
     """
     if len(ids) < 2:
         raise ConfigError(f"text has {len(ids)} token(s); the gradient needs at least 2")
-    device = next(model.parameters()).device
-    tokens = torch.tensor([ids[:-1]], dtype=torch.long, device=device)
-    target = torch.tensor([ids[-1]], dtype=torch.long, device=device)
-
-    def core(x, h):
-        return model.core(model.embed(x), h)
-
-    def last_loss(o_T):
-        return F.cross_entropy(model.decode(o_T), target, reduction="none")
-
-    flow = gradient_flow(core, tokens, loss_fn=last_loss, jacobian=False)
-    return {"lag": flow["lag"], "grad_norm": flow["grad_norm"], "num_steps": flow["num_steps"],
-            "state_size": flow["state_size"]}
+    c = model.config
+    state_size = c.num_layers * c.hidden_size * (2 if c.cell == "lstm" else 1)
+    batch = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
+    flow = language_model_flow(model, batch, jacobian=state_size <= JACOBIAN_MAX_STATE)
+    curve = flow["curves"]["model"]
+    return {key: curve[key] for key in ("lag", "grad_norm", "jacobian_norm", "num_steps",
+                                        "state_size", "growth", "slope")}
 
 
 def sampling_plans(n_tokens: int, batch_size: int, num_steps: int, seed: int) -> dict:

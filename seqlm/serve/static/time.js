@@ -7,13 +7,17 @@ async function measure() {
   $("gradients").disabled = true;
   try {
     const out = await api("/api/gradients", { run: shared.run, text: $("time-text").value });
-    const points = out.lag.map((k, i) => [k, out.grad_norm[i]]);
-    lineChart($("time-chart"), [{ name: "‖∂l_T/∂h_(T−k)‖", points }], {
+    const series = [{ name: "‖∂l_T/∂h_(T−k)‖", points: out.lag.map((k, i) => [k, out.grad_norm[i]]) }];
+    if (out.jacobian_norm) {
+      series.push({ name: "‖J_T ⋯ J_(T−k+1)‖ (spectral)", dashed: true,
+                    points: out.lag.map((k, i) => [k, out.jacobian_norm[i]]) });
+    }
+    lineChart($("time-chart"), series, {
       title: `gradient of the loss on the last token, ${out.num_steps} steps back`,
       xLabel: "lag k (steps back)", yLabel: "norm (log scale)", logY: true });
     const shownLags = [0, 1, 2, 5, 10, 20, 50, 100, 199].filter((k) => k < out.lag.length);
     $("time-note").textContent = shownLags.map((k) => `k=${k}: ${fmt(out.grad_norm[k], 3)}`)
-      .join("   ") + `   (state size D = ${out.state_size})`;
+      .join("   ") + `   (state size D = ${out.state_size}; last/first ${fmt(out.growth, 3)})`;
   } catch (err) {
     showError("time-error", err);
   } finally {
