@@ -27,7 +27,7 @@ class Limits:
         ConfigError: from ``__post_init__``, naming the field and the value.
     """
 
-    max_text: int = field(default=20_000, metadata=_help(
+    max_text: int = field(default=5_000, metadata=_help(
         "characters of a prefix or of a text to score"))
     max_new_tokens: int = field(default=2_000, metadata=_help(
         "tokens one generate request may ask for"))
