@@ -72,8 +72,9 @@ class ServedRun:
 
 
 def load_runs(paths: list[str | Path], *, device: str = "cpu") -> dict[str, ServedRun]:
-    """Load every run or checkpoint directory; names are the directories' names, with the
-    parent's prefixed where two would clash.
+    """Load every run or checkpoint directory with :func:`seqlm.load`. Each is named by its
+    directory (``<run>/last`` for a run's ``checkpoints/last``), with ``-2``, ``-3``, ...
+    appended where two names would clash.
 
     Raises:
         CheckpointError: a path is not a readable run or checkpoint (the message names it).
