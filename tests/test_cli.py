@@ -1,6 +1,7 @@
 """End-to-end: the real command line in subprocesses, as a user runs it."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -117,6 +118,21 @@ def test_bptt_diagnostics_and_compare(tmp_path):
     cmp = json.loads(seqlm("compare", tmp_path / "a", tmp_path / "b", "--plot",
                            tmp_path / "c.png", "--json").stdout)
     assert set(cmp["runs"]) == {"a", "b"} and (tmp_path / "c.png").is_file()
+
+
+@pytest.mark.slow
+def test_bptt_sweep_shows_both_explosion_and_vanishing(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_TEXT)
+    out = json.loads(seqlm("bptt", "--corpus", corpus, "--hidden-size", "8", "--steps", "40",
+                           "--batch-size", "2", "--sweep", "--plot", tmp_path / "g.png",
+                           "--json", env={"OMP_NUM_THREADS": "1"}).stdout)  # tiny tensors
+    growth = {name: c["grad_norm"][-1] / c["grad_norm"][0] for name, c in out["curves"].items()}
+    assert max(growth.values()) >= 10, growth  # a gradient that explodes through time
+    assert min(growth.values()) <= 1 / 100, growth  # and one that vanishes
+    assert growth["rnn-linear-rho1.5"] >= 10 and growth["rnn-linear-rho0.5"] <= 1 / 100
+    linear = out["curves"]["rnn-linear-rho1.5"]
+    assert abs(linear["slope"] - math.log(1.5)) < 0.03 and linear["rho"] == 1.5
 
 
 def test_sigterm_saves_last_and_exits_143(tmp_path):

@@ -8,12 +8,15 @@ import torch.nn.functional as F
 
 from seqlm.diagnostics import (
     gradient_flow,
+    growth_summary,
     plot_gradient_flow,
     readout_loss,
     set_spectral_radius_,
     sweep,
     truncation_error,
 )
+from seqlm.diagnostics import cores
+from seqlm.diagnostics.cores import mean_derivative, seeded_core
 from seqlm.errors import ConfigError
 from seqlm.models.bptt import rnn_recurrence
 
@@ -144,12 +147,42 @@ def test_embedding_core_callable_on_tokens():
 
 def test_sweep_separates_vanishing_from_exploding():
     curves = sweep(num_steps=40, batch_size=2, hidden_size=16, radii=(0.5, 1.5))
-    assert set(curves) == {"rnn-tanh-rho0.5", "rnn-tanh-rho1.5", "rnn-relu-rho0.5",
-                           "rnn-relu-rho1.5", "gru", "lstm"}
+    assert set(curves) == {"rnn-linear-rho0.5", "rnn-linear-rho1.5", "rnn-tanh-rho0.5",
+                           "rnn-tanh-rho1.5", "rnn-relu-rho0.5", "rnn-relu-rho1.5",
+                           "rnn-relu-1.5I", "rnn-tanh-1.5I", "gru", "lstm"}
     jac = {name: c["jacobian_norm"][-1] for name, c in curves.items()}
     assert jac["rnn-tanh-rho0.5"] < 1e-8 and jac["rnn-relu-rho0.5"] < 1e-8
     assert jac["rnn-relu-rho1.5"] > 1e3 * jac["rnn-relu-rho0.5"]
     assert jac["rnn-tanh-rho1.5"] > 1e3 * jac["rnn-tanh-rho0.5"]
+
+
+def test_sweep_linear_products_follow_rho_to_the_k():
+    curves = sweep(num_steps=60, batch_size=2, hidden_size=12, radii=(0.5, 1.0, 1.5))
+    for rho in (0.5, 1.0, 1.5):
+        c = curves[f"rnn-linear-rho{rho:g}"]
+        assert c["rho"] == rho and c["mean_dphi"] == 1.0
+        # ||W^k|| = C(k) rho^k with C(k) varying slowly (W is not normal): slope -> log rho.
+        assert math.isclose(c["slope"], math.log(rho), abs_tol=0.03)
+    assert curves["rnn-linear-rho1.5"]["growth"] > 1e8
+    assert curves["rnn-linear-rho0.5"]["growth"] < 1e-12
+
+
+def test_relu_on_a_scaled_identity_explodes_where_tanh_saturates():
+    curves = sweep(num_steps=60, batch_size=2, hidden_size=12, radii=(1.5,))
+    relu, tanh = curves["rnn-relu-1.5I"], curves["rnn-tanh-1.5I"]
+    # Active ReLU units stay active: J = 1.5 diag(1[h > 0]) and the product grows as 1.5^k.
+    assert math.isclose(relu["slope"], math.log(1.5), abs_tol=1e-6) and relu["growth"] > 1e6
+    # The same W_hh behind tanh: the states saturate, phi' = 1 - h^2 is small, it vanishes.
+    assert tanh["mean_dphi"] < 0.5 and tanh["growth"] < 1e-3
+    assert tanh["mean_dphi"] < relu["mean_dphi"]
+
+
+def test_growth_summary_of_a_known_curve():
+    curve = {"grad_norm": [2.0, 1.0, 0.5, 0.25], "jacobian_norm": [1.0, 3.0, 9.0, 27.0]}
+    summary = growth_summary(curve)
+    assert summary["growth"] == 0.125 and math.isclose(summary["slope"], math.log(3.0))
+    assert growth_summary({"grad_norm": [1.0, 0.0], "jacobian_norm": None}) == {
+        "growth": 0.0, "slope": None}
 
 
 def test_set_spectral_radius():
@@ -217,3 +250,53 @@ def test_plot_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ConfigError):
         plot_gradient_flow({}, str(tmp_path / "empty.png"))
+
+
+def test_linear_rnn_has_torch_rnn_layout_and_matches_the_recurrence():
+    gen = torch.Generator().manual_seed(5)
+    core = seeded_core("rnn", 3, 4, "identity", gen)
+    assert isinstance(core, cores.LinearRNN)
+    assert {n for n, _ in core.named_parameters()} == {
+        n for n, _ in torch.nn.RNN(3, 4).named_parameters()}
+    x, h0 = torch.randn(2, 5, 3, dtype=DT), torch.randn(1, 2, 4, dtype=DT)
+    out, h_n = core(x, h0)
+    h = h0[0]
+    for t in range(5):
+        h = (x[:, t] @ core.weight_ih_l0.T + core.bias_ih_l0 + h @ core.weight_hh_l0.T
+             + core.bias_hh_l0)
+        torch.testing.assert_close(out[:, t], h)
+    torch.testing.assert_close(h_n[0], h)
+    assert mean_derivative(core, x, "identity") == 1.0
+
+
+def test_mean_derivative_reads_phi_prime_from_the_states():
+    core = torch.nn.RNN(3, 4, batch_first=True).double()
+    x = torch.randn(2, 6, 3, dtype=DT)
+    h, _ = core(x)
+    assert math.isclose(mean_derivative(core, x, "tanh"), (1 - h**2).mean().item())
+    relu = torch.nn.RNN(3, 4, nonlinearity="relu", batch_first=True).double()
+    h, _ = relu(x)
+    assert math.isclose(mean_derivative(relu, x, "relu"), (h > 0).double().mean().item())
+
+
+
+def test_language_model_flow_measures_the_real_next_token_loss():
+    from seqlm.config import ModelConfig
+    from seqlm.diagnostics import language_model_flow
+    from seqlm.models import RNNLM
+
+    torch.manual_seed(6)
+    model = RNNLM(ModelConfig(vocab_size=7, cell="rnn", impl="scratch", hidden_size=5)).double()
+    batch = torch.randint(7, (2, 9))
+    report = language_model_flow(model.eval(), batch, with_truncation_error=True)
+    flow = report["curves"]["model"]
+    assert flow["lag"] == list(range(8)) and set(report["curves"]) == {"model"}
+    assert [row["tau"] for row in report["truncation_error"]] == [1, 2, 4]
+    # lag 0: the batch mean of ||d CE(decoder(o_T), y_T) / d o_T|| for each sequence
+    with torch.no_grad():
+        _, state = model(batch[:, :-1])
+    o = state[-1].detach().requires_grad_()
+    loss = F.cross_entropy(model.decoder(o), batch[:, -1], reduction="sum")
+    (g,) = torch.autograd.grad(loss, o)
+    assert math.isclose(flow["grad_norm"][0], g.norm(dim=1).mean().item(), rel_tol=1e-10)
+    assert flow["growth"] == flow["grad_norm"][-1] / flow["grad_norm"][0]

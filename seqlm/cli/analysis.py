@@ -6,15 +6,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from seqlm.cli.commands import _refuse_existing
 from seqlm.cli.flags import add_config_flags, given
 from seqlm.config import DataConfig, ModelConfig
+from seqlm.exercises import CLIPPING_STEPS, EXERCISE_LR, clipping_exercise
 from seqlm.errors import ConfigError
 
 SHOWN_LAGS = (0, 1, 2, 5, 10, 20, 50, 100, 150, 199)
+# Data fields bptt does not take as flags (its --batch-size and --steps are its own).
+SKIPPED_DATA = ("split", "max_tokens", "sampler", "batch_size", "num_steps")
 
 
 def register(sub) -> None:
@@ -23,8 +26,14 @@ def register(sub) -> None:
                    "initialised model built from the model flags")
     p.add_argument("--steps", type=int, default=200, help="sequence length T")
     p.add_argument("--batch-size", type=int, default=8, help="sequences averaged over")
-    p.add_argument("--sweep", action="store_true", help="W_hh at spectral radius 0.5/1/1.5, "
-                   "tanh vs relu, rnn vs gru vs lstm")
+    p.add_argument("--sweep", action="store_true", help="W_hh at spectral radius 0.5/1/1.5 "
+                   "behind identity, tanh and relu; W_hh = 1.5 I; gru and lstm")
+    p.add_argument("--clipping", action="store_true", help="the book's exercise: train the "
+                   "d2l-scratch recipe without and with gradient clipping, side by side")
+    p.add_argument("--clipping-steps", type=int, default=CLIPPING_STEPS,
+                   help="steps of each --clipping run (about 0.1 s each)")
+    p.add_argument("--clipping-lr", type=float, default=EXERCISE_LR,
+                   help="SGD learning rate of the --clipping runs (the book's is 1)")
     p.add_argument("--truncation-error", action="store_true",
                    help="error of the tau-truncated gradient against the full one as tau grows")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh model and the data")
@@ -33,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing figure")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_config_flags(p, DataConfig, title="data (for a fresh model)",
-                     skip=("split", "max_tokens", "sampler", "batch_size", "num_steps"))
+                     skip=SKIPPED_DATA)
     add_config_flags(p, ModelConfig, title="model (for a fresh model)", skip=("vocab_size",))
     p.set_defaults(handler=cmd_bptt)
 
@@ -45,36 +54,37 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_compare)
 
 
+def _data_flags(args) -> dict:
+    """The data flags given on the command line (bptt's own --batch-size left out)."""
+    return {k: v for k, v in given(args, DataConfig).items() if k not in SKIPPED_DATA}
+
+
 def _model_and_tokens(args):
-    """The model (trained or fresh) and a (B, T+1) token batch from its corpus."""
+    """The model (trained or fresh) and a (B, T+1) token batch from its corpus (the whole of
+    it: every split, encoded by the model's tokenizer or one fitted on the training split)."""
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+    from seqlm.data import load_corpus
     from seqlm.models import RNNLM
-    from seqlm.text import clean, read_corpus
 
     torch.manual_seed(args.seed)
     if args.checkpoint:
         ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
-        model, tokenizer = ckpt.model, ckpt.tokenizer
-        data = DataConfig(**{**ckpt.config.get("data", {}), **given(args, DataConfig)})
+        data = DataConfig(**{**ckpt.config.get("data", {}), **_data_flags(args),
+                             "max_tokens": None})
+        model, corpus = ckpt.model, load_corpus(data, tokenizer=ckpt.tokenizer)
     else:
-        from seqlm.tokenize import fit_tokenizer
-
-        data = DataConfig(**given(args, DataConfig))
-        tokenizer = None
-    text = clean(read_corpus(data.corpus, encoding=data.encoding), data.clean)
-    if tokenizer is None:
-        tokenizer = fit_tokenizer(data.tokenizer, text, **data.tokenizer_options())
+        corpus = load_corpus(DataConfig(**{**_data_flags(args), "max_tokens": None}))
         fields = {k: v for k, v in given(args, ModelConfig).items() if k != "vocab_size"}
-        model = RNNLM(ModelConfig(vocab_size=len(tokenizer.vocab), **fields))
-    ids = torch.as_tensor(tokenizer.encode(text).astype("int64"))
+        model = RNNLM(ModelConfig(vocab_size=corpus.vocab_size, **fields))
+    ids = torch.as_tensor(np.concatenate(list(corpus.splits.values())).astype("int64"))
     need = args.batch_size * (args.steps + 1)
     if len(ids) < need:
-        raise ConfigError(f"the corpus has {len(ids)} tokens; --batch-size {args.batch_size} × "
-                          f"(--steps {args.steps} + 1) needs {need}; lower them")
+        raise ConfigError(f"the corpus has {len(ids)} tokens; `batch_size` {args.batch_size} × "
+                          f"(`steps` {args.steps} + 1) needs {need}; lower them")
     gen = torch.Generator().manual_seed(args.seed)
     starts = torch.randint(len(ids) - args.steps - 1, (args.batch_size,), generator=gen)
     batch = torch.stack([ids[s: s + args.steps + 1] for s in starts.tolist()])
-    return model.double().eval(), batch, len(tokenizer.vocab)
+    return model.double().eval(), batch, corpus.vocab_size
 
 
 def cmd_bptt(args) -> int:
@@ -82,35 +92,22 @@ def cmd_bptt(args) -> int:
 
     if args.steps < 2 or args.batch_size < 1:
         raise ConfigError("--steps must be >= 2 and --batch-size >= 1")
-    model, batch, vocab_size = _model_and_tokens(args)
-    tokens, targets = batch[:, :-1], batch[:, 1:]
-
-    def core(x, h):  # the model's embedding (or one-hot lookup) and recurrent core
-        return model.core(model.embed(x), h)
-
-    def last_loss(o_T):  # the real next-token loss at the last step
-        return F.cross_entropy(model.decoder(o_T), targets[:, -1], reduction="none")
-
+    if args.clipping_steps < 1:
+        raise ConfigError(f"--clipping-steps must be >= 1, got {args.clipping_steps}")
+    model, batch, _ = _model_and_tokens(args)
     report: dict = {"model": vars(model.config), "steps": args.steps,
                     "batch_size": args.batch_size}
-    curves = {"model": diagnostics.gradient_flow(core, tokens, loss_fn=last_loss)}
-    if args.sweep:
-        one_hot = F.one_hot(tokens, vocab_size).double()
-        curves.update(diagnostics.sweep(inputs=one_hot, seed=args.seed))
-    if args.truncation_error:
-        def seq_loss(outputs):
-            logits = model.decoder(outputs)
-            return F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1))
-
-        taus = [t for t in (1, 2, 4, 8, 16, 32, 64) if t < args.steps]
-        report["truncation_error"] = diagnostics.truncation_error(
-            core, tokens, seq_loss, taus, params=list(model.parameters()))
-    report["curves"] = curves
+    report.update(diagnostics.language_model_flow(
+        model, batch, with_sweep=args.sweep, with_truncation_error=args.truncation_error,
+        seed=args.seed))
+    if args.clipping:
+        report["clipping"] = clipping_exercise(
+            steps=args.clipping_steps, lr=args.clipping_lr, overrides=_data_flags(args))
     plot = Path(args.plot) if args.plot else (
         Path(args.checkpoint) if args.checkpoint and Path(args.checkpoint).is_dir()
         else Path(".")) / "gradient-flow.png"
     _refuse_existing(plot, args.overwrite, "figure")
-    diagnostics.plot_gradient_flow(curves, str(plot))
+    diagnostics.plot_gradient_flow(report["curves"], str(plot))
     report["plot"] = str(plot)
     if args.json:
         print(json.dumps(report, default=str))
@@ -130,10 +127,49 @@ def _print_bptt(report: dict) -> None:
             jac = c["jacobian_norm"][k] if c.get("jacobian_norm") else math.nan
             cells.append(f"{c['grad_norm'][k]:9.2e} [{jac:7.1e}]")
         print(f"{name:<18}" + "".join(f"{x:>18}" for x in cells))
+    _print_growth(curves, report["steps"])
     for row in report.get("truncation_error", []):
         print(f"tau {row['tau']:>3}: relative error {row['rel_error']:.3f}, cosine "
               f"{row['cosine']:.4f}")
+    if "clipping" in report:
+        _print_clipping(report["clipping"])
     print(f"plot: {report['plot']}")
+
+
+def _fmt(value, spec: str) -> str:
+    """``value`` formatted as ``spec`` (a width and a type), or '-' at that width."""
+    width = int("".join(ch for ch in spec.split(".")[0] if ch.isdigit()))
+    return f"{'-':>{width}}" if value is None else format(value, spec)
+
+
+MEAN_DPHI = "mean phi'"
+
+
+def _print_growth(curves: dict, steps: int) -> None:
+    print(f"\nper lag, the measured slope of log||J_T...J_(T-k+1)|| (lags {steps // 2}.."
+          f"{steps - 1}) beside log rho; mean phi' along the trajectory; growth = "
+          "||dl_T/dh_(T-k)|| at the last lag / at k=0")
+    print(f"{'curve':<18}{'rho':>6}{'log rho':>9}{'slope':>9}{MEAN_DPHI:>10}{'growth':>10}")
+    for name, c in curves.items():
+        rho = c.get("rho")
+        log_rho = math.log(rho) if rho else None
+        print(f"{name:<18}{_fmt(rho, '6g')}{_fmt(log_rho, '9.4f')}{_fmt(c.get('slope'), '9.4f')}"
+              f"{_fmt(c.get('mean_dphi'), '10.3f')}{_fmt(c.get('growth'), '10.2e')}")
+
+
+def _print_clipping(result: dict) -> None:
+    off, on = result["runs"]["off"], result["runs"]["on"]
+    print(f"\n{result['recipe']} at lr {result['lr']:g}, {result['steps']} steps: pre-clip "
+          f"gradient norm and training perplexity per step, clipping off | clip "
+          f"{result['clip']:g}")
+    print(f"{'step':>5}{'norm':>11}{'ppl':>11}   |{'norm':>11}{'ppl':>11}")
+    for step in range(max(len(off["ppl"]), len(on["ppl"]))):
+        cells = [f"{run[key][step]:>11.3g}" if step < len(run[key]) else f"{'':>11}"
+                 for run in (off, on) for key in ("grad_norm", "ppl")]
+        print(f"{step + 1:>5}{cells[0]}{cells[1]}   |{cells[2]}{cells[3]}")
+    for name, run in (("off", off), ("on", on)):
+        note = f"; {run['diverged']}" if run["diverged"] else ""
+        print(f"clipping {name}: held-out perplexity {run['val_ppl']:.4g}{note}")
 
 
 def cmd_compare(args) -> int:

@@ -3,28 +3,17 @@ the cost of tau-truncation, and the figure."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from seqlm.diagnostics.cores import mean_derivative, seeded_core
 from seqlm.diagnostics.flow import DEFAULT_STEPS, Core, gradient_flow, readout_loss
 from seqlm.errors import ConfigError
 from seqlm.models.truncation import Truncation, unroll
-
-
-def _seeded_core(cell: str, input_size: int, hidden_size: int, nonlinearity: str,
-                 generator: torch.Generator) -> torch.nn.Module:
-    """A float64 torch core with torch's init distribution U(-1/sqrt(H), 1/sqrt(H)), seeded."""
-    kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-    module = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell]
-    core = module(input_size, hidden_size, batch_first=True, **kwargs).double()
-    bound = hidden_size**-0.5
-    with torch.no_grad():
-        for param in core.parameters():
-            param.uniform_(-bound, bound, generator=generator)
-    return core
 
 
 def set_spectral_radius_(weight: torch.Tensor, radius: float) -> torch.Tensor:
@@ -33,6 +22,9 @@ def set_spectral_radius_(weight: torch.Tensor, radius: float) -> torch.Tensor:
         current = torch.linalg.eigvals(weight).abs().max().real
         weight.mul_(radius / current.item())
     return weight
+
+
+SWEEP_NONLINEARITIES = {"identity": "linear", "tanh": "tanh", "relu": "relu"}
 
 
 def sweep(
@@ -45,12 +37,22 @@ def sweep(
     seed: int = 0,
     inputs: torch.Tensor | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`gradient_flow` for RNNs with W_hh at several spectral radii, and for GRU/LSTM.
+    """:func:`gradient_flow` for RNNs whose W_hh has a chosen spectral radius, and GRU/LSTM.
 
-    Keys ``rnn-tanh-rho0.5`` ... ``rnn-relu-rho1.5``: RNNs with ``weight_hh_l0`` rescaled to
-    each spectral radius in ``radii`` (below 1 the Jacobian products vanish; above 1 they can
-    grow, unless tanh saturates), then ``gru`` and ``lstm`` at torch's initialisation: all
-    one-layer float64 ``torch.nn`` cores seeded from ``seed``, on the same N(0, 1) inputs.
+    Curves, all one-layer float64 cores seeded from ``seed``, on the same N(0, 1) inputs:
+
+    * ``rnn-linear-rho0.5`` ...: φ = identity (:class:`~seqlm.diagnostics.cores.LinearRNN`),
+      random W_hh rescaled to each radius ρ in ``radii``. J_t = W_hh, so ‖∏J‖ ~ ρ^k: it
+      falls for ρ < 1 and grows for ρ > 1, at log ρ per lag.
+    * ``rnn-tanh-rho0.5`` ... and ``rnn-relu-rho0.5`` ...: the same radii behind tanh and
+      ReLU, which multiply each factor by diag(φ'(a_t)) and so damp the product.
+    * ``rnn-relu-1.5I`` and ``rnn-tanh-1.5I`` for each radius ρ > 1: W_hh = ρ I. A ReLU unit
+      that is active grows and stays active (φ' = 1), so the product grows as ρ^k; tanh
+      saturates (h → ±0.86 for ρ = 1.5, φ' ≈ 0.26) and the same W_hh vanishes.
+    * ``gru`` and ``lstm`` at torch's initialisation.
+
+    Each curve also carries :func:`growth_summary`'s fields, with ``rho`` and ``mean_dphi``
+    (:func:`~seqlm.diagnostics.cores.mean_derivative`) for the RNNs (None for GRU/LSTM).
 
     ``inputs`` (B, T, I), e.g. one-hot characters of a corpus, replaces the N(0, 1) inputs
     (and sets ``batch_size``, ``num_steps`` and ``input_size``).
@@ -58,6 +60,28 @@ def sweep(
     Raises:
         ConfigError: a size is not positive or a radius is not positive.
     """
+    gen = torch.Generator().manual_seed(seed)
+    inputs = _sweep_inputs(inputs, num_steps, batch_size, input_size, hidden_size, radii, gen)
+    curves = {}
+    for nonlinearity, label in SWEEP_NONLINEARITIES.items():
+        for radius in radii:
+            curves[f"rnn-{label}-rho{radius:g}"] = _rnn_curve(
+                inputs, hidden_size, nonlinearity, radius, eye=False, generator=gen)
+    for radius in (r for r in radii if r > 1):
+        for nonlinearity in ("relu", "tanh"):
+            curves[f"rnn-{nonlinearity}-{radius:g}I"] = _rnn_curve(
+                inputs, hidden_size, nonlinearity, radius, eye=True, generator=gen)
+    for cell in ("gru", "lstm"):
+        core = seeded_core(cell, inputs.shape[-1], hidden_size, "", gen)
+        curve = gradient_flow(core, inputs)
+        curves[cell] = {**curve, **growth_summary(curve), "rho": None, "nonlinearity": None,
+                        "mean_dphi": None}
+    return curves
+
+
+def _sweep_inputs(inputs, num_steps, batch_size, input_size, hidden_size, radii,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The sweep's (B, T, I) float64 inputs (N(0, 1) unless given), its arguments checked."""
     if inputs is not None:
         batch_size, num_steps, input_size = inputs.shape
     sizes = {"num_steps": num_steps, "batch_size": batch_size, "input_size": input_size,
@@ -67,20 +91,43 @@ def sweep(
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if not radii or any(not r > 0 for r in radii):
         raise ConfigError(f"radii must be positive spectral radii, got {list(radii)!r}")
-    gen = torch.Generator().manual_seed(seed)
     if inputs is None:
-        inputs = torch.randn(batch_size, num_steps, input_size, generator=gen,
+        inputs = torch.randn(batch_size, num_steps, input_size, generator=generator,
                              dtype=torch.float64)
-    inputs = inputs.double()
-    curves = {}
-    for nonlinearity in ("tanh", "relu"):
-        for radius in radii:
-            core = _seeded_core("rnn", input_size, hidden_size, nonlinearity, gen)
+    return inputs.double()
+
+
+def _rnn_curve(inputs: torch.Tensor, hidden_size: int, nonlinearity: str, radius: float, *,
+               eye: bool, generator: torch.Generator) -> dict[str, Any]:
+    """The flow of a seeded one-layer RNN whose W_hh is rescaled to ``radius`` (or is
+    ``radius`` I), with its growth summary, rho, nonlinearity and mean phi'."""
+    core = seeded_core("rnn", inputs.shape[-1], hidden_size, nonlinearity, generator)
+    with torch.no_grad():
+        if eye:
+            core.weight_hh_l0.copy_(radius * torch.eye(hidden_size, dtype=torch.float64))
+        else:
             set_spectral_radius_(core.weight_hh_l0, radius)
-            curves[f"rnn-{nonlinearity}-rho{radius:g}"] = gradient_flow(core, inputs)
-    for cell in ("gru", "lstm"):
-        curves[cell] = gradient_flow(_seeded_core(cell, input_size, hidden_size, "", gen), inputs)
-    return curves
+    curve = gradient_flow(core, inputs)
+    return {**curve, **growth_summary(curve), "rho": radius, "nonlinearity": nonlinearity,
+            "mean_dphi": mean_derivative(core, inputs, nonlinearity)}
+
+
+def growth_summary(curve: Mapping[str, Any]) -> dict[str, float | None]:
+    """How much a :func:`gradient_flow` curve grows over its lags, and how fast at the end.
+
+    Returns:
+        ``{"growth": grad_norm[T-1] / grad_norm[0], "slope": s}``, with ``s`` the measured
+        d log‖J_T ⋯ J_{T-k+1}‖ / dk between lags k = T//2 and T-1 (the Jacobian norms; the
+        gradient norms when there are none), to compare with log ρ; None where a value is 0.
+    """
+    grad = curve["grad_norm"]
+    values = curve.get("jacobian_norm") or grad
+    last, first = len(values) - 1, min(len(values) // 2, max(len(values) - 2, 0))
+    slope = None
+    if last > first and values[first] > 0 and values[last] > 0:
+        slope = (math.log(values[last]) - math.log(values[first])) / (last - first)
+    growth = grad[-1] / grad[0] if grad[0] > 0 else None
+    return {"growth": growth, "slope": slope}
 
 
 def truncation_error(
@@ -162,7 +209,8 @@ def plot_gradient_flow(curves: Mapping[str, Any], path: str) -> str:
     """Draw gradient-flow curves into one PNG: lag on x, log-scale y.
 
     Left panel: ||dl_T/dh_{T-k}||; right panel: the spectral norm of the Jacobian product
-    (curves without one are left out there). Non-positive values are not drawn.
+    (curves without one are left out there). Non-positive values are not drawn. The sweep's
+    linear RNNs are dashed, its W_hh = rho I curves dash-dotted, GRU and LSTM dotted.
 
     Args:
         curves: name -> a :func:`gradient_flow` result, or a plain sequence of gradient norms.
@@ -190,13 +238,23 @@ def plot_gradient_flow(curves: Mapping[str, Any], path: str) -> str:
             values = data.get(key)
             if values:
                 shown = [v if v > 0 else float("nan") for v in values]
-                ax.plot(data.get("lag", range(len(values))), shown, label=name)
+                ax.plot(data.get("lag", range(len(values))), shown, label=name,
+                        linestyle=_line_style(name))
     left.set_title("gradient of the last loss, ||dl_T / dh_{T-k}||")
     right.set_title("Jacobian product, spectral norm")
     for ax in (left, right):
         ax.set_yscale("log")
         ax.set_xlabel("lag k (steps back from T)")
         ax.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize="small")
+    left.legend(fontsize="x-small", ncol=2)
     save_figure(fig, path)
     return path
+
+
+def _line_style(name: str) -> str:
+    """Dashed for the linear RNNs, dash-dot for W_hh = rho I, dotted for gated cells."""
+    if "-linear-" in name:
+        return "--"
+    if name.endswith("I"):
+        return "-."
+    return ":" if name in ("gru", "lstm") else "-"
