@@ -201,7 +201,7 @@ def test_stream_leaves_grad_mode_alone_between_steps(lm):
 
 def _readme_python_blocks() -> list[str]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split("\n## Python: use a trained model\n", 1)[1].split("\n## ", 1)[0]
     return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
 
 
