@@ -275,7 +275,7 @@ def rnn_configs(spec: str, corpus: str, budget: float, threads: int):
 
 def train_rnn(spec: str, corpus_name: str, budget: float, eval_every: float, threads: int):
     data, model_fields, train = rnn_configs(spec, corpus_name, budget, threads)
-    session = RunSession(None, data, model_fields, train, preset=parse_spec(spec)[0])
+    session = RunSession(data, model_fields, train, preset=parse_spec(spec)[0])
     trainer = session.trainer
     curve, state = [], {"next": eval_every, "eval_s": 0.0}
 

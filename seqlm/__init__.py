@@ -5,6 +5,26 @@ The pipeline, one module per stage: :mod:`seqlm.text` (read and clean corpora) �
 (splits and the two sampling strategies) → :mod:`seqlm.models` → :mod:`seqlm.train` →
 :mod:`seqlm.generate`, with :mod:`seqlm.checkpoint` the only code that knows the on-disk format
 and :mod:`seqlm.cli` the only code that parses arguments or prints.
+
+From Python: ``seqlm.load(run_or_checkpoint)`` (:mod:`seqlm.api`) gives a model object that
+generates, streams, scores and reads hidden states; :mod:`seqlm.export` writes ONNX graphs,
+which :mod:`seqlm.runtime` runs with numpy and onnxruntime, never importing torch.
 """
 
 __version__ = "0.1.0"
+
+_API = ("load", "LanguageModel", "TextScore", "TokenStep")
+
+
+def __getattr__(name: str):
+    """``seqlm.load`` and the classes of :mod:`seqlm.api`, imported on first use so that
+    ``import seqlm`` (and the torch-free :mod:`seqlm.runtime`) never loads torch."""
+    if name in _API:
+        from seqlm import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'seqlm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

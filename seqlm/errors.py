@@ -34,6 +34,10 @@ class CheckpointError(SeqlmError):
     """A checkpoint or run directory is missing, incomplete, corrupt or inconsistent."""
 
 
+class ExportError(SeqlmError):
+    """A model cannot be exported, or an exported directory is missing, incomplete or stale."""
+
+
 def field_error(name: str, value: object, rule: str) -> ConfigError:
     """``\\`name\\` must be RULE, got VALUE``: the one wording of a value outside its range."""
     return ConfigError(f"`{name}` must be {rule}, got {value!r}")

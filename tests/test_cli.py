@@ -155,4 +155,3 @@ def test_sigterm_saves_last_and_exits_143(tmp_path):
     assert proc.returncode == 143, err
     state = json.loads((run / "checkpoints" / "last" / "trainer.json").read_text())
     assert state["progress"]["step"] >= 1 and state["progress"]["stop_reason"] == "interrupted"
-

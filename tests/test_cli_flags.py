@@ -12,4 +12,4 @@ def test_library_setting_names_print_as_the_flags_a_user_types():
         "--num-steps must be a positive integer, got 0")
     assert as_flags("pass `overwrite` or choose another `out`") == (
         "pass --overwrite or choose another --out")
-    assert as_flags("unknown `backend` 'jax'") == "unknown backend 'jax'"
+    assert as_flags("unknown `stepper` 'jax'") == "unknown stepper 'jax'"  # no such flag

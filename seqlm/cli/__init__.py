@@ -14,7 +14,7 @@ from seqlm.errors import EXIT_INTERRUPTED, EXIT_USAGE, SeqlmError
 
 
 def build_parser() -> Parser:
-    from seqlm.cli import analysis, bench, commands, training
+    from seqlm.cli import analysis, bench, commands, export, serve, training
 
     parser = Parser(prog="seqlm", description="Recurrent-neural-network language models: "
                     "prepare text, train, evaluate, generate, and look inside BPTT.")
@@ -25,6 +25,8 @@ def build_parser() -> Parser:
     bench.register(sub)
     commands.register(sub)
     analysis.register(sub)
+    export.register(sub)
+    serve.register(sub)
     return parser
 
 

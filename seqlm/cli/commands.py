@@ -11,6 +11,7 @@ import torch
 
 from seqlm.cli.flags import add_config_flags, given
 from seqlm.config import DEFAULT_TEMPERATURE, DataConfig
+from seqlm.decoding import MAX_NEW_TOKENS
 from seqlm.errors import ConfigError, check_positive_int
 
 TEXT_FIELDS = ("corpus", "encoding", "clean", "tokenizer", "min_freq", "max_vocab",
@@ -59,7 +60,8 @@ def register(sub) -> None:
     p.add_argument("--last", action="store_true", help="a run's checkpoints/last (the final "
                    "weights) instead of checkpoints/best")
     p.add_argument("--prefix", default="", help="text to continue (fed through first: warm-up)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                   help="tokens to generate")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help="below 1 sharpens, above 1 flattens; 0 = greedy (the book's)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
@@ -68,7 +70,11 @@ def register(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="continuations side by side")
     p.add_argument("--stop", default=None, help="end a sample where this text appears")
     p.add_argument("--strict", action="store_true", help="unknown prefix tokens are an error")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (torch "
+                   "backend; onnx runs on the CPU)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx: "
+                   "onnxruntime on an exported directory, or on the run exported on the fly "
+                   "(the same text as torch, greedy or with the same --seed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_generate)
 
@@ -160,7 +166,7 @@ def _load(args, device):
     return ckpt, progress.get("step") if isinstance(progress, dict) else None
 
 
-def _described(path: Path, step: int | None) -> str:
+def _described(path: str | Path, step: int | None) -> str:
     return f"checkpoint {path}" + (f" (step {step:,})" if step is not None else "")
 
 
@@ -199,24 +205,36 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from seqlm.generate import generate
-    from seqlm.devices import resolve_device
-
     check_positive_int("num_samples", args.num_samples)
-    device = resolve_device(args.device)
-    ckpt, step = _load(args, device)
     stream = not args.json and args.num_samples == 1
+    knobs = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+             "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples,
+             "seed": args.seed if args.seed is not None else torch.seed() % 2**31,
+             "stop": args.stop, "strict": args.strict,
+             "on_text": (lambda i, piece: print(piece, end="", flush=True)) if stream else None}
+    if args.backend == "onnx":
+        from seqlm.export import load_onnx
+
+        if args.last:
+            raise ConfigError("--last picks a run's checkpoint; --backend onnx reads an "
+                              "exported model: drop one of them")
+        lm = load_onnx(args.checkpoint)
+        source, step = args.checkpoint, None
+        generate_texts = lm.generate_many
+    else:
+        from seqlm.devices import resolve_device
+        from seqlm.generate import generate
+
+        ckpt, step = _load(args, resolve_device(args.device))
+        source = str(ckpt.path)
+
+        def generate_texts(prefix, **kw):
+            return generate(ckpt.model, ckpt.tokenizer, prefix, **kw)
     if stream:
         print(args.prefix, end="", flush=True)
-    texts = generate(ckpt.model, ckpt.tokenizer, args.prefix,
-                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p, num_samples=args.num_samples,
-                     seed=args.seed if args.seed is not None else torch.seed() % 2**31,
-                     stop=args.stop, strict=args.strict,
-                     on_text=(lambda i, piece: print(piece, end="", flush=True))
-                     if stream else None)
+    texts = generate_texts(args.prefix, **knobs)
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt.path), "checkpoint_step": step,
+        print(json.dumps({"checkpoint": source, "checkpoint_step": step,
                           "prefix": args.prefix, "samples": texts}, ensure_ascii=False))
     elif stream:
         print()
@@ -224,6 +242,6 @@ def cmd_generate(args) -> int:
         for i, text in enumerate(texts):
             print(f"--- sample {i + 1}\n{text}")
     if not args.json:  # after the text (stdout holds nothing else), once nothing can fail
-        print(f"seqlm generate: {_described(ckpt.path, step)}", file=sys.stderr)
+        print(f"seqlm generate: {_described(source, step)}", file=sys.stderr)
     sys.stdout.flush()
     return 0

@@ -14,7 +14,8 @@ TRUNCATION_TAUS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def language_model_flow(model, batch: torch.Tensor, *, with_sweep: bool = False,
-                        with_truncation_error: bool = False, seed: int = 0) -> dict[str, Any]:
+                        with_truncation_error: bool = False, seed: int = 0,
+                        jacobian: bool = True) -> dict[str, Any]:
     """The gradient flow of ``model``'s real next-token loss, optionally beside the sweep.
 
     Args:
@@ -24,6 +25,8 @@ def language_model_flow(model, batch: torch.Tensor, *, with_sweep: bool = False,
         with_truncation_error: add :func:`~seqlm.diagnostics.truncation_error` of the
             model's mean sequence loss for tau in 1, 2, 4, ... below T.
         seed: the sweep's seed.
+        jacobian: also measure the Jacobian products' norms (the costly part: a state-sized
+            batch and an SVD per step).
 
     Returns:
         ``{"curves": {"model": flow, ...sweep curves}}`` and, when asked,
@@ -42,7 +45,7 @@ def language_model_flow(model, batch: torch.Tensor, *, with_sweep: bool = False,
         logits = model.decoder(outputs)
         return F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1))
 
-    flow = gradient_flow(core, tokens, loss_fn=last_loss)
+    flow = gradient_flow(core, tokens, loss_fn=last_loss, jacobian=jacobian)
     report: dict[str, Any] = {"curves": {"model": {**flow, **growth_summary(flow)}}}
     if with_sweep:
         one_hot = F.one_hot(tokens, vocab_size).double()

@@ -9,8 +9,9 @@ the decoder reads the top h. No dropout, no autograd; the weights are read when 
 built (make a new one after changing them).
 
 Both backends implement :class:`Stepper`: ``step(tokens, state) -> (logits, state)`` on torch
-tensors, and :meth:`Stepper.run`, the decoding loop, which keeps ids, logits and state in the
-backend's own arrays between tokens. :class:`NumpyStepper` runs the cells' equations in numpy:
+tensors, and :meth:`Stepper.steps` / :meth:`Stepper.run`, the decoding loop
+(:func:`seqlm.decoding.decode_steps`), which keeps ids, logits and state in the backend's own
+arrays between tokens. :class:`NumpyStepper` runs the cells' equations in numpy:
 generating one stream is a chain of matrix-vector products and a few element-wise operations on
 a few hundred numbers, where call overhead dominates, and numpy's (OpenBLAS) product and
 element-wise calls cost about half of torch's there (docs/performance.md). :func:`make_stepper`
@@ -23,19 +24,21 @@ scratch cores' (:mod:`seqlm.models.scratch`). The logistic function in numpy is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqlm.decoding import collect, decode_steps
 from seqlm.errors import ConfigError, check_choice
 from seqlm.models.gates import KEEPS_HIDDEN_BIAS, gate_slice, input_bias, layer_weights
 from seqlm.models.scratch import State, make_core
 
 BACKENDS = ("auto", "torch", "numpy")
-Pick = Callable[[Tensor], Tensor]  # (N, V) logits -> (N,) ids
+Pick = Callable[[np.ndarray], np.ndarray]  # (N, V) logits -> (N,) ids, seqlm.decoding.make_pick
 
 
 @torch.no_grad()
@@ -80,36 +83,39 @@ class Stepper:
         returns ``(logits (B, V), new state)``."""
         raise TypeError(f"{type(self).__name__} does not define a step")
 
-    def run(self, logits: Tensor, state: State, steps: int, pick: Pick, *, greedy: bool = False,
-            on_tokens: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
-        """The decoding loop: pick a token per row from ``logits``, feed it back, ``steps`` times.
+    def steps(self, logits: Tensor, state: State, steps: int, pick: Pick, *,
+              greedy: bool = False) -> Iterator[tuple]:
+        """The decoding loop as a generator: pick a token per row from ``logits``, yield it,
+        feed it back, ``steps`` times (the caller may stop early).
 
         Args:
             logits: (B, V) scores of the first new token; ``state`` the state they follow.
-            pick: draws (B,) ids from (B, V) torch logits (:func:`seqlm.generate.sample_next`).
-            greedy: ``pick`` is the argmax; a backend may take its own.
-            on_tokens: called with each step's ids as a list; returning True stops the loop.
+            pick: draws (B,) ids from (B, V) numpy logits (:func:`seqlm.decoding.make_pick`).
+            greedy: ``pick`` is the argmax; the backend takes its own (on the device).
 
-        Returns:
-            B lists of the new ids, each ``steps`` long unless ``on_tokens`` stopped it.
+        Yields:
+            ``(tokens (B,), logits (B, V))`` in the backend's arrays (numpy for
+            :class:`NumpyStepper`, else torch tensors on the model's device).
         """
         logits, state = self._native(logits, state)
-        tokens = []  # stacked once at the end: no per-token copy into a buffer
-        for step in range(steps):
-            token = self._pick(pick, greedy, logits)
-            tokens.append(token)
-            if on_tokens is not None and on_tokens(token.tolist()):
-                break
-            if step + 1 < steps:
-                logits, state = self._advance(token, state)
+        return decode_steps(self._advance, logits, state, steps,
+                            partial(self._pick, pick, greedy))
+
+    def run(self, logits: Tensor, state: State, steps: int, pick: Pick, *, greedy: bool = False,
+            on_tokens: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+        """:meth:`steps` to the end: B lists of the new ids, each ``steps`` long unless
+        ``on_tokens`` (called with each step's ids as a list) returned True to stop."""
+        tokens = collect(self.steps(logits, state, steps, pick, greedy=greedy), on_tokens)
         return self._stack(tokens).tolist()
 
     # The loop's backend hooks; torch tensors throughout by default.
     def _native(self, logits, state):
         return logits, state
 
-    def _pick(self, pick: Pick, greedy: bool, logits):
-        return pick(logits)
+    def _pick(self, pick: Pick, greedy: bool, logits: Tensor) -> Tensor:
+        if greedy:
+            return logits.argmax(dim=-1)  # on the device: no host sync per token
+        return torch.from_numpy(pick(logits.detach().float().cpu().numpy())).to(logits.device)
 
     def _advance(self, tokens, state):
         return self(tokens, state)
@@ -207,9 +213,7 @@ class NumpyStepper(Stepper):
         return (None if logits is None else logits.detach().numpy()), arrays
 
     def _pick(self, pick: Pick, greedy: bool, logits: np.ndarray) -> np.ndarray:
-        if greedy:
-            return np.argmax(logits, axis=-1)
-        return pick(torch.from_numpy(logits)).numpy()  # sampling through pick's generator
+        return np.argmax(logits, axis=-1) if greedy else pick(logits)
 
     def _stack(self, tokens):
         return np.stack(tokens, axis=1)

@@ -1,0 +1,176 @@
+"""Use a trained model from Python: ``seqlm.load(path)`` and the :class:`LanguageModel` it gives.
+
+::
+
+    import seqlm
+    lm = seqlm.load("runs/timemachine")
+    print(lm.generate("time traveller", max_new_tokens=50))
+
+The object holds the same :class:`~seqlm.models.RNNLM` and tokenizer the command line loads
+(:func:`seqlm.checkpoint.load_checkpoint`) and generates through the same code
+(:mod:`seqlm.generate`); scoring runs the model's ``forward``. Shapes: N tokens of a text,
+V the vocabulary, L layers, H hidden units, k alternatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+from seqlm.config import DEFAULT_TEMPERATURE
+from seqlm.decoding import MAX_NEW_TOKENS, seeded_uniform
+from seqlm.errors import ConfigError
+from seqlm.generate import generate, token_steps, warm_up
+from seqlm.results import TextModel, TextScore, TokenStep, text_ids
+
+__all__ = ["LanguageModel", "TextScore", "TokenStep", "load"]
+
+SCORE_CHUNK = 4096  # tokens per forward call when scoring: bounds the (chunk, V) logits
+
+
+def load(path: str | Path, *, device: str = "cpu") -> LanguageModel:
+    """Load a trained model: a run directory (its ``checkpoints/best`` if present, else
+    ``checkpoints/last``) or a checkpoint directory.
+
+    Args:
+        path: the directory.
+        device: ``'cpu'``, ``'cuda'``, ``'cuda:N'``, ``'mps'`` or ``'auto'``.
+
+    Returns:
+        A :class:`LanguageModel`.
+
+    Raises:
+        CheckpointError: ``path`` holds no checkpoint, or a file of it is missing or corrupt.
+        ConfigError: ``device`` is not available.
+    """
+    found = resolve_checkpoint(path)
+    ckpt = load_checkpoint(found, device=device)
+    which = found.name.strip(".").removesuffix(".old")  # an interrupted save's sibling
+    in_run = found.parent.name == "checkpoints" and which in ("best", "last")
+    name = found.resolve().parent.parent.name if in_run else found.name
+    return LanguageModel(ckpt.model, ckpt.tokenizer, ckpt.config, found, name=name,
+                         checkpoint=which if in_run else "checkpoint")
+
+
+class LanguageModel(TextModel):
+    """A trained recurrent language model with its tokenizer: :meth:`generate` and
+    :meth:`states` here; ``stream``, ``score`` and ``perplexity`` from
+    :class:`~seqlm.results.TextModel` (documented there), which the torch-free
+    :class:`seqlm.runtime.OnnxLanguageModel` shares.
+
+    Attributes:
+        model: the :class:`~seqlm.models.RNNLM` (in eval mode).
+        tokenizer: the tokenizer it was trained with.
+        config: the checkpoint's config.json as a dict (``"model"``, ``"data"``, ...).
+        path: the checkpoint directory that was read.
+        name: the run's name (its directory), or the checkpoint directory's name.
+        checkpoint: ``'best'`` or ``'last'`` when loaded from a run, else ``'checkpoint'``.
+        vocab_size: V.
+    """
+
+    def __init__(self, model, tokenizer, config: dict, path: Path, *, name: str,
+                 checkpoint: str = "checkpoint") -> None:
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.path, self.name, self.checkpoint = Path(path), name, checkpoint
+        self.vocab_size = model.config.vocab_size
+
+    def __repr__(self) -> str:
+        c = self.model.config
+        return (f"LanguageModel({self.name!r}, {self.checkpoint}, {c.cell} x{c.num_layers} "
+                f"H={c.hidden_size}, vocab {self.vocab_size}, {self.tokenizer.kind} tokens)")
+
+    def generate(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
+                 temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None,
+                 stop: str | None = None) -> str:
+        """Continue ``prefix``: :func:`seqlm.generate.generate` with one sample.
+
+        Args:
+            prefix: text to continue ('' starts from ``<bos>`` or the zero state).
+            max_new_tokens: tokens to produce (≥ 1).
+            temperature: 0 is greedy; > 0 samples (default:
+                :data:`seqlm.config.DEFAULT_TEMPERATURE`).
+            top_k, top_p: keep only the k likeliest / the nucleus of mass p when sampling.
+            seed: the same seed gives the same text; None draws fresh entropy.
+            stop: end where this text appears; the result ends just before it.
+
+        Returns:
+            The prefix followed by the continuation.
+
+        Raises:
+            ConfigError: a knob out of range (the message names it).
+        """
+        return generate(self.model, self.tokenizer, prefix, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                        stop=stop)[0]
+
+    def _decode(self, prefix_ids: list[int], *, max_new_tokens: int, temperature: float,
+                top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[tuple]:
+        """One row of :func:`seqlm.generate.token_steps` after :func:`seqlm.generate.warm_up`,
+        logits as numpy (for :meth:`stream`)."""
+        logits, state = warm_up(self.model, self.tokenizer, prefix_ids)
+        # No grad-mode context here: it would leak into the caller between steps. The
+        # stepper runs without autograd by itself.
+        steps = token_steps(self.model, logits, state, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_k=top_k, top_p=top_p,
+                            uniform=seeded_uniform(seed))
+        return ((tokens, _numpy(scores)) for tokens, scores in steps)
+
+    def states(self, text: str, *, cell: bool = False) -> np.ndarray:
+        """Hidden states after each token of ``text``, every layer.
+
+        The text is read from where generation starts (after ``<bos>`` when the vocabulary
+        has it, else from the zero state), one token at a time through the model's stepper.
+
+        Args:
+            text: the text to read.
+            cell: for an LSTM, return the cell states c instead of h.
+
+        Returns:
+            (L, N, H) float array: position n holds the state after token n.
+
+        Raises:
+            ConfigError: the text has no tokens, or ``cell`` for a model that is not an LSTM.
+        """
+        lstm = self.model.config.cell == "lstm"
+        if cell and not lstm:
+            raise ConfigError(f"`cell` True needs an LSTM; this model's cell is "
+                              f"{self.model.config.cell!r}, whose state is h alone")
+        ids = text_ids(self.tokenizer, text)
+        state = warm_up(self.model, self.tokenizer, [])[1]
+        with torch.inference_mode():
+            step = self.model.stepper(batch_size=1)
+            device = next(self.model.parameters()).device
+            out = []
+            for token in torch.from_numpy(ids).to(device).view(-1, 1):
+                _, state = step(token, state)
+                part = (state[1] if cell else state[0]) if lstm else state
+                out.append(_numpy(part)[:, 0].copy())
+        return np.stack(out, axis=1)
+
+    def _logits(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(logits (n, V), targets)`` chunk by chunk over ``ids`` (for
+        :func:`seqlm.results.text_score`): the first row from the warm-up's prediction, the
+        rest from ``forward`` with the state carried, :data:`SCORE_CHUNK` rows at a time."""
+        model, device = self.model, next(self.model.parameters()).device
+        logits, state = warm_up(model, self.tokenizer, [])  # (1, V): the first token's
+        yield _numpy(logits), ids[:1]
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(ids) - 1, SCORE_CHUNK):
+                chunk = ids[start:start + SCORE_CHUNK]
+                with torch.inference_mode():
+                    logits, state = model(torch.from_numpy(chunk).to(device)[None], state)
+                yield _numpy(logits[0]), ids[start + 1:start + 1 + len(chunk)]
+        finally:
+            model.train(was_training)
+
+
+def _numpy(array) -> np.ndarray:
+    """A numpy array of a tensor on any device (float32 logits stay float32)."""
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array

@@ -1,0 +1,98 @@
+"""The playground's numbers, from :class:`seqlm.api.LanguageModel` and nothing else.
+
+Generation, scoring and hidden states come from the same object a Python user gets from
+``seqlm.load``: :meth:`~seqlm.api.LanguageModel.stream` (one :class:`~seqlm.results.TokenStep`
+per token), :meth:`~seqlm.api.LanguageModel.score` (a :class:`~seqlm.results.TextScore`) and
+:meth:`~seqlm.api.LanguageModel.states` (L, N, H). This module only turns them into the
+API's JSON rows: probabilities as they are, entropies and surprisals in bits, and each token's
+text as it reads on the page (word tokens with their spaces, unknown tokens as written).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from seqlm.errors import ConfigError
+from seqlm.results import TextScore, TokenStep
+
+LN2 = math.log(2.0)
+TOP = 10  # alternatives reported per step
+
+
+def finite(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def step_row(step: TokenStep) -> dict:
+    """A generated token as the API streams it (entropy in bits)."""
+    return {"text": step.text, "id": step.id, "prob": step.prob,
+            "top": [[t, p] for t, p in step.top], "entropy": step.entropy / LN2}
+
+
+def display_pieces(tokenizer, text: str, ids: np.ndarray) -> list[str]:
+    """The text each token adds to the page, so that the pieces read like the text: char
+    tokens as written; word and BPE tokens as the growth of the decoded prefix (spaces
+    included), an unknown word shown as written rather than as ``<unk>``."""
+    ids = [int(i) for i in ids]
+    if tokenizer.kind == "char":
+        return list(tokenizer.tokens(text))
+    out, before = [], ""
+    for i in range(len(ids)):
+        now = tokenizer.decode(ids[: i + 1])
+        out.append(now[len(before):] if now.startswith(before) else now)
+        before = now
+    if tokenizer.kind == "word":
+        words, unk = tokenizer.tokens(text), tokenizer.vocab.idx_to_token[0]
+        if len(words) == len(ids):
+            out = [p.replace(unk, w) if i == 0 else p for p, w, i in zip(out, words, ids)]
+    return out
+
+
+def score_rows(lm, text: str) -> tuple[TextScore, list[dict]]:
+    """Every token of ``text`` with its probability, surprisal (bits), the model's top
+    alternatives at that position and whether it is outside the vocabulary.
+
+    Raises:
+        ConfigError: the text has no tokens.
+    """
+    result = lm.score(text, top=TOP)
+    texts = display_pieces(lm.tokenizer, text, result.ids)
+    rows = []
+    for i, lp in enumerate(result.logprobs):
+        top = [[lm.tokenizer.decode([int(j)]), math.exp(v)]
+               for j, v in zip(result.top_ids[i], result.top_logprobs[i])]
+        rows.append({"text": texts[i], "id": int(result.ids[i]), "prob": math.exp(lp),
+                     "logprob": finite(lp), "surprisal": finite(-lp / LN2), "top": top,
+                     "entropy": None, "unknown": bool(result.unknown[i])})
+    return result, rows
+
+
+def stream(lm, prefix: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
+           top_p: float | None, seed: int | None) -> tuple[list[dict], Iterator[dict]]:
+    """The prefix as scored rows (the warm-up: how surprised the model was by it), and an
+    iterator of one row per generated token.
+
+    Raises:
+        ConfigError: a knob out of range (checked before anything runs).
+    """
+    steps = lm.stream(prefix, max_new_tokens=max_new_tokens, temperature=temperature,
+                      top_k=top_k, top_p=top_p, seed=seed, top=TOP)
+    try:
+        warm = score_rows(lm, prefix)[1] if prefix else []
+    except ConfigError:  # a prefix of no tokens (e.g. only characters a BPE drops)
+        warm = []
+    return warm, (step_row(s) for s in steps)
+
+
+def states(lm, text: str) -> tuple[np.ndarray, list[str]]:
+    """``(h (L, N, H), the N token texts)`` after every token of ``text``.
+
+    Raises:
+        ConfigError: the text has no tokens.
+    """
+    h = lm.states(text)
+    ids = lm.tokenizer.encode(text)
+    return h, display_pieces(lm.tokenizer, text, ids)
