@@ -396,7 +396,7 @@ def throughput(args) -> list[str]:
     import statistics
 
     from seqlm.models import RNNLM
-    from seqlm.train import make_optimizer
+    from seqlm.schedule import make_optimizer
 
     vocab = load_corpus(DataConfig(corpus=args.corpus, clean="none", split=SPLIT)).vocab_size
     steps = {}

@@ -36,6 +36,21 @@ def check_fits(tokens: np.ndarray, batch_size: int, num_steps: int) -> None:
             "or a smaller `batch_size` / `num_steps`")
 
 
+def check_validation(tokens: np.ndarray, fraction: float, num_steps: int) -> None:
+    """Raises:
+        CorpusError: the text asks for a validation split (``fraction`` > 0) whose
+            ``tokens`` are fewer than one window of ``num_steps + 1``: no evaluation, best
+            checkpoint, patience or perplexity could come of it.
+    """
+    need = num_steps + 1
+    if fraction > 0 and len(tokens) < need:
+        raise CorpusError(
+            f"corpus too short for a validation split: {fraction:g} of the text is "
+            f"{len(tokens)} tokens, but one evaluation window (`num_steps` {num_steps}) "
+            f"needs {need}; use a longer corpus, a larger validation fraction in `split`, or "
+            "`split` 1,0,0 to train without validation")
+
+
 def _gather(tokens: np.ndarray, starts: np.ndarray, num_steps: int) -> tuple[torch.Tensor, ...]:
     """Rows ``tokens[s : s+num_steps]`` and ``tokens[s+1 : s+num_steps+1]`` for each start."""
     index = starts[:, None] + np.arange(num_steps + 1)

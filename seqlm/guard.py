@@ -40,14 +40,10 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from typing import TYPE_CHECKING
 
 import torch
 
 from seqlm.errors import TrainingDiverged
-
-if TYPE_CHECKING:
-    from seqlm.train import Hooks
 
 GRAD_FACTOR = 4.0  # a window's mean gradient norm above this many running medians: blow-up
 LOSS_MARGIN = 0.5  # nats: a window's mean loss this far above its running median: blow-up
@@ -180,9 +176,10 @@ class Recovering:
     """The trainer's side of the guard (mixed into :class:`seqlm.train.Trainer`, whose
     ``guard``, ``progress``, ``model``, ``cfg`` and state methods it uses)."""
 
-    def _guard_check(self, hooks: Hooks) -> bool:
+    def _guard_check(self, hooks) -> bool:
         """Closes the guard's window; True when it was a blow-up and the last snapshot is
-        loaded (the caller then restarts the epoch's batches).
+        loaded (the caller then restarts the epoch's batches). ``hooks`` are the loop's
+        :class:`seqlm.train.Hooks`.
 
         Raises:
             TrainingDiverged: a NaN with the guard off, or a blow-up with no retry left.

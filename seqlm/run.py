@@ -20,7 +20,8 @@ import torch
 from seqlm import __version__, atomic, distributed
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
-from seqlm.data import Corpus, load_corpus
+from seqlm.batches import check_validation
+from seqlm.data import Corpus, is_prepared, load_corpus
 from seqlm.errors import CheckpointError, ConfigError
 from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
@@ -204,6 +205,9 @@ class RunSession:
         model = RNNLM(self.model_cfg).to(self.device)
         self.dist.reseed(train.seed, step=0)  # ranks > 0 draw their own dropout masks
         self.trainer = Trainer(model, self.corpus, data, train, self.device, dist=self.dist)
+        if not is_prepared(data.corpus):  # a prepared corpus keeps the split it was made with
+            check_validation(self.corpus.splits.get("val", ()), data.split_fractions()[1],
+                             data.num_steps)
         self.baselines = ngram_baselines(self.corpus.splits["train"],
                                          self.corpus.splits.get("val", []),
                                          self.corpus.vocab_size)

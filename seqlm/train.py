@@ -30,9 +30,10 @@ from seqlm.config import DataConfig, TrainConfig
 from seqlm.batches import SAMPLERS, check_fits, eval_batches, min_batches_per_epoch
 from seqlm.data import Corpus
 from seqlm.distributed import Dist
-from seqlm.errors import CorpusError, TrainingDiverged
+from seqlm.errors import TrainingDiverged
 from seqlm.guard import Guard, Recovering
 from seqlm.metrics import LossMeter, summary
+from seqlm.schedule import load_optimizer_state, lr_factor, make_optimizer, optimizer_state
 from seqlm.loss import cross_entropy
 from seqlm.models import RNNLM, detach_state
 from seqlm.models.fast import flatten_logits
@@ -63,37 +64,6 @@ class Hooks:
     on_recovery: Callable[[dict], None] = lambda record: None
     should_stop: Callable[[], bool] = lambda: False
     save: Callable[[str, "Trainer"], None] = lambda kind, trainer: None
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def lr_factor(cfg: TrainConfig, step: int, total_steps: int | None,
-              elapsed: float = 0.0) -> float:
-    """The multiplier of the peak lr at ``step``: linear warm-up, then constant or a cosine
-    decay to ``min_lr_ratio`` by the end of the budget.
-
-    The cosine follows whichever budget is nearer its end: the fraction of ``total_steps``
-    done, or of ``cfg.time_budget`` spent (``elapsed`` seconds), so a run with only a time
-    budget still decays to ``min_lr_ratio`` as its time runs out.
-    """
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    fractions = []
-    if total_steps:
-        fractions.append(max(step - cfg.warmup_steps, 0) / max(total_steps - cfg.warmup_steps, 1))
-    if cfg.time_budget:
-        fractions.append(elapsed / cfg.time_budget)
-    if cfg.schedule != "cosine" or not fractions:
-        return 1.0
-    frac = min(max(fractions), 1.0)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 @torch.inference_mode()
@@ -161,7 +131,6 @@ class Trainer(Recovering):
                 directory is created or replaced).
         """
         check_fits(self.corpus.splits["train"], self.data.batch_size, self.data.num_steps)
-        self._check_validation()
         self.dist.check_batch_size(self.data.batch_size)
         # Under torchrun the step runs through DistributedDataParallel (None otherwise).
         self.ddp_model = self.dist.wrap(self.model, self.device) if self.dist.enabled else None
@@ -177,26 +146,7 @@ class Trainer(Recovering):
         self.autocast = self._autocast()
         self.history: list[dict] = []
 
-    def _check_validation(self) -> None:
-        """Raises:
-            CorpusError: the text asks for a validation split (its fraction is > 0) that is
-                shorter than one window of ``num_steps + 1`` tokens: no evaluation, best
-                checkpoint, patience or perplexity could come of it.
-        """
-        from seqlm.data import is_prepared
-
-        val, need = self.corpus.splits.get("val", ()), self.data.num_steps + 1
-        fraction = self.data.split_fractions()[1]
-        if is_prepared(self.data.corpus) or fraction == 0 or len(val) >= need:
-            return
-        raise CorpusError(
-            f"corpus too short for a validation split: {fraction:g} of the text is "
-            f"{len(val)} tokens, but one evaluation window (`num_steps` {self.data.num_steps}) "
-            f"needs {need}; use a longer corpus, a larger validation fraction in `split`, or "
-            "`split` 1,0,0 to train without validation")
-
     def _total_steps(self) -> int | None:
-
         per_epoch = min_batches_per_epoch(len(self.corpus.splits["train"]),
                                           self.data.batch_size, self.data.num_steps)
         candidates = [self.cfg.max_steps] if self.cfg.max_steps else []
@@ -430,15 +380,13 @@ class Trainer(Recovering):
             parts = self.state if isinstance(self.state, tuple) else (self.state,)
             for i, s in enumerate(parts):  # the ranks' rows gathered: global (L, B, H)
                 tensors[f"carried_state.{i}"] = self.dist.gather(s, dim=1)
-        optim = self.optimizer.state_dict()
-        for index, slots in optim["state"].items():
-            for name, value in slots.items():
-                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
+        optim_tensors, param_groups = optimizer_state(self.optimizer)
+        tensors.update(optim_tensors)
         progress = vars(self.progress).copy()
         if not math.isfinite(progress["best_val"]):  # JSON has no infinity: no evaluation yet
             progress["best_val"] = None
         meta = {"progress": progress, "plateau_lr": self.plateau_lr,
-                "param_groups": optim["param_groups"],
+                "param_groups": param_groups,
                 "carried_state_parts": len(self.state) if isinstance(self.state, tuple)
                 else (1 if self.state is not None else 0)}
         return tensors, meta
@@ -464,9 +412,4 @@ class Trainer(Recovering):
         parts = [self.dist.shard(tensors[f"carried_state.{i}"], dim=1).to(self.device)
                  for i in range(meta["carried_state_parts"])]
         self.state = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]
-        state: dict = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        load_optimizer_state(self.optimizer, tensors, meta["param_groups"])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from seqlm.config import TrainConfig
-from seqlm.train import lr_factor
+from seqlm.schedule import lr_factor
 
 HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 

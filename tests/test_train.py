@@ -10,7 +10,8 @@ from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import build_corpus
 from seqlm.models import RNNLM
 from seqlm.run import RunSession, hooks_for
-from seqlm.train import Hooks, Trainer, TrainingDiverged, evaluate, lr_factor
+from seqlm.schedule import lr_factor
+from seqlm.train import Hooks, Trainer, TrainingDiverged, evaluate
 
 from conftest import TINY_TEXT
 
