@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqlm.errors import ConfigError, CorpusError
+from seqlm.errors import ConfigError, CorpusError, choice_error
 
 CLEANING = ("none", "lower", "letters")
 _BLOCK_BYTES = 1 << 24  # read_pieces: 16 MiB of a file at a time
@@ -349,7 +349,7 @@ def clean(text: str, mode: str = "none") -> str:
         return text.lower()
     if mode == "letters":
         return re.sub(r"[^A-Za-z]+", " ", text).lower()
-    raise ConfigError(f"unknown `clean` {mode!r}; choose one of {', '.join(CLEANING)}")
+    raise choice_error("clean", mode, CLEANING)
 
 
 def clean_pieces(pieces, mode: str = "none") -> Iterator[str]:

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
@@ -10,7 +9,6 @@ from torch.func import functional_call
 from seqlm.errors import ConfigError
 from seqlm.models.bptt import gru_recurrence
 from seqlm.config import ModelConfig
-from seqlm.models import RNNLM
 from seqlm.models.scratch import ScratchGRU, make_core
 
 DT = torch.float64
@@ -141,50 +139,6 @@ def test_engine_rejects_bad_shapes_and_dtypes():
                         ((xw, h0.float(), w, b), "dtype")]:
         with pytest.raises(ValueError, match=match):
             gru_recurrence(*args)
-
-
-# ----------------------------------------------------------------------------- in the model
-
-
-def lm_pair(**fields):
-    config = dict(vocab_size=11, cell="gru", hidden_size=8, num_layers=2, **fields)
-    auto = RNNLM(ModelConfig(**config)).double()
-    manual = RNNLM(ModelConfig(bptt_engine="manual", **config)).double()
-    manual.load_state_dict(auto.state_dict())
-    return auto, manual
-
-
-def loss_and_grads(model, tokens, state, seed=0):
-    torch.manual_seed(seed)  # the same dropout masks in both models
-    logits, _ = model(tokens[:, :-1], state)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-    return loss, torch.autograd.grad(loss, list(model.parameters()))
-
-
-@pytest.mark.parametrize("fields", [{}, {"embedding_dim": 5}, {"dropout": 0.3}])
-def test_rnnlm_trains_the_same_with_either_engine(fields):
-    auto, manual = lm_pair(**fields)
-    tokens = torch.randint(0, 11, (3, 9), generator=torch.Generator().manual_seed(1))
-    state = torch.randn(2, 3, 8, dtype=DT)
-    loss_a, grads_a = loss_and_grads(auto, tokens, state)
-    loss_m, grads_m = loss_and_grads(manual, tokens, state)
-    torch.testing.assert_close(loss_m, loss_a, rtol=1e-10, atol=1e-10)
-    for (name, _), a, m in zip(auto.named_parameters(), grads_a, grads_m):
-        assert a.abs().sum() > 0, name
-        torch.testing.assert_close(m, a, rtol=1e-9, atol=1e-10, msg=name)
-
-
-@pytest.mark.parametrize("embedding_dim", [None, 4])
-def test_rnnlm_under_bfloat16_autocast(embedding_dim):
-    model = RNNLM(ModelConfig(vocab_size=11, cell="gru", hidden_size=8, num_layers=2,
-                              embedding_dim=embedding_dim, bptt_engine="manual"))
-    tokens = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(0))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, state = model(tokens)
-    assert logits.dtype == torch.bfloat16
-    logits.float().logsumexp(-1).mean().backward()
-    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
-               for p in model.parameters())
 
 
 @pytest.mark.parametrize("truncation", ["tau:3", "random:0.5"])

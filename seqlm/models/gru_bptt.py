@@ -43,6 +43,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from seqlm.models.fast import accumulator, hidden_product
+from seqlm.models.gates import gate_slice
+
+# The engine reads torch's gate layout (seqlm.models.gates): the r and z blocks side by side,
+# then n; its own (T, B, 3H) factor tensor M keeps the same order.
 
 __all__ = ["gru_recurrence"]
 
@@ -53,18 +57,20 @@ def _forward_loop(xw: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor,
     (T, B, H)."""
     num_steps, batch, gates = xw.shape
     hidden = gates // 3
+    rz_cols, n_cols = (gate_slice("gru", "r", "z", hidden=hidden),
+                       gate_slice("gru", "n", hidden=hidden))
     rz = xw.new_empty(num_steps, batch, 2 * hidden)
     n, hn, outputs = (xw.new_empty(num_steps, batch, hidden) for _ in range(3))
     product = hidden_product(weight_hh, bias_hh, batch)
     h = h0
     for t in range(num_steps):
         hw_t = product(h)
-        r_t, z_t = torch.add(xw[t, :, : 2 * hidden], hw_t[:, : 2 * hidden],
+        r_t, z_t = torch.add(xw[t, :, rz_cols], hw_t[:, rz_cols],
                              out=rz[t]).sigmoid_().chunk(2, dim=-1)
-        hn[t].copy_(hw_t[:, 2 * hidden:])
+        hn[t].copy_(hw_t[:, n_cols])
         # tanh(a) = 2 sigmoid(2a) - 1: torch's sigmoid kernel is 3-6x faster than its tanh
         # on the CPU, enough to pay for the three small passes around it
-        n_t = torch.addcmul(xw[t, :, 2 * hidden:], r_t, hn[t], out=n[t])
+        n_t = torch.addcmul(xw[t, :, n_cols], r_t, hn[t], out=n[t])
         n_t.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
         h = torch.lerp(n_t, h, z_t, out=outputs[t])
     return rz, n, hn, outputs
@@ -139,7 +145,7 @@ class _GRURecurrence(torch.autograd.Function):
         grad_xw = None
         if need_xw:  # dL/dxw differs from dL/dhw only in the n block, which m gives up
             grad_xw = m
-            torch.mul(delta, a, out=grad_xw[..., 2 * hidden:])
+            torch.mul(delta, a, out=grad_xw[..., gate_slice("gru", "n", hidden=hidden)])
         return grad_xw, grad_h0, grad_w, grad_b
 
 
