@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqlm.errors import ConfigError, CorpusError, choice_error
+from seqlm.errors import CorpusError, choice_error
 
 CLEANING = ("none", "lower", "letters")
 _BLOCK_BYTES = 1 << 24  # read_pieces: 16 MiB of a file at a time
