@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("api") / "myrun"
     _save(run / "checkpoints" / "last", num_layers=2)
     torch.manual_seed(1)
-    best = _save(run / "checkpoints" / "best", num_layers=2)
+    _save(run / "checkpoints" / "best", num_layers=2)
     (run / "config.json").write_text("{}")
     return run
 
