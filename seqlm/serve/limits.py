@@ -10,13 +10,10 @@ threads because of a burst.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
+from seqlm.config import opt
 from seqlm.errors import field_error
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass
@@ -27,20 +24,14 @@ class Limits:
         ConfigError: from ``__post_init__``, naming the field and the value.
     """
 
-    max_text: int = field(default=5_000, metadata=_help(
-        "characters of a prefix or of a text to score"))
-    max_new_tokens: int = field(default=2_000, metadata=_help(
-        "tokens one generate request may ask for"))
-    max_state_tokens: int = field(default=1_000, metadata=_help(
-        "tokens whose hidden states one request may ask for"))
-    max_gradient_steps: int = field(default=200, metadata=_help(
-        "time steps (the text's last ones) of a gradient-through-time request"))
-    max_concurrent: int = field(default=4, metadata=_help(
-        "requests running the model at once; more wait in the queue"))
-    max_queued: int = field(default=64, metadata=_help(
-        "requests waiting for the model; more are answered 429"))
-    queue_timeout: float = field(default=60.0, metadata=_help(
-        "seconds a queued request waits before it is answered 429"))
+    max_text: int = opt(5_000, "characters of a prefix or of a text to score")
+    max_new_tokens: int = opt(2_000, "tokens one generate request may ask for")
+    max_state_tokens: int = opt(1_000, "tokens whose hidden states one request may ask for")
+    max_gradient_steps: int = opt(200, "time steps (the text's last ones) of a "
+                                  "gradient-through-time request")
+    max_concurrent: int = opt(4, "requests running the model at once; more wait in the queue")
+    max_queued: int = opt(64, "requests waiting for the model; more are answered 429")
+    queue_timeout: float = opt(60.0, "seconds a queued request waits before it is answered 429")
 
     def __post_init__(self) -> None:
         for f in fields(self):
