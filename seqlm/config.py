@@ -19,7 +19,8 @@ from seqlm.errors import ConfigError, check_choice, check_positive_int, field_er
 
 REQUIRED = dataclasses.MISSING  # opt(REQUIRED, ...): a field without a default
 
-CELLS = ("rnn", "gru", "lstm")
+CELLS = ("rnn", "gru", "lstm", "mingru", "minlstm")
+MIN_CELLS = ("mingru", "minlstm")  # Feng et al. (2024): gates from x_t only, a parallel scan
 IMPLS = ("scratch", "fused")
 NONLINEARITIES = ("tanh", "relu")
 INITS = ("torch", "d2l")
@@ -113,7 +114,8 @@ class ModelConfig:
     """
 
     vocab_size: int = opt(REQUIRED, "number of token ids V (set from the vocabulary)")
-    cell: str = opt("rnn", "recurrent cell", CELLS)
+    cell: str = opt("rnn", "recurrent cell; mingru/minlstm: Feng et al. (2024), residual "
+                    "blocks trained by a parallel scan", CELLS)
     impl: str = opt("scratch", "'scratch': the chapter's equations in Python; 'fused': torch's "
                     "cuDNN/MKL kernels; 'auto': the faster one measured for the cell and device "
                     "(ModelConfig.resolve)", (*IMPLS, "auto"))
@@ -157,13 +159,14 @@ class ModelConfig:
 
         ``impl``: the faster core as measured (docs/performance.md): on the CPU the scratch
         cores with their hand-written BPTT for rnn and gru, torch's fused LSTM; the fused cores
-        (cuDNN) elsewhere; always scratch for a truncation other than window/full.
+        (cuDNN) elsewhere; always scratch for a truncation other than window/full and for
+        mingru/minlstm (they have only the one core).
         ``bptt_engine``: 'manual' where the scratch core has one, else 'autograd'.
         """
         impl, engine = self.impl, self.bptt_engine
         windowed = self.truncation in WINDOWED
         if impl == "auto":
-            fused = device_type != "cpu" or self.cell == "lstm"
+            fused = self.cell not in MIN_CELLS and (device_type != "cpu" or self.cell == "lstm")
             impl = "fused" if fused and windowed else "scratch"
         if engine == "auto":
             has_manual = impl == "scratch" and (self.cell == "rnn" or
@@ -201,6 +204,8 @@ def check_core(cell: str, impl: str, *, nonlinearity: str = "tanh", dropout: flo
                           f"{cell!r}; use `nonlinearity` 'tanh'")
     policy = as_truncation(truncation)
     windowed = policy.kind in WINDOWED
+    if cell in MIN_CELLS:
+        _check_min_core(cell, impl, init, windowed, policy)
     if impl == "fused" and not windowed:
         raise ConfigError(f"`truncation` {str(policy)!r} needs impl 'scratch'; fused cores "
                           "support only 'window' and 'full'")
@@ -214,6 +219,19 @@ def check_core(cell: str, impl: str, *, nonlinearity: str = "tanh", dropout: flo
                               f"or 'full' only, got {str(policy)!r}; use `bptt_engine` "
                               "'autograd'")
     return None if windowed else policy
+
+
+def _check_min_core(cell: str, impl: str, init: str, windowed: bool, policy) -> None:
+    """The settings a minGRU/minLSTM core (seqlm.models.minrnn) cannot run."""
+    if impl != "scratch":
+        raise ConfigError(f"cell {cell!r} has no fused core, got impl {impl!r}; use `impl` "
+                          "'scratch' or 'auto'")
+    if not windowed:
+        raise ConfigError(f"cell {cell!r} trains by a parallel scan over the window, so "
+                          f"`truncation` {str(policy)!r} does not apply; use 'window' or 'full'")
+    if init != "torch":
+        raise ConfigError(f"`init` {init!r} is the chapter's cells' only; use `init` 'torch' "
+                          f"for cell {cell!r}")
 
 
 DEFAULT_TIME_BUDGET = 150.0  # seconds: the main job's budget when no other budget is given

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from seqlm.checkpoint import BPE_FILE, VOCAB_FILE, load_checkpoint
 from seqlm.errors import ExportError
 from seqlm.models import RNNLM
+from seqlm.models.minrnn import MIN_CELLS
 from seqlm.models.scratch import make_core
 from seqlm.runtime.format import (CONFIG_FILE, FILES, FORMAT, FORMAT_VERSION, TOKENS,
                                   is_export, output_names, state_names)
@@ -120,14 +121,18 @@ def export_onnx(source: str | Path, out: str | Path, *, overwrite: bool = False,
 
     Raises:
         CheckpointError: ``source`` holds no readable checkpoint.
-        ExportError: ``out`` is in the way, onnx is not installed, torch cannot export the
-            model, onnxruntime is missing (with ``check``), or onnxruntime's logits differ
-            from torch's by more than :data:`TOLERANCE`.
+        ExportError: the model's cell is mingru/minlstm, ``out`` is in the way, onnx is not
+            installed, torch cannot export the model, onnxruntime is missing (with
+            ``check``), or onnxruntime's logits differ from torch's by more than
+            :data:`TOLERANCE`.
     """
     if importlib.util.find_spec("onnx") is None:  # torch's exporter writes through it
         raise ExportError("seqlm export needs the onnx package (and onnxruntime to check "
                           "and run the graphs); pip install 'seqlm[onnx]'")
     ckpt = load_checkpoint(source, device="cpu")
+    if ckpt.model.config.cell in MIN_CELLS:
+        raise ExportError(f"ONNX export runs cells 'rnn', 'gru' and 'lstm', not "
+                          f"{ckpt.model.config.cell!r}; generate with torch (seqlm generate)")
     model = copy.deepcopy(ckpt.model).float().eval().requires_grad_(False)  # traced as constants
     target = Path(out)
     _check_target(target, overwrite)

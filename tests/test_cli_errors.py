@@ -219,7 +219,7 @@ CASES = [
     case("stats-top-negative", ["stats", *CORPUS, "--top", "-1"], r"--top must be >= 0, got -1"),
     # -- unknown names
     case("unknown-cell", ["train", "--cell", "transformer"],
-         r"argument --cell: invalid choice: 'transformer' \(choose from .*'lstm'\)"),
+         r"argument --cell: invalid choice: 'transformer' \(choose from .*'minlstm'\)"),
     case("unknown-tokenizer", ["train", "--tokenizer", "sentencepiece"],
          r"argument --tokenizer: invalid choice: 'sentencepiece' \(choose from .*'bpe'\)"),
     case("unknown-sampler", ["train", "--sampler", "shuffled"],

@@ -27,7 +27,7 @@ def test_every_config_field_has_help_and_choices_where_they_apply():
     for f in fields(ModelConfig):
         assert f.metadata.get("help"), f.name
     choices = {f.name: f.metadata.get("choices") for f in fields(ModelConfig)}
-    assert choices["cell"] == ("rnn", "gru", "lstm")
+    assert choices["cell"] == ("rnn", "gru", "lstm", "mingru", "minlstm")
     assert choices["impl"] == ("scratch", "fused", "auto")
     assert choices["bptt_engine"] == ("autograd", "manual", "auto")
     assert choices["init"] == ("torch", "d2l")

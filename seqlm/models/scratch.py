@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlm.config import INITS, MANUAL_ENGINE_CELLS, check_core
+from seqlm.config import INITS, MANUAL_ENGINE_CELLS, MIN_CELLS, check_core
 from seqlm.errors import check_choice, check_positive_int
 from seqlm.models.gates import GATES, input_bias, layer_weights
+from seqlm.models.minrnn import MinRNN
 
 D2L_INIT_STD = 0.01  # the book's sigma for N(0, sigma^2) weights
 
@@ -321,14 +322,16 @@ _FUSED = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 def make_core(cell: str, impl: str, input_size: int, hidden_size: int, num_layers: int = 1,
               *, nonlinearity: str = "tanh", dropout: float = 0.0, init: str = "torch",
               bptt_engine: str = "autograd", truncation=None) -> nn.Module:
-    """Build a recurrent core: a scratch core or ``torch.nn.RNN/GRU/LSTM(batch_first=True)``.
+    """Build a recurrent core: a scratch core, ``torch.nn.RNN/GRU/LSTM(batch_first=True)``, or
+    for cell ``'mingru'``/``'minlstm'`` a :class:`~seqlm.models.minrnn.MinRNN`.
 
     Both kinds share parameter names and the ``forward(input, hx) -> (output, h_n)`` contract,
     so the rest of the model never branches on which one it holds.
 
     Args:
-        cell: ``'rnn'``, ``'gru'`` or ``'lstm'``.
-        impl: ``'scratch'`` (this module) or ``'fused'`` (torch's cuDNN/MKL kernels).
+        cell: ``'rnn'``, ``'gru'``, ``'lstm'``, ``'mingru'`` or ``'minlstm'``.
+        impl: ``'scratch'`` (this module; the only one for the min cells) or ``'fused'``
+            (torch's cuDNN/MKL kernels).
         input_size, hidden_size, num_layers, dropout, init: as :class:`ScratchRNN`.
         nonlinearity: ``'tanh'`` or ``'relu'``; only ``'tanh'`` for GRU and LSTM.
         bptt_engine: ``'manual'`` needs impl ``'scratch'`` and cell ``'rnn'``, or cell
@@ -340,6 +343,8 @@ def make_core(cell: str, impl: str, input_size: int, hidden_size: int, num_layer
     """
     kwargs = {"dropout": dropout, "init": init, "truncation": truncation}
     check_core(cell, impl, nonlinearity=nonlinearity, bptt_engine=bptt_engine, **kwargs)
+    if cell in MIN_CELLS:
+        return MinRNN(cell, input_size, hidden_size, num_layers, dropout=dropout)
     if impl == "scratch":
         if cell in MANUAL_ENGINE_CELLS:
             kwargs.update(bptt_engine=bptt_engine)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqlm.decoding import collect, decode_steps
+from seqlm.config import MIN_CELLS
 from seqlm.errors import ConfigError, check_choice
 from seqlm.models.gates import KEEPS_HIDDEN_BIAS, gate_slice, input_bias, layer_weights
 from seqlm.models.scratch import State, make_core
@@ -57,8 +58,9 @@ def make_stepper(model, backend: str = "auto", batch_size: int | None = None) ->
     """The stepper of ``model`` (an RNNLM) for ``batch_size`` rows.
 
     Args:
-        backend: ``'torch'``, ``'numpy'`` (float32 on the CPU only), or ``'auto'``: numpy for a
-            float32 CPU model stepping one row, else torch.
+        backend: ``'torch'``, ``'numpy'`` (float32 on the CPU, the chapter's cells only), or
+            ``'auto'``: numpy for a float32 CPU model of those cells stepping one row, else
+            torch.
         batch_size: rows the caller will step (only ``'auto'`` reads it).
 
     Raises:
@@ -67,6 +69,11 @@ def make_stepper(model, backend: str = "auto", batch_size: int | None = None) ->
     check_choice("backend", backend, BACKENDS)
     weight = model.decoder.weight
     cpu32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+    if model.config.cell in MIN_CELLS:
+        if backend == "numpy":
+            raise ConfigError(f"the numpy stepper runs cells 'rnn', 'gru' and 'lstm', not "
+                              f"{model.config.cell!r}; use `backend` 'torch' or 'auto'")
+        return MinStepper(model)
     if backend == "numpy" and not cpu32:
         raise ConfigError(f"the numpy stepper needs a float32 model on the CPU, not "
                           f"{weight.dtype} on {weight.device}; use `backend` 'torch'")
@@ -157,6 +164,23 @@ class TorchStepper(Stepper):
         new = tuple(layer[0].unsqueeze(0) if len(layer) == 1 else torch.stack(layer)
                     for layer in zip(*finals))
         return torch.addmm(self.b_out, x, self.w_out), new if pair else new[0]
+
+
+class MinStepper(Stepper):
+    """The torch backend of a minGRU/minLSTM model: :meth:`MinRNN.step
+    <seqlm.models.minrnn.MinRNN.step>`, the sequential recurrence, one token per call."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        model = self.model
+        x = tokens if model.embedding is None else model.embedding(tokens)
+        if model.embedding is None and model.literal_one_hot:
+            x = F.one_hot(tokens, model.config.vocab_size).to(model.decoder.weight.dtype)
+        output, state = model.core.step(x, state)
+        return model.decode(output), state
 
 
 def _array(t: Tensor) -> np.ndarray:
