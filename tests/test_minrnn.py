@@ -47,17 +47,21 @@ def _linear_recurrence(log_a, log_b, h):
     return torch.stack(outputs)
 
 
-def test_the_scan_falls_back_to_logcumsumexp_on_a_wide_span_and_both_are_exact():
+def test_the_scan_and_its_gradients_are_exact_in_narrow_wide_and_mixed_columns():
     torch.manual_seed(0)
-    T = 30
-    log_a = -torch.rand(T, 2, 3, dtype=torch.float64) * 2 * SHIFT_RANGE / T  # spans > the range
+    T = 10
+    log_a = -torch.rand(T, 2, 3, dtype=torch.float64) * 4 * SHIFT_RANGE / T
+    log_a[:, 0] /= 40  # row 0 spans less than the range, row 1 more: both ways in one call
     log_b = torch.randn(T, 2, 3, dtype=torch.float64)
     h0 = torch.randn(2, 3, dtype=torch.float64)
-    assert (-log_a.sum(0) > SHIFT_RANGE).any()
-    for scale in (1.0, 0.1):  # the fallback, then the shifted cumsum (within the range)
-        torch.testing.assert_close(parallel_scan(scale * log_a, log_b, h0),
-                                   _linear_recurrence(scale * log_a, log_b, h0),
+    span = (log_b - log_a.cumsum(0)).amax(0) - (log_b - log_a.cumsum(0)).amin(0)
+    assert (span[0] < SHIFT_RANGE).all() and (span[1] >= SHIFT_RANGE).all()
+    for a in (log_a, log_a[:, :1], log_a[:, 1:]):  # mixed, all narrow, all wide
+        b, h = log_b[:, :a.shape[1]], h0[:a.shape[1]]
+        torch.testing.assert_close(parallel_scan(a, b, h), _linear_recurrence(a, b, h),
                                    rtol=1e-10, atol=1e-12)
+    inputs = tuple(t.clone().requires_grad_() for t in (log_a, log_b, h0))
+    assert torch.autograd.gradcheck(parallel_scan, inputs)
 
 
 @pytest.mark.parametrize("cell", CELLS)

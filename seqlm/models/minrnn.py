@@ -53,10 +53,10 @@ def g(x: Tensor) -> Tensor:
 def parallel_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     """All h_t of ``h_t = a_t h_{t-1} + b_t`` at once, in log space (Heinsen 2023).
 
-    The log-cumulative-sum-exp of ``v = log b − a*`` is taken with one shift per column, its
-    maximum over time, when the column's values span less than :data:`SHIFT_RANGE` (then no
-    term under- or overflows, and it costs a cumsum and two exps, several times less than
-    ``torch.logcumsumexp`` on the CPU); otherwise with ``torch.logcumsumexp``.
+    The log-cumulative-sum-exp of ``v = log b − a*`` is taken with one shift per column (its
+    maximum over time) in every column whose values span less than :data:`SHIFT_RANGE`: no
+    term under- or overflows there, and a cumsum and two exps cost several times less than
+    ``torch.logcumsumexp`` on the CPU. The other columns go through ``torch.logcumsumexp``.
 
     Args:
         log_a: (T, B, H) log coefficients, ≤ 0.
@@ -69,11 +69,17 @@ def parallel_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     a_star = torch.cumsum(log_a, dim=0)
     v = log_b - a_star
     top = v.amax(dim=0)
-    if bool((top - v.amin(dim=0) < SHIFT_RANGE).all()):
+    wide = top - v.amin(dim=0) >= SHIFT_RANGE  # (B, H)
+    if not wide.any():
         inputs = torch.exp(v - top).cumsum(dim=0) * torch.exp(a_star + top)
-    else:
-        inputs = torch.exp(a_star + torch.logcumsumexp(v, dim=0))
-    return inputs + torch.exp(a_star) * h0
+        return inputs + torch.exp(a_star) * h0
+    # wide columns: zeros into the shifted sum (finite, then replaced), exact values after
+    v_in, a_in, top_in = (t.masked_fill(wide, 0.0) for t in (v, a_star, top))
+    inputs = (torch.exp(v_in - top_in).cumsum(dim=0) * torch.exp(a_in + top_in)).flatten(1)
+    cols = wide.flatten().nonzero().squeeze(1)
+    v_w, a_w = v.flatten(1).index_select(1, cols), a_star.flatten(1).index_select(1, cols)
+    inputs = inputs.index_copy(1, cols, torch.exp(a_w + torch.logcumsumexp(v_w, dim=0)))
+    return inputs.view_as(v) + torch.exp(a_star) * h0
 
 
 class MinCell(nn.Module):
