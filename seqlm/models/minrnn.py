@@ -101,7 +101,8 @@ class MinCell(nn.Module):
         parts = self.gates(x).chunk(_GATES[self.cell], dim=-1)
         if self.cell == "mingru":
             k, pre = parts
-            return -F.softplus(k), -F.softplus(-k) + log_g(pre)  # log(1 − z), log z + log g
+            log_keep = -F.softplus(k)  # log(1 − z); log z = k + log(1 − z)
+            return log_keep, (k + log_keep).add_(log_g(pre))
         k_f, k_i, pre = parts
         diff = F.softplus(-k_f) - F.softplus(-k_i)  # log(i / f)
         return -F.softplus(diff), -F.softplus(-diff) + log_g(pre)  # log f', log i' + log g
