@@ -131,8 +131,9 @@ class ModelConfig:
     init: str = opt("torch", "'torch': U(-1/sqrt(H), 1/sqrt(H)); 'd2l': the book's "
                     "N(0, 0.01^2) weights, zero biases", INITS)
     bptt_engine: str = opt("autograd", "'manual' runs the hand-written backward pass (impl "
-                           "scratch; cell rnn, or cell gru with truncation window/full); "
-                           "'auto': manual where it exists, else autograd",
+                           "scratch; cell rnn, mingru, minlstm, or gru with truncation "
+                           "window/full); 'auto': manual where it exists (mingru/minlstm: on "
+                           "the CPU), else autograd",
                            (*BPTT_ENGINES, "auto"))
     truncation: str = opt("window", "BPTT truncation: 'window', 'full', 'tau:K' or 'random:P' "
                           "(the last two: impl scratch)")
@@ -161,7 +162,8 @@ class ModelConfig:
         cores with their hand-written BPTT for rnn and gru, torch's fused LSTM; the fused cores
         (cuDNN) elsewhere; always scratch for a truncation other than window/full and for
         mingru/minlstm (they have only the one core).
-        ``bptt_engine``: 'manual' where the scratch core has one, else 'autograd'.
+        ``bptt_engine``: 'manual' where the scratch core has one, else 'autograd'; for
+        mingru/minlstm 'manual' (the sequential scan) on the CPU, the parallel scan elsewhere.
         """
         impl, engine = self.impl, self.bptt_engine
         windowed = self.truncation in WINDOWED
@@ -171,6 +173,8 @@ class ModelConfig:
         if engine == "auto":
             has_manual = impl == "scratch" and (self.cell == "rnn" or
                                                 (self.cell == "gru" and windowed))
+            if self.cell in MIN_CELLS:  # the parallel scan only where steps run in parallel
+                has_manual = device_type == "cpu"
             engine = "manual" if has_manual else "autograd"
         if (impl, engine) == (self.impl, self.bptt_engine):
             return self
@@ -210,10 +214,10 @@ def check_core(cell: str, impl: str, *, nonlinearity: str = "tanh", dropout: flo
         raise ConfigError(f"`truncation` {str(policy)!r} needs impl 'scratch'; fused cores "
                           "support only 'window' and 'full'")
     if bptt_engine == "manual":
-        if cell not in MANUAL_ENGINE_CELLS or impl != "scratch":
-            raise ConfigError(f"`bptt_engine` 'manual' needs cell 'rnn' or 'gru' and impl "
-                              f"'scratch', got cell {cell!r} impl {impl!r}; use `bptt_engine` "
-                              "'autograd'")
+        if cell not in (*MANUAL_ENGINE_CELLS, *MIN_CELLS) or impl != "scratch":
+            raise ConfigError(f"`bptt_engine` 'manual' needs cell 'rnn', 'gru', 'mingru' or "
+                              f"'minlstm' and impl 'scratch', got cell {cell!r} impl "
+                              f"{impl!r}; use `bptt_engine` 'autograd'")
         if cell == "gru" and not windowed:
             raise ConfigError(f"`bptt_engine` 'manual' for cell 'gru' runs truncation 'window' "
                               f"or 'full' only, got {str(policy)!r}; use `bptt_engine` "

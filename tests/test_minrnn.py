@@ -107,11 +107,25 @@ def test_dropout_acts_between_blocks_in_training_only():
     assert torch.equal(core(x)[0], core(x)[0])
 
 
+def test_bfloat16_autocast_keeps_the_scan_in_float32_and_close_to_it():
+    torch.manual_seed(0)
+    model = RNNLM(ModelConfig(vocab_size=11, cell="minlstm", hidden_size=16, num_layers=2,
+                              embedding_dim=8)).eval()
+    tokens = torch.randint(0, 11, (2, 12))
+    with torch.no_grad():
+        want, want_state = model(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, state = model(tokens)
+    assert state.dtype == torch.float32
+    torch.testing.assert_close(state, want_state, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.1)
+
+
 @pytest.mark.parametrize("settings,match", [
     ({"impl": "fused"}, "no fused core"),
     ({"truncation": "tau:3"}, "truncation"),
     ({"init": "d2l"}, "init"),
-    ({"bptt_engine": "manual"}, "bptt_engine"),
+    ({"bptt_engine": "manual", "impl": "fused"}, "no fused core"),
     ({"nonlinearity": "relu"}, "nonlinearity"),
 ])
 def test_settings_that_do_not_apply_are_one_line_config_errors(settings, match):
@@ -120,12 +134,44 @@ def test_settings_that_do_not_apply_are_one_line_config_errors(settings, match):
     assert "\n" not in str(info.value)
 
 
-def test_auto_choices_resolve_to_the_scan_core_on_every_device():
-    for device in ("cpu", "cuda"):
+def test_auto_choices_resolve_to_the_sequential_scan_on_the_cpu_only():
+    for device, engine in (("cpu", "manual"), ("cuda", "autograd")):
         c = ModelConfig(vocab_size=5, cell="mingru", impl="auto",
                         bptt_engine="auto").resolve(device)
-        assert (c.impl, c.bptt_engine) == ("scratch", "autograd")
-    assert isinstance(make_core("minlstm", "scratch", 5, 4, 2), MinRNN)
+        assert (c.impl, c.bptt_engine) == ("scratch", engine)
+    core = make_core("minlstm", "scratch", 5, 4, 2, bptt_engine="manual")
+    assert isinstance(core, MinRNN) and core.bptt_engine == "manual"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_manual_engine_equals_the_parallel_scan_and_passes_gradcheck(cell):
+    torch.manual_seed(2)
+    layer = MinCell(cell, 3).double()
+    x = 2 * torch.randn(6, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer(x, h0, sequential=True), layer(x, h0), rtol=0,
+                               atol=1e-10)
+    inputs = (x.requires_grad_(), h0.requires_grad_())
+    assert torch.autograd.gradcheck(lambda x, h: layer(x, h, sequential=True), inputs)
+    weights = torch.randn(6, 2, 3, dtype=torch.float64)
+    grads = [torch.autograd.grad((layer(x, h0, sequential=s) * weights).sum(),
+                                 (x, h0, *layer.parameters())) for s in (True, False)]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_both_engines_train_the_same_model_alike():
+    torch.manual_seed(0)
+    fast = MinRNN("minlstm", 5, 8, 2, bptt_engine="manual")
+    scan = MinRNN("minlstm", 5, 8, 2)
+    scan.load_state_dict(fast.state_dict())
+    x, h0 = torch.randn(3, 7, 5), torch.rand(2, 3, 8)
+    out = [core(x, h0) for core in (fast, scan)]
+    torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
+    grads = [torch.autograd.grad(o[0].square().sum(), tuple(c.parameters()))
+             for o, c in zip(out, (fast, scan))]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_the_numpy_stepper_refuses_and_auto_picks_torch():

@@ -16,8 +16,9 @@ Public tensors are batch-first — tokens (B, T), logits (B, T, V) — and recur
 torch's layout (L, B, H), a pair ``(h, c)`` of them for LSTM. Scratch cores run time-major
 (T, B, ·) inside.
 
-The modules: :mod:`~seqlm.models.scratch` (the chapter's cells), :mod:`~seqlm.models.gates`
-(torch's gate layout), :mod:`~seqlm.models.lm` (:class:`RNNLM`), and the fast paths beside the
+The modules: :mod:`~seqlm.models.scratch` (the chapter's cells), :mod:`~seqlm.models.minrnn`
+(minGRU and minLSTM, trained by a parallel scan), :mod:`~seqlm.models.gates` (torch's gate
+layout), :mod:`~seqlm.models.lm` (:class:`RNNLM`), and the fast paths beside the
 clear versions: :mod:`~seqlm.models.bptt` / :mod:`~seqlm.models.gru_bptt` (hand-written
 backward passes), :mod:`~seqlm.models.truncation`, :mod:`~seqlm.models.fast` (oneDNN products)
 and :mod:`~seqlm.models.stepper` (one-token generation). The model's configuration is

@@ -18,6 +18,9 @@ Training runs all T steps at once with Heinsen's (2023) log-space scan:
 The initial state enters through the first term, so any h_0 (zeros included, and the state
 carried between minibatches by sequential partitioning) is exact. :meth:`MinCell.step` is
 the same recurrence one token at a time: the generation path and the tests' reference.
+``bptt_engine='manual'`` trains through :class:`LinearScan` instead, that recurrence step by
+step with a hand-written backward pass: on the CPU the scan's parallelism buys nothing and
+its extra passes over (T, B, H) cost three times as much.
 
 :class:`MinRNN` stacks L blocks after an input projection I → H: block k reads
 ``LayerNorm(x_k)``, runs its cell, and adds its h to the residual stream
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlm.config import MIN_CELLS
+from seqlm.config import BPTT_ENGINES, MIN_CELLS
 from seqlm.errors import check_choice, check_positive_int
 
 _GATES = {"mingru": 2, "minlstm": 3}  # blocks of H rows in a cell's gate projection
@@ -82,6 +85,31 @@ def parallel_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     return inputs.view_as(v) + torch.exp(a_star) * h0
 
 
+class LinearScan(torch.autograd.Function):
+    """``h_t = a_t h_{t-1} + b_t`` step by step, with its backward pass written out: the
+    adjoint runs the same recurrence backwards, ``δ_t = ∂l/∂h_t + a_{t+1} δ_{t+1}``, and
+    gives ``∂l/∂b_t = δ_t``, ``∂l/∂a_t = δ_t h_{t-1}``, ``∂l/∂h_0 = a_1 δ_1``. On the CPU
+    its T small steps cost a third of the log-space scan's passes over (T, B, H)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        out, h = torch.empty_like(b), h0
+        for t in range(a.shape[0]):
+            h = torch.addcmul(b[t], a[t], h, out=out[t])
+        ctx.save_for_backward(a, out, h0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, out, h0 = ctx.saved_tensors
+        delta = torch.empty_like(grad)
+        acc = delta[-1].copy_(grad[-1])
+        for t in range(a.shape[0] - 2, -1, -1):
+            acc = torch.addcmul(grad[t], a[t + 1], acc, out=delta[t])
+        previous = torch.cat([h0.unsqueeze(0).expand_as(out[:1]), out[:-1]])
+        return delta * previous, delta, a[0] * delta[0]
+
+
 class MinCell(nn.Module):
     """One minGRU or minLSTM layer: a gate projection H → G·H of the input only.
 
@@ -98,7 +126,10 @@ class MinCell(nn.Module):
 
     def log_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(log a, log b)`` of the linear recurrence for inputs x (..., H)."""
-        parts = self.gates(x).chunk(_GATES[self.cell], dim=-1)
+        gates = self.gates(x)
+        if gates.dtype in (torch.float16, torch.bfloat16):  # under autocast: logs in float32
+            gates = gates.float()
+        parts = gates.chunk(_GATES[self.cell], dim=-1)
         if self.cell == "mingru":
             k, pre = parts
             log_keep = -F.softplus(k)  # log(1 − z); log z = k + log(1 − z)
@@ -107,18 +138,28 @@ class MinCell(nn.Module):
         diff = F.softplus(-k_f) - F.softplus(-k_i)  # log(i / f)
         return -F.softplus(diff), -F.softplus(-diff) + log_g(pre)  # log f', log i' + log g
 
-    def forward(self, x: Tensor, h0: Tensor) -> Tensor:
-        """Every state for inputs x (T, B, H) from h0 (B, H), by the parallel scan: (T, B, H)."""
-        return parallel_scan(*self.log_coefficients(x), h0)
-
-    def step(self, x: Tensor, h: Tensor) -> Tensor:
-        """One step of the recurrence in plain (not log) space: x, h (B, H) → h (B, H)."""
+    def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a, b)`` of the linear recurrence in plain (not log) space, for x (..., H)."""
         parts = self.gates(x).chunk(_GATES[self.cell], dim=-1)
         if self.cell == "mingru":
             z = torch.sigmoid(parts[0])
-            return (1 - z) * h + z * g(parts[1])
+            return 1 - z, z * g(parts[1])
         f, i = torch.sigmoid(parts[0]), torch.sigmoid(parts[1])
-        return (f * h + i * g(parts[2])) / (f + i)
+        total = f + i
+        return f / total, i * g(parts[2]) / total
+
+    def forward(self, x: Tensor, h0: Tensor, *, sequential: bool = False) -> Tensor:
+        """Every state for inputs x (T, B, H) from h0 (B, H): (T, B, H), by the log-space
+        parallel scan, or with ``sequential`` by :class:`LinearScan`."""
+        if sequential:
+            a, b = self.coefficients(x)
+            return LinearScan.apply(a, b, h0.to(b.dtype))
+        return parallel_scan(*self.log_coefficients(x), h0)
+
+    def step(self, x: Tensor, h: Tensor) -> Tensor:
+        """One step of the recurrence in plain space: x, h (B, H) → h (B, H)."""
+        a, b = self.coefficients(x)
+        return torch.addcmul(b, a, h)
 
 
 class MinRNN(nn.Module):
@@ -131,6 +172,9 @@ class MinRNN(nn.Module):
         hidden_size: H, width of the residual stream and of every layer's state.
         num_layers: L blocks.
         dropout: dropout on the residual stream after every block but the last.
+        bptt_engine: ``'autograd'``: autograd through the log-space parallel scan;
+            ``'manual'``: :class:`LinearScan`, the sequential recurrence with its hand-written
+            backward pass (faster on the CPU, where the scan's parallelism buys nothing).
 
     Raises:
         ConfigError: a size is not a positive integer or the cell is unknown.
@@ -139,12 +183,14 @@ class MinRNN(nn.Module):
     pair_state = False
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, bptt_engine: str = "autograd") -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
             check_positive_int(name, value)
         check_choice("cell", cell, MIN_CELLS)
+        check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
+        self.bptt_engine = bptt_engine
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
         self.num_layers, self.dropout = num_layers, float(dropout)
         self.proj = nn.Linear(input_size, hidden_size)
@@ -152,7 +198,8 @@ class MinRNN(nn.Module):
         self.cells = nn.ModuleList(MinCell(cell, hidden_size) for _ in range(num_layers))
 
     def extra_repr(self) -> str:
-        return f"{self.cell!r}, {self.input_size}, {self.hidden_size}, dropout={self.dropout}"
+        return (f"{self.cell!r}, {self.input_size}, {self.hidden_size}, dropout={self.dropout}, "
+                f"bptt_engine={self.bptt_engine!r}")
 
     def project(self, x: Tensor) -> Tensor:
         """The input projection: floats (..., I) or integer ids (...) → (..., H)."""
@@ -184,7 +231,7 @@ class MinRNN(nn.Module):
         hx = self._state(hx, x)
         finals = []
         for k, (norm, cell) in enumerate(zip(self.norms, self.cells)):
-            h = cell(norm(x), hx[k])
+            h = cell(norm(x), hx[k], sequential=self.bptt_engine == "manual")
             finals.append(h[-1])
             x = self._next_input(k, x, h)
         return x.transpose(0, 1), torch.stack(finals)
@@ -216,10 +263,11 @@ class MinRNN(nn.Module):
     def _state(self, hx: Tensor | None, x: Tensor) -> Tensor:
         """The initial state (L, B, H): zeros for None, validated otherwise."""
         if hx is None:
-            return x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+            return x.new_zeros(self.num_layers, x.shape[1], self.hidden_size,
+                               dtype=self.proj.weight.dtype)
         if isinstance(hx, (tuple, list)) or hx.shape != (self.num_layers, x.shape[1],
                                                          self.hidden_size):
             got = type(hx).__name__ if isinstance(hx, (tuple, list)) else tuple(hx.shape)
             raise ValueError(f"expected state (L={self.num_layers}, B={x.shape[1]}, "
                              f"H={self.hidden_size}); got {got}")
-        return hx.to(x.dtype)
+        return hx

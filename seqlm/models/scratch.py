@@ -344,7 +344,8 @@ def make_core(cell: str, impl: str, input_size: int, hidden_size: int, num_layer
     kwargs = {"dropout": dropout, "init": init, "truncation": truncation}
     check_core(cell, impl, nonlinearity=nonlinearity, bptt_engine=bptt_engine, **kwargs)
     if cell in MIN_CELLS:
-        return MinRNN(cell, input_size, hidden_size, num_layers, dropout=dropout)
+        return MinRNN(cell, input_size, hidden_size, num_layers, dropout=dropout,
+                      bptt_engine=bptt_engine)
     if impl == "scratch":
         if cell in MANUAL_ENGINE_CELLS:
             kwargs.update(bptt_engine=bptt_engine)
