@@ -26,6 +26,7 @@ INITS = ("torch", "d2l")
 BPTT_ENGINES = ("autograd", "manual")
 MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
 WINDOWED = ("window", "full")  # truncations that every core and engine runs
+OUTPUTS = ("auto", "full", "adaptive")
 # Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
 # varies; 0 is the book's greedy argmax, which soon repeats itself.
 DEFAULT_TEMPERATURE = 0.8
@@ -134,6 +135,12 @@ class ModelConfig:
                            (*BPTT_ENGINES, "auto"))
     truncation: str = opt("window", "BPTT truncation: 'window', 'full', 'tau:K' or 'random:P' "
                           "(the last two: impl scratch)")
+    output: str = opt("auto", "output layer: 'full' H x V decoder; 'adaptive' softmax over "
+                      "frequency clusters (exact probabilities, for large vocabularies); 'auto': "
+                      "adaptive when the full decoder would outweigh the recurrent core",
+                      OUTPUTS)
+    cutoffs: str = opt("", "adaptive softmax cluster boundaries as frequency ranks, e.g. "
+                       "'800,2200'; empty: from the training counts")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers"):
@@ -147,9 +154,26 @@ class ModelConfig:
                               f"{self.hidden_size}; set `embedding_dim` to {self.hidden_size}")
         if not isinstance(self.truncation, str):
             raise field_error("truncation", self.truncation, "text such as 'window'")
+        self.cutoff_ranks()
         c = self.resolve()
         check_core(c.cell, c.impl, nonlinearity=c.nonlinearity, dropout=c.dropout, init=c.init,
                    bptt_engine=c.bptt_engine, truncation=c.truncation)
+
+    def cutoff_ranks(self) -> tuple[int, ...]:
+        """``cutoffs`` as integers (empty: not chosen yet).
+
+        Raises:
+            ConfigError: not increasing comma-separated integers in ``[1, vocab_size - 1)``.
+        """
+        try:
+            ranks = tuple(int(p) for p in self.cutoffs.split(",")) if self.cutoffs.strip() else ()
+        except (AttributeError, ValueError):
+            ranks = (0,)
+        ok = not ranks or all(a < b for a, b in zip((0, *ranks), (*ranks, self.vocab_size - 1)))
+        _check(ok, "cutoffs", self.cutoffs, f"increasing ranks between 1 and "
+               f"{self.vocab_size - 2} (the vocabulary has {self.vocab_size} ids), e.g. "
+               f"'{max(1, self.vocab_size // 8)},{max(2, self.vocab_size // 2)}'")
+        return ranks
 
     def resolve(self, device_type: str = "cpu") -> ModelConfig:
         """This configuration with ``impl`` and ``bptt_engine`` 'auto' made concrete for a

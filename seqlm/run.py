@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from seqlm import __version__, atomic, distributed
@@ -26,6 +27,7 @@ from seqlm.errors import CheckpointError, ConfigError
 from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
 from seqlm.models import RNNLM
+from seqlm.models.output import choose_cutoffs
 from seqlm.train import Hooks, Trainer
 
 BUDGET_FIELDS = ("epochs", "max_steps", "time_budget", "early_stopping")
@@ -200,9 +202,10 @@ class RunSession:
         torch.manual_seed(train.seed)
         self.corpus: Corpus = load_corpus(data)
         fields = {k: v for k, v in model_fields.items() if k != "vocab_size"}
-        self.model_cfg = ModelConfig(vocab_size=self.corpus.vocab_size,
-                                     **fields).resolve(self.device.type)
-        model = RNNLM(self.model_cfg).to(self.device)
+        model = RNNLM(self._with_cutoffs(ModelConfig(vocab_size=self.corpus.vocab_size,
+                                                     **fields).resolve(self.device.type)))
+        self.model_cfg = model.config  # with the output layer decided
+        model.to(self.device)
         self.dist.reseed(train.seed, step=0)  # ranks > 0 draw their own dropout masks
         self.trainer = Trainer(model, self.corpus, data, train, self.device, dist=self.dist)
         if not is_prepared(data.corpus):  # a prepared corpus keeps the split it was made with
@@ -212,6 +215,15 @@ class RunSession:
                                          self.corpus.splits.get("val", []),
                                          self.corpus.vocab_size)
         self.samples: list[dict] = []
+
+    def _with_cutoffs(self, cfg: ModelConfig) -> ModelConfig:
+        """``cfg`` with an adaptive softmax's cutoffs, if it may have one and none are given,
+        chosen from the training split's counts (:func:`seqlm.models.output.choose_cutoffs`)."""
+        if cfg.output == "full" or cfg.cutoff_ranks():
+            return cfg
+        counts = np.bincount(np.asarray(self.corpus.splits["train"]), minlength=cfg.vocab_size)
+        return dataclasses.replace(cfg, cutoffs=",".join(
+            map(str, choose_cutoffs(counts, cfg.vocab_size))))
 
     @classmethod
     def start(cls, out: str | Path, data: DataConfig, model_fields: dict, train: TrainConfig,
