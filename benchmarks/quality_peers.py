@@ -30,10 +30,11 @@ from torch import nn
 
 def timed_loop(step: Callable[[int, float], int], evaluate: Callable[[], tuple[float, int]],
                budget: float, eval_every: float,
-               on_eval: Callable[[float], dict] = lambda loss: {}) -> dict:
+               on_eval: Callable[[float], dict] = lambda loss: {},
+               max_steps: int | None = None) -> dict:
     """Calls ``step(step_index, fraction_of_budget_spent) -> tokens`` until ``budget`` seconds
-    of training are spent; ``evaluate() -> (summed NLL, count)`` runs every ``eval_every``
-    seconds of training, off the clock, and once on the final weights.
+    of training are spent (or ``max_steps`` steps taken); ``evaluate() -> (summed NLL, count)``
+    runs every ``eval_every`` seconds of training, off the clock, and once on the final weights.
 
     ``on_eval(loss)`` sees each evaluation before training resumes (not the final one) and
     returns extra fields for that curve point.
@@ -53,7 +54,7 @@ def timed_loop(step: Callable[[int, float], int], evaluate: Callable[[], tuple[f
         return time.perf_counter() - start, pt
 
     tick = time.perf_counter()
-    while elapsed < budget:
+    while elapsed < budget and n != max_steps:
         tokens += step(n, elapsed / budget)
         n += 1
         now = time.perf_counter()
@@ -318,7 +319,8 @@ class Quartering:
         return {"lr": self.opt.param_groups[0]["lr"]}  # the lr training resumes with
 
 
-def train_wlm(c: WLMConfig, corpus, budget: float, eval_every: float) -> tuple[dict, WordLSTM]:
+def train_wlm(c: WLMConfig, corpus, budget: float, eval_every: float,
+              max_steps: int | None = None) -> tuple[dict, WordLSTM]:
     """word_language_model's training loop on a time budget: epochs of sequential windows, the
     state detached between windows and fresh at each epoch's start."""
     torch.manual_seed(c.seed)
@@ -343,7 +345,7 @@ def train_wlm(c: WLMConfig, corpus, budget: float, eval_every: float) -> tuple[d
         return Y.numel()
 
     out = timed_loop(step, lambda: wlm_evaluate(model, corpus.splits["val"]), budget,
-                     eval_every, on_eval=Quartering(opt, c.lr_decay))
+                     eval_every, on_eval=Quartering(opt, c.lr_decay), max_steps=max_steps)
     return {"kind": "wlm", "config": dataclasses.asdict(c), "params": _n_params(model),
             **out}, model
 

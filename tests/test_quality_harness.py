@@ -4,6 +4,7 @@ table (benchmarks/quality_matrix.py), and the time-following cosine it relies on
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -121,19 +122,26 @@ def test_the_word_stream_keeps_newlines_as_eos_and_splits_off_a_test_part(qualit
     assert 0 < train_lines < len(lines) and all(len(corpus.splits[k]) for k in ("val", "test"))
 
 
-def test_wlm_peer_trains_its_loss_falls_and_every_val_target_counts(peers, quality, tiny_corpus):
+def test_wlm_peer_trains_its_loss_falls_and_every_val_target_counts(peers, quality, tiny_corpus,
+                                                                   single_thread):
     corpus = quality.stream_corpus(str(tiny_corpus), "word")
-    c = peers.WLMConfig(emsize=16, nhid=16, batch_size=4, bptt=8, eval_batch_size=2)
+    # lr_decay 1 here: an evaluation every 0.05 s would otherwise quarter the lr to nothing.
+    c = peers.WLMConfig(emsize=16, nhid=16, batch_size=4, bptt=8, eval_batch_size=2,
+                        lr_decay=1.0)
     torch.manual_seed(c.seed)  # the model train_wlm starts from
     nll, count = peers.wlm_evaluate(peers.WordLSTM(c, corpus.vocab_size), corpus.splits["val"])
     n_val = len(corpus.splits["val"])
     assert count == (n_val // 2 - 1) * 2  # two rows, every target of each row once
-    result, model = peers.train_wlm(c, corpus, budget=1.5, eval_every=0.3)
+    # A step budget, so that a loaded machine changes only where the evaluations fall.
+    result, model = peers.train_wlm(c, corpus, budget=60.0, eval_every=0.05, max_steps=200)
     curve = result["curve"]
-    assert result["steps"] > 20 and result["train_s"] >= 1.5 and curve[-1]["final"]
+    assert result["steps"] == 200 and len(curve) >= 2 and curve[-1]["final"]
     assert {p["count"] for p in curve} == {count}
     assert curve[-1]["loss"] < nll / count - 0.5
+    assert all(p["lr"] == c.lr for p in curve[:-1])
     # The lr each evaluation leaves: quartered whenever the loss is no better than the best.
+    quartered = dataclasses.replace(c, lr_decay=4.0)
+    curve = peers.train_wlm(quartered, corpus, 60.0, eval_every=0.05, max_steps=200)[0]["curve"]
     lr, best = c.lr, math.inf
     for p in curve[:-1]:
         lr, best = (lr, p["loss"]) if p["loss"] < best else (lr / 4, best)
@@ -233,6 +241,7 @@ def test_matrix_table_flags_each_done_when_check(quality, tmp_path, capsys):
     assert rows[("| sanguoyanyi", "95 s")] == ["pass", "–", "pass", "FAIL |"]  # exp(-0.2) > 0.8
     assert rows[("| sanguoyanyi", "540 s")] == ["pass", "pass", "pass", "– |"]
     assert "| alice | 95 s | not run |" in out
+    assert "| timemachine | 540 s | not run |" in out  # every row shows, --rows or not
     assert "7 checks pass, 4 fail: builtin 540 s stable" in out
     text = doc.read_text()
     assert text.startswith("intro\n<!-- matrix:begin -->\n| row |") and "old" not in text
