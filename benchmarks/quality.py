@@ -58,7 +58,8 @@ import quality_matrix  # noqa: E402
 from quality_peers import (GPTConfig, WLMConfig, gpt_sample, train_gpt,  # noqa: E402
                            train_wlm, wlm_sample)
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
-from seqlm.presets import field_types, optional_fields, preset, split_overrides
+from seqlm.presets import (field_types, merge_choices, optional_fields, preset,
+                           split_overrides)
 from seqlm.data import load_corpus
 from seqlm.generate import generate
 from seqlm.metrics import LN2, bigram_nll
@@ -116,7 +117,7 @@ def rnn_configs(spec: str, corpus: str, tokenizer: str, budget: float, threads: 
     base, overrides = parse_spec(spec)
     values = preset(base)
     values = {k: v for k, v in values.items() if k not in ("epochs", "max_steps")}
-    values.update(typed(overrides, (DataConfig, ModelConfig, TrainConfig)))
+    values = merge_choices(values, typed(overrides, (DataConfig, ModelConfig, TrainConfig)))
     # Same stream for every model; the harness owns the budget and the evaluation times.
     values.update(corpus=corpus, **STREAMS[tokenizer], max_tokens=None,
                   time_budget=budget, eval_every=0, early_stopping=None, threads=threads,

@@ -27,6 +27,7 @@ BPTT_ENGINES = ("autograd", "manual")
 MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
 WINDOWED = ("window", "full")  # truncations that every core and engine runs
 OUTPUTS = ("auto", "full", "adaptive")
+ADAPTABLE = ("dropout", "embedding_dim", "eval_every")  # what seqlm.recipe may choose
 # Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
 # varies; 0 is the book's greedy argmax, which soon repeats itself.
 DEFAULT_TEMPERATURE = 0.8
@@ -273,6 +274,8 @@ class TrainConfig:
                              "its last snapshot at a lower lr; 0 = off")
     guard_every: int = opt(100, "divergence guard: steps between its in-memory snapshots")
     guard_lr_factor: float = opt(0.5, "divergence guard: lr multiplier at each recovery")
+    adapt: str = opt("", "settings chosen from the measured corpus size, vocabulary and speed "
+                     f"(seqlm.recipe), comma-separated, of: {', '.join(ADAPTABLE)}")
     seed: int = opt(0, "seed of every random choice: init, offsets, shuffles, dropout, samples")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = opt("float32", "bfloat16 = bfloat16 autocast (CUDA, or CPU where it helps)",
@@ -301,12 +304,18 @@ class TrainConfig:
                 check_positive_int(name, getattr(self, name))
         _check(self.sample_temperature >= 0, "sample_temperature", self.sample_temperature,
                ">= 0")
+        _check(all(n in ADAPTABLE for n in self.adapted()), "adapt", self.adapt,
+               f"comma-separated names among {', '.join(ADAPTABLE)} (or empty)")
         if self.epochs is None and self.max_steps is None and self.time_budget is None:
             self.time_budget = DEFAULT_TIME_BUDGET
         budget = self.time_budget
         _check(budget is None or (budget > 0 and math.isfinite(budget)), "time_budget", budget,
                "a positive number of seconds")
 
+
+    def adapted(self) -> tuple[str, ...]:
+        """The names in ``adapt``."""
+        return tuple(n.strip() for n in str(self.adapt).split(",") if n.strip())
 
 
 # -- BPTT truncation, a model setting: its text form and the value it parses to ----------------

@@ -89,7 +89,7 @@ def test_training_reduces_the_loss_and_evaluate_reads_it():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
     meter = evaluate(model, text, batch_size=4, num_steps=10)
     assert meter.tokens > 0 and np.isfinite(meter.loss)
