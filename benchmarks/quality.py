@@ -61,6 +61,7 @@ from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.presets import (field_types, merge_choices, optional_fields, preset,
                            split_overrides)
 from seqlm.data import load_corpus
+from seqlm.errors import SeqlmError
 from seqlm.generate import generate
 from seqlm.metrics import LN2, bigram_nll
 from seqlm.run import RunSession
@@ -395,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         args.eval_every = args.eval_every or args.budget / 12
         args.threads = args.threads or (1 if args.parallel else 2)
-        results = run(args)
+        try:
+            results = run(args)
+        except SeqlmError as exc:  # a setting or corpus the recipe cannot use: one line
+            print(f"quality.py: {exc}", file=sys.stderr)
+            return 2
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
         plot([results], args.out / "curves.png")

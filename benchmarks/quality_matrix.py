@@ -166,9 +166,14 @@ def run_planned(item: dict, run, *, sample_tokens: int) -> dict:
     return result
 
 
-def run_matrix(items: list[dict], run, *, sample_tokens: int, log) -> None:
+def run_matrix(items: list[dict], run, *, sample_tokens: int, log) -> int:
     """Runs every planned item whose action is 'run'; a corpus that cannot be read is logged
-    as skipped and the others go on."""
+    as skipped, a model that fails as failed, and the others go on.
+
+    Returns:
+        The number of items that failed.
+    """
+    failed = 0
     for item in items:
         label = f"{item['row']} {item['budget']:g} s ({' vs '.join(item['models'])})"
         if item["action"] != "run":
@@ -179,6 +184,10 @@ def run_matrix(items: list[dict], run, *, sample_tokens: int, log) -> None:
             run_planned(item, run, sample_tokens=sample_tokens)
         except CorpusError as exc:
             log(f"matrix: {label}: skipped, {exc}")
+        except SystemExit as exc:  # a model's process failed; its error is printed above
+            log(f"matrix: {label}: failed ({exc}); nothing stored")
+            failed += 1
+    return failed
 
 
 # ---- the table ------------------------------------------------------------------------------------
@@ -312,9 +321,10 @@ def main(args, *, run, recipe, plot, log=None) -> int:
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     # Named corpora (timemachine) resolve from the same folders as the files.
     os.environ["SEQLM_DATA"] = os.pathsep.join(str(d) for d in data_dirs())
+    failed = 0
     if not args.table_only:
         items = plan(args.rows, args.budgets, args.results, recipe, force=args.force)
-        run_matrix(items, run, sample_tokens=args.sample_tokens, log=log)
+        failed = run_matrix(items, run, sample_tokens=args.sample_tokens, log=log)
     stored = stored_results(list(ROWS), args.budgets, args.results)
     text = render(check_lines(stored, list(ROWS), args.budgets))
     print(text)
@@ -323,4 +333,4 @@ def main(args, *, run, recipe, plot, log=None) -> int:
         plot(list(stored.values()), figure)
     if args.doc is not None:
         write_doc(args.doc, text)
-    return 0
+    return 1 if failed else 0

@@ -209,6 +209,26 @@ def test_plan_skips_a_stored_result_only_while_its_recipe_stands(quality, matrix
     assert found["action"] == "run" and found["corpus"] == str(tmp_path / "empty" / "alice.txt")
 
 
+def test_a_failed_row_is_logged_and_the_matrix_goes_on(matrix, tmp_path):
+    items = [{"row": row, "budget": 95.0, "models": ["cpu-fast", "transformer"],
+              "corpus": row, "path": tmp_path / f"quality-{row}-95.json", "action": "run",
+              "reason": "no stored result"} for row in ("builtin", "python-source")]
+    items.append({**items[0], "row": "alice", "action": "missing", "reason": "no file"})
+
+    def run(args):
+        if args.corpus == "builtin":
+            raise SystemExit("quality.py: a model's process failed (see its error above)")
+        assert (args.parallel, args.threads, args.eval_every) == (True, 1, 95.0 / 12)
+        return {"corpus": args.corpus, "models": {}}
+
+    logged = []
+    assert matrix.run_matrix(items, run, sample_tokens=5, log=logged.append) == 1
+    assert not items[0]["path"].exists()
+    assert json.loads(items[1]["path"].read_text())["row"] == "python-source"
+    assert [line.split(": ")[2].split(",")[0].split(" (")[0] for line in logged] == [
+        "running", "failed", "running", "skipped"]
+
+
 def _result(row, budget, rnn, peer, bigram, rnn_final=None, peer_name="transformer"):
     def model(kind, best, final):
         curve = [{"elapsed": budget / 2, "loss": best, "final": False},
