@@ -1,10 +1,12 @@
-"""Quality at a CPU budget: seqlm's presets against a small transformer at equal wall time.
+"""Quality at a CPU budget: seqlm's presets against a peer at equal wall time.
 
 Each model trains for the same wall-clock budget on the same contiguous split of the same
-character stream (``--split 0.9,0.1,0``: the last 10 % held out, vocabulary from the training
-part), and is evaluated at the same moments of its budget on the **whole** validation split,
-token-weighted. The budget is training time on both sides: each evaluation is taken off the
-model's clock (a full-split evaluation costs the transformer about twice what it costs
+token stream, and is evaluated at the same moments of its budget on the **whole** validation
+split, token-weighted. Character streams (``--tokenizer char``) use ``--split 0.9,0.1,0``
+(the last 10 % held out); word streams (``--tokenizer word``, newlines kept as the ``"\\n"``
+token that plays word_language_model's ``<eos>``) use ``0.9,0.05,0.05``; the vocabulary comes
+from the training part. The budget is training time on both sides: each evaluation is taken
+off the model's clock (a full-split evaluation costs the transformer about twice what it costs
 an RNN, so counting it would tax the peer for the protocol). Evaluations run at every
 ``--eval-every`` seconds of training and once more on the final weights when the budget is
 spent; every model keeps its best evaluation.
@@ -17,20 +19,20 @@ the other in one process.
   ``:key=value,...`` overrides), trained by :class:`seqlm.train.Trainer` through
   :class:`seqlm.run.RunSession`; evaluated by ``Trainer.validate`` (state carried along
   ``batch_size`` rows of the split).
-* Peer: a decoder-only transformer written below with nanoGPT's published CPU recipe
-  (4 layers, 4 heads, width 128, context 64, batch 12, AdamW lr 1e-3, betas 0.9/0.99, weight
-  decay 0.1 on matrices, 100 warm-up steps, cosine to 1e-4, clip 1, no dropout, no biases,
-  tied embeddings). Its cosine follows the time budget, as seqlm's does. It is evaluated on
-  consecutive non-overlapping 64-token blocks (each token once; context 1-64 tokens).
+* Peers (benchmarks/quality_peers.py): ``transformer``, nanoGPT's CPU recipe, and ``wlm``,
+  pytorch/examples' word_language_model LSTM, both with ``:key=value,...`` overrides.
 
 Usage::
 
     python benchmarks/quality.py run --corpus builtin --budget 95 \\
         --models cpu-fast,transformer --out runs/quality/builtin-95
     python benchmarks/quality.py plot runs/quality/*/results.json --out docs/quality-curves.png
+    python benchmarks/quality.py matrix            # every corpus x {95 s, 9 min}, stored rows
+    python benchmarks/quality.py matrix --table-only --doc docs/quality.md
 
 ``run`` writes ``results.json`` (curves, best losses, throughput, samples) and ``curves.png``
-to ``--out`` and prints a table. Run it under ``flock /tmp/seqlm-cpu.lock`` on a shared box.
+to ``--out`` and prints a table; ``matrix`` is described in benchmarks/quality_matrix.py. Run
+them under ``flock /tmp/seqlm-cpu.lock`` on a shared box.
 """
 
 from __future__ import annotations
@@ -43,17 +45,23 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # the peers and the matrix beside us
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import quality_matrix  # noqa: E402
+from quality_peers import (GPTConfig, WLMConfig, gpt_sample, train_gpt,  # noqa: E402
+                           train_wlm, wlm_sample)
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
-from seqlm.presets import field_types, optional_fields, preset, split_overrides
+from seqlm.presets import (field_types, merge_choices, optional_fields, preset,
+                           split_overrides)
 from seqlm.data import load_corpus
+from seqlm.errors import SeqlmError
 from seqlm.generate import generate
 from seqlm.metrics import LN2, bigram_nll
 from seqlm.run import RunSession
@@ -61,173 +69,15 @@ from seqlm.train import Hooks
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 SKIP = {"model": {"vocab_size"}}
-SPLIT = "0.9,0.1,0"
+# How the harness turns text into ids: the same for every model of a run.
+STREAMS = {
+    "char": {"clean": "none", "tokenizer": "char", "keep_newlines": False, "split": "0.9,0.1,0"},
+    "word": {"clean": "none", "tokenizer": "word", "keep_newlines": True,
+             "split": "0.9,0.05,0.05"},
+}
+PEERS = {"transformer": (GPTConfig, train_gpt, gpt_sample), "wlm": (WLMConfig, train_wlm,
+                                                                     wlm_sample)}
 MARKS = (95.0, 540.0)  # the issue's two budgets: report the best loss reached within each
-
-
-# ---- the peer: a small decoder-only transformer ------------------------------------------
-
-@dataclass
-class GPTConfig:
-    """The peer's architecture and recipe (nanoGPT's CPU settings for Tiny Shakespeare)."""
-
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64
-    batch_size: int = 12
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta2: float = 0.99
-    clip: float = 1.0
-    dropout: float = 0.0
-    seed: int = 0
-
-
-class CausalBlock(nn.Module):
-    """Pre-norm block: x + attn(ln(x)), then x + mlp(ln(x)); (B, T, C) -> (B, T, C)."""
-
-    def __init__(self, c: GPTConfig) -> None:
-        super().__init__()
-        self.n_head, self.dropout = c.n_head, c.dropout
-        self.ln1, self.ln2 = nn.LayerNorm(c.n_embd, bias=False), nn.LayerNorm(c.n_embd, bias=False)
-        self.qkv = nn.Linear(c.n_embd, 3 * c.n_embd, bias=False)
-        self.proj = nn.Linear(c.n_embd, c.n_embd, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd, bias=False), nn.GELU(),
-                                 nn.Linear(4 * c.n_embd, c.n_embd, bias=False),
-                                 nn.Dropout(c.dropout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
-        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                             v.transpose(1, 2), is_causal=True,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.proj(att.transpose(1, 2).reshape(B, T, C))
-        return x + self.mlp(self.ln2(x))
-
-
-class TinyGPT(nn.Module):
-    """Token + learned position embeddings, ``n_layer`` blocks, final norm, tied decoder.
-
-    ``forward(tokens (B, T)) -> logits (B, T, V)`` with ``T <= block_size``.
-    """
-
-    def __init__(self, c: GPTConfig, vocab_size: int) -> None:
-        super().__init__()
-        self.config = c
-        self.tok = nn.Embedding(vocab_size, c.n_embd)
-        self.pos = nn.Embedding(c.block_size, c.n_embd)
-        self.blocks = nn.Sequential(*[CausalBlock(c) for _ in range(c.n_layer)])
-        self.ln = nn.LayerNorm(c.n_embd, bias=False)
-        self.head = nn.Linear(c.n_embd, vocab_size, bias=False)
-        self.head.weight = self.tok.weight
-        for name, p in self.named_parameters():
-            if p.dim() == 2:  # GPT-2 init; residual projections scaled by depth
-                std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith(("proj.weight",
-                                                                        "mlp.2.weight")) else 0.02
-                nn.init.normal_(p, 0.0, std)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        return self.head(self.ln(self.blocks(self.tok(tokens) + self.pos(positions))))
-
-
-@torch.inference_mode()
-def gpt_evaluate(model: TinyGPT, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, int]:
-    """Summed NLL and count over every target of ``tokens`` (all ``len - 1``), the stream cut
-    into consecutive ``block_size`` blocks (the last one shorter), each read from no context."""
-    was_training = model.training
-    model.eval()
-    data = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-    T = model.config.block_size
-    n_full = (len(data) - 1) // T
-    total, count = 0.0, 0
-    pieces = [(data[: n_full * T].view(n_full, T), data[1: n_full * T + 1].view(n_full, T))]
-    if n_full * T < len(data) - 1:
-        pieces.append((data[n_full * T: -1][None], data[n_full * T + 1:][None]))
-    for X, Y in pieces:
-        for i in range(0, len(X), batch_size):
-            logits = model(X[i: i + batch_size])
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                           Y[i: i + batch_size].reshape(-1), reduction="sum"))
-            count += Y[i: i + batch_size].numel()
-    model.train(was_training)
-    return total, count
-
-
-def gpt_optimizer(model: TinyGPT, c: GPTConfig) -> torch.optim.AdamW:
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": matrices, "weight_decay": c.weight_decay},
-                              {"params": others, "weight_decay": 0.0}],
-                             lr=c.lr, betas=(0.9, c.beta2))
-
-
-def gpt_lr(c: GPTConfig, step: int, frac: float) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to ``min_lr`` over the
-    fraction ``frac`` of the time budget spent."""
-    if step < c.warmup_steps:
-        return c.lr * (step + 1) / c.warmup_steps
-    return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-
-
-def train_gpt(c: GPTConfig, corpus, budget: float, eval_every: float) -> tuple[dict, TinyGPT]:
-    torch.manual_seed(c.seed)
-    model = TinyGPT(c, corpus.vocab_size)
-    opt = gpt_optimizer(model, c)
-    train, val = corpus.splits["train"], corpus.splits["val"]
-    data = torch.from_numpy(np.asarray(train, dtype=np.int64))
-    gen = torch.Generator().manual_seed(c.seed + 1)
-    curve, eval_s, elapsed, step, tokens, next_eval = [], 0.0, 0.0, 0, 0, eval_every
-    offsets = torch.arange(c.block_size + 1)
-    tick = time.perf_counter()
-    while elapsed < budget:
-        starts = torch.randint(len(data) - c.block_size - 1, (c.batch_size, 1), generator=gen)
-        window = data[starts + offsets]
-        for group in opt.param_groups:
-            group["lr"] = gpt_lr(c, step, elapsed / budget)
-        logits = model(window[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip)
-        opt.step()
-        step, tokens = step + 1, tokens + window[:, 1:].numel()
-        now = time.perf_counter()
-        elapsed, tick = elapsed + now - tick, now
-        if elapsed >= next_eval and elapsed < budget:
-            eval_s += _gpt_point(model, val, curve, elapsed, step, tokens)
-            next_eval += eval_every
-            tick = time.perf_counter()  # evaluation is off the clock
-    final_s = _gpt_point(model, val, curve, elapsed, step, tokens, final=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    return {"kind": "transformer", "config": dataclasses.asdict(c), "params": n_params,
-            "steps": step, "tokens": tokens, "train_s": elapsed, "eval_s": eval_s,
-            "final_eval_s": final_s, "curve": curve}, model
-
-
-def _gpt_point(model, val, curve, elapsed, step, tokens, final=False) -> float:
-    start = time.perf_counter()
-    nll, count = gpt_evaluate(model, val)
-    curve.append({"elapsed": elapsed, "step": step, "tokens": tokens, "loss": nll / count,
-                  "count": count, "final": final})
-    return time.perf_counter() - start
-
-
-@torch.inference_mode()
-def gpt_sample(model: TinyGPT, tokenizer, prefix: str, n: int, temperature: float,
-               seed: int) -> str:
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.from_numpy(np.asarray(tokenizer.encode(prefix), dtype=np.int64))[None]
-    for _ in range(n):
-        logits = model(ids[:, -model.config.block_size:])[0, -1] / temperature
-        nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
-        ids = torch.cat([ids, nxt[None]], dim=1)
-    return tokenizer.decode(ids[0].tolist())
 
 
 # ---- the RNN side: seqlm's own trainer -----------------------------------------------------
@@ -259,13 +109,18 @@ def typed(values: dict[str, str], classes) -> dict:
     return out
 
 
-def rnn_configs(spec: str, corpus: str, budget: float, threads: int):
+def stream_corpus(corpus: str, tokenizer: str):
+    """The ids every model of a run trains and is evaluated on."""
+    return load_corpus(DataConfig(corpus=corpus, **STREAMS[tokenizer]))
+
+
+def rnn_configs(spec: str, corpus: str, tokenizer: str, budget: float, threads: int):
     base, overrides = parse_spec(spec)
     values = preset(base)
     values = {k: v for k, v in values.items() if k not in ("epochs", "max_steps")}
-    values.update(typed(overrides, (DataConfig, ModelConfig, TrainConfig)))
+    values = merge_choices(values, typed(overrides, (DataConfig, ModelConfig, TrainConfig)))
     # Same stream for every model; the harness owns the budget and the evaluation times.
-    values.update(corpus=corpus, clean="none", tokenizer="char", split=SPLIT, max_tokens=None,
+    values.update(corpus=corpus, **STREAMS[tokenizer], max_tokens=None,
                   time_budget=budget, eval_every=0, early_stopping=None, threads=threads,
                   device="cpu", sample_tokens=0)
     sections = split_overrides(values, SECTIONS, skip=SKIP)
@@ -273,8 +128,9 @@ def rnn_configs(spec: str, corpus: str, budget: float, threads: int):
             TrainConfig(**sections["train"]))
 
 
-def train_rnn(spec: str, corpus_name: str, budget: float, eval_every: float, threads: int):
-    data, model_fields, train = rnn_configs(spec, corpus_name, budget, threads)
+def train_rnn(spec: str, corpus_name: str, tokenizer: str, budget: float, eval_every: float,
+              threads: int):
+    data, model_fields, train = rnn_configs(spec, corpus_name, tokenizer, budget, threads)
     session = RunSession(data, model_fields, train, preset=parse_spec(spec)[0])
     trainer = session.trainer
     curve, state = [], {"next": eval_every, "eval_s": 0.0}
@@ -320,21 +176,40 @@ def summarize(result: dict, budget: float) -> None:
         best[f"{mark:g}"] = min(within) if within else None
     result["best"] = best
     result["best_loss"] = min(pt["loss"] for pt in result["curve"])
+    final = result["curve"][-1]
+    assert final["final"], "the last evaluation is the final weights'"
+    result["final_loss"] = final["loss"]
     result["tokens_per_s"] = result["tokens"] / max(result["train_s"], 1e-9)
+
+
+def recipe(models: list[str], tokenizer: str) -> dict:
+    """What a run's numbers depend on besides the machine and the budget, as it resolves now:
+    the stream, each preset's settings (with the spec's overrides) and each peer's config."""
+    out = {"stream": STREAMS[tokenizer], "models": {}}
+    for spec in models:
+        name, overrides = parse_spec(spec)
+        if name in PEERS:
+            cls = PEERS[name][0]
+            out["models"][spec] = dataclasses.asdict(cls(**typed(overrides, (cls,))))
+        else:
+            out["models"][spec] = {**preset(name),
+                                   **typed(overrides, (DataConfig, ModelConfig, TrainConfig))}
+    return json.loads(json.dumps(out))  # as it reads back from a results file
 
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    corpus = load_corpus(DataConfig(corpus=args.corpus, clean="none", split=SPLIT))
+    corpus = stream_corpus(args.corpus, args.tokenizer)
     val = corpus.splits["val"]
     prefix = args.prefix or corpus.tokenizer.decode(val[:24])
     out = {"corpus": args.corpus, "budget": args.budget, "eval_every": args.eval_every,
-           "threads": args.threads, "parallel": args.parallel, "split": SPLIT,
+           "threads": args.threads, "parallel": args.parallel,
+           "tokenizer": args.tokenizer, "split": STREAMS[args.tokenizer]["split"],
            "vocab_size": corpus.vocab_size,
            "tokens": {k: int(len(v)) for k, v in corpus.splits.items()},
            "bigram_loss": bigram_nll(corpus.splits["train"], val, corpus.vocab_size, 0.1),
            "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-           "prefix": prefix, "models": {}}
+           "prefix": prefix, "recipe": recipe(args.models, args.tokenizer), "models": {}}
     if args.parallel:
         out["models"] = run_parallel(args, prefix)
         return out
@@ -346,23 +221,25 @@ def run(args) -> dict:
 def run_one(args, spec: str, corpus, prefix: str) -> dict:
     """Trains and evaluates one model, then samples from its final weights."""
     load = os.getloadavg()[0]
-    if spec.split(":")[0] == "transformer":
-        c = GPTConfig(**typed(parse_spec(spec)[1], (GPTConfig,)))
-        result, model = train_gpt(c, corpus, args.budget, args.eval_every)
-        sample = gpt_sample(model, corpus.tokenizer, prefix, args.sample_tokens,
-                            args.temperature, args.seed)
+    name, overrides = parse_spec(spec)
+    if name in PEERS:
+        config_class, train_peer, sample_peer = PEERS[name]
+        c = config_class(**typed(overrides, (config_class,)))
+        result, model = train_peer(c, corpus, args.budget, args.eval_every)
+        sample = sample_peer(model, corpus.tokenizer, prefix, args.sample_tokens,
+                             args.temperature, args.seed)
     else:
-        result, session = train_rnn(spec, args.corpus, args.budget, args.eval_every,
-                                    args.threads)
+        result, session = train_rnn(spec, args.corpus, args.tokenizer, args.budget,
+                                    args.eval_every, args.threads)
         if not np.array_equal(session.corpus.splits["val"], corpus.splits["val"]):
             raise SystemExit("quality.py: the RNN's validation split differs from the "
-                             "transformer's; the comparison would be unfair")
+                             "peer's; the comparison would be unfair")
         sample = generate(session.trainer.model, session.tokenizer, prefix,
                           max_new_tokens=args.sample_tokens, temperature=args.temperature,
                           seed=args.seed)[0]
     result.update(sample=sample, loadavg_before=load, loadavg_after=os.getloadavg()[0])
     summarize(result, args.budget)
-    print(f"{spec}: best {result['best_loss']:.4f} nats/char after {result['steps']} steps, "
+    print(f"{spec}: best {result['best_loss']:.4f} nats/token after {result['steps']} steps, "
           f"{result['tokens_per_s']:,.0f} tokens/s, eval {result['eval_s']:.1f} s",
           file=sys.stderr, flush=True)
     return result
@@ -376,6 +253,7 @@ def run_parallel(args, prefix: str) -> dict:
     for i, spec in enumerate(args.models):
         part = args.out / "parts" / str(i)
         cmd = [sys.executable, str(Path(__file__).resolve()), "run", "--corpus", args.corpus,
+               "--tokenizer", args.tokenizer,
                "--budget", str(args.budget), "--eval-every", str(args.eval_every),
                "--threads", str(args.threads), "--prefix", prefix, "--sample-tokens",
                str(args.sample_tokens), "--temperature", str(args.temperature), "--seed",
@@ -398,10 +276,10 @@ def throughput(args) -> list[str]:
     from seqlm.models import RNNLM
     from seqlm.schedule import make_optimizer
 
-    vocab = load_corpus(DataConfig(corpus=args.corpus, clean="none", split=SPLIT)).vocab_size
+    vocab = stream_corpus(args.corpus, "char").vocab_size
     steps = {}
     for spec in args.models:
-        data, model_fields, train = rnn_configs(spec, args.corpus, 1.0, 1)
+        data, model_fields, train = rnn_configs(spec, args.corpus, "char", 1.0, 1)
         model = RNNLM(ModelConfig(vocab_size=vocab, **model_fields))
         opt = make_optimizer(model, train)
         X = torch.randint(vocab, (data.batch_size, data.num_steps))
@@ -432,8 +310,8 @@ def throughput(args) -> list[str]:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| corpus | budget | model | params | steps | tokens/s | best val loss (nats/char) "
-             "| bits/char | within 95 s |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| corpus | budget | model | params | steps | tokens/s | best val loss (nats/token) "
+             "| bits/token | within 95 s |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for res in sorted(results, key=lambda r: (r["corpus"], r["budget"])):
         for name, r in res["models"].items():
             b95 = r["best"].get("95")
@@ -450,10 +328,14 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    corpora = sorted({r["corpus"] for r in results})
-    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], corpora):
-        runs = [r for r in results if r["corpus"] == name]
+    corpora = sorted({r.get("row", r["corpus"]) for r in results})
+    cols = min(len(corpora), 4)
+    rows = math.ceil(len(corpora) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(corpora):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, corpora):
+        runs = [r for r in results if r.get("row", r["corpus"]) == name]
         longest = max(r["budget"] for r in runs)
         for res in runs:
             for spec, r in res["models"].items():
@@ -465,7 +347,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.axhline(res["bigram_loss"], color="grey", ls="--", label="bigram (add-0.1)")
         ax.set_title(f"{name}: validation loss vs training time")
         ax.set_xlabel("training wall time, evaluations off the clock (s)")
-        ax.set_ylabel("validation loss (nats/char)")
+        ax.set_ylabel("validation loss (nats/token)")
         ax.set_xscale("log")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
@@ -479,11 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train each model for the budget and compare")
     p.add_argument("--corpus", default="builtin", help="builtin, timemachine or a text file")
+    p.add_argument("--tokenizer", choices=tuple(STREAMS), default="char",
+                   help="token unit of the stream every model sees")
     p.add_argument("--budget", type=float, default=95.0, help="seconds per model")
     p.add_argument("--eval-every", type=float, default=None,
                    help="seconds between evaluations (default budget / 12)")
     p.add_argument("--models", nargs="+", default=["cpu-fast", "transformer"],
-                   help="each a seqlm preset or 'transformer', optionally with overrides: "
+                   help="each a seqlm preset or a peer (transformer, wlm), optionally with "
+                   "overrides: "
                    "cpu-fast:hidden_size=768,lr=0.002")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per model (default 1 with --parallel, else 2)")
@@ -504,11 +389,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--table", action="store_true", help="also print the markdown table")
+    quality_matrix.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "matrix":
+        return quality_matrix.main(args, run=run, recipe=recipe, plot=plot)
     if args.command == "run":
         args.eval_every = args.eval_every or args.budget / 12
         args.threads = args.threads or (1 if args.parallel else 2)
-        results = run(args)
+        try:
+            results = run(args)
+        except SeqlmError as exc:  # a setting or corpus the recipe cannot use: one line
+            print(f"quality.py: {exc}", file=sys.stderr)
+            return 2
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
         plot([results], args.out / "curves.png")

@@ -27,6 +27,8 @@ INITS = ("torch", "d2l")
 BPTT_ENGINES = ("autograd", "manual")
 MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
 WINDOWED = ("window", "full")  # truncations that every core and engine runs
+OUTPUTS = ("auto", "full", "adaptive")
+ADAPTABLE = ("dropout", "embedding_dim", "eval_every")  # what seqlm.recipe may choose
 # Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
 # varies; 0 is the book's greedy argmax, which soon repeats itself.
 DEFAULT_TEMPERATURE = 0.8
@@ -114,8 +116,7 @@ class ModelConfig:
     """
 
     vocab_size: int = opt(REQUIRED, "number of token ids V (set from the vocabulary)")
-    cell: str = opt("rnn", "recurrent cell; mingru/minlstm: Feng et al. (2024), residual "
-                    "blocks trained by a parallel scan", CELLS)
+    cell: str = opt("rnn", "recurrent cell (mingru/minlstm: docs/minrnn.md)", CELLS)
     impl: str = opt("scratch", "'scratch': the chapter's equations in Python; 'fused': torch's "
                     "cuDNN/MKL kernels; 'auto': the faster one measured for the cell and device "
                     "(ModelConfig.resolve)", (*IMPLS, "auto"))
@@ -137,6 +138,12 @@ class ModelConfig:
                            (*BPTT_ENGINES, "auto"))
     truncation: str = opt("window", "BPTT truncation: 'window', 'full', 'tau:K' or 'random:P' "
                           "(the last two: impl scratch)")
+    output: str = opt("auto", "output layer: 'full' H x V decoder; 'adaptive' softmax over "
+                      "frequency clusters (exact probabilities, for large vocabularies); 'auto': "
+                      "adaptive when the full decoder would outweigh the recurrent core",
+                      OUTPUTS)
+    cutoffs: str = opt("", "adaptive softmax cluster boundaries as frequency ranks, e.g. "
+                       "'800,2200'; empty: from the training counts")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers"):
@@ -150,9 +157,26 @@ class ModelConfig:
                               f"{self.hidden_size}; set `embedding_dim` to {self.hidden_size}")
         if not isinstance(self.truncation, str):
             raise field_error("truncation", self.truncation, "text such as 'window'")
+        self.cutoff_ranks()
         c = self.resolve()
         check_core(c.cell, c.impl, nonlinearity=c.nonlinearity, dropout=c.dropout, init=c.init,
                    bptt_engine=c.bptt_engine, truncation=c.truncation)
+
+    def cutoff_ranks(self) -> tuple[int, ...]:
+        """``cutoffs`` as integers (empty: not chosen yet).
+
+        Raises:
+            ConfigError: not increasing comma-separated integers in ``[1, vocab_size - 1)``.
+        """
+        try:
+            ranks = tuple(int(p) for p in self.cutoffs.split(",")) if self.cutoffs.strip() else ()
+        except (AttributeError, ValueError):
+            ranks = (0,)
+        ok = not ranks or all(a < b for a, b in zip((0, *ranks), (*ranks, self.vocab_size - 1)))
+        _check(ok, "cutoffs", self.cutoffs, f"increasing ranks between 1 and "
+               f"{self.vocab_size - 2} (the vocabulary has {self.vocab_size} ids), e.g. "
+               f"'{max(1, self.vocab_size // 8)},{max(2, self.vocab_size // 2)}'")
+        return ranks
 
     def resolve(self, device_type: str = "cpu") -> ModelConfig:
         """This configuration with ``impl`` and ``bptt_engine`` 'auto' made concrete for a
@@ -161,7 +185,7 @@ class ModelConfig:
         ``impl``: the faster core as measured (docs/performance.md): on the CPU the scratch
         cores with their hand-written BPTT for rnn and gru, torch's fused LSTM; the fused cores
         (cuDNN) elsewhere; always scratch for a truncation other than window/full and for
-        mingru/minlstm (they have only the one core).
+        mingru/minlstm (their only core).
         ``bptt_engine``: 'manual' where the scratch core has one, else 'autograd'; for
         mingru/minlstm 'manual' (the sequential scan) on the CPU, the parallel scan elsewhere.
         """
@@ -209,7 +233,7 @@ def check_core(cell: str, impl: str, *, nonlinearity: str = "tanh", dropout: flo
     policy = as_truncation(truncation)
     windowed = policy.kind in WINDOWED
     if cell in MIN_CELLS:
-        _check_min_core(cell, impl, init, windowed, policy)
+        _check_min_core(cell, impl, init, str(policy))
     if impl == "fused" and not windowed:
         raise ConfigError(f"`truncation` {str(policy)!r} needs impl 'scratch'; fused cores "
                           "support only 'window' and 'full'")
@@ -225,17 +249,14 @@ def check_core(cell: str, impl: str, *, nonlinearity: str = "tanh", dropout: flo
     return None if windowed else policy
 
 
-def _check_min_core(cell: str, impl: str, init: str, windowed: bool, policy) -> None:
-    """The settings a minGRU/minLSTM core (seqlm.models.minrnn) cannot run."""
-    if impl != "scratch":
-        raise ConfigError(f"cell {cell!r} has no fused core, got impl {impl!r}; use `impl` "
-                          "'scratch' or 'auto'")
-    if not windowed:
-        raise ConfigError(f"cell {cell!r} trains by a parallel scan over the window, so "
-                          f"`truncation` {str(policy)!r} does not apply; use 'window' or 'full'")
-    if init != "torch":
-        raise ConfigError(f"`init` {init!r} is the chapter's cells' only; use `init` 'torch' "
-                          f"for cell {cell!r}")
+def _check_min_core(cell: str, impl: str, init: str, truncation: str) -> None:
+    """The settings a mingru/minlstm core cannot run: it has one core, scans whole windows."""
+    for ok, name, value, fix in ((impl == "scratch", "impl", impl, "'scratch' or 'auto'"),
+                                 (truncation in WINDOWED, "truncation", truncation, "'window'"),
+                                 (init == "torch", "init", init, "'torch'")):
+        if not ok:
+            raise ConfigError(f"`{name}` {value!r} does not apply to cell {cell!r}; use "
+                              f"`{name}` {fix}")
 
 
 DEFAULT_TIME_BUDGET = 150.0  # seconds: the main job's budget when no other budget is given
@@ -271,6 +292,8 @@ class TrainConfig:
                              "its last snapshot at a lower lr; 0 = off")
     guard_every: int = opt(100, "divergence guard: steps between its in-memory snapshots")
     guard_lr_factor: float = opt(0.5, "divergence guard: lr multiplier at each recovery")
+    adapt: str = opt("", "settings chosen from the measured corpus size, vocabulary and speed "
+                     f"(seqlm.recipe), comma-separated, of: {', '.join(ADAPTABLE)}")
     seed: int = opt(0, "seed of every random choice: init, offsets, shuffles, dropout, samples")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = opt("float32", "bfloat16 = bfloat16 autocast (CUDA, or CPU where it helps)",
@@ -299,12 +322,18 @@ class TrainConfig:
                 check_positive_int(name, getattr(self, name))
         _check(self.sample_temperature >= 0, "sample_temperature", self.sample_temperature,
                ">= 0")
+        _check(all(n in ADAPTABLE for n in self.adapted()), "adapt", self.adapt,
+               f"comma-separated names among {', '.join(ADAPTABLE)} (or empty)")
         if self.epochs is None and self.max_steps is None and self.time_budget is None:
             self.time_budget = DEFAULT_TIME_BUDGET
         budget = self.time_budget
         _check(budget is None or (budget > 0 and math.isfinite(budget)), "time_budget", budget,
                "a positive number of seconds")
 
+
+    def adapted(self) -> tuple[str, ...]:
+        """The names in ``adapt``."""
+        return tuple(n.strip() for n in str(self.adapt).split(",") if n.strip())
 
 
 # -- BPTT truncation, a model setting: its text form and the value it parses to ----------------

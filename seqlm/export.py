@@ -73,7 +73,7 @@ class _Step(nn.Module):
         # A scratch twin holding the same weights (the names match): a fused core's stepper
         # would build that twin inside itself, with weights the trace cannot hold as constants.
         twin = RNNLM(replace(model.config, impl="scratch", bptt_engine="autograd",
-                             truncation="window")).to(model.decoder.weight.dtype)
+                             truncation="window")).to(model.reference().dtype)
         twin.load_state_dict(model.state_dict())
         self.advance = twin.eval().requires_grad_(False).stepper(backend="torch")
         self.pair = model.config.cell == "lstm"
@@ -90,7 +90,9 @@ class _Forward(nn.Module):
     def __init__(self, model) -> None:
         super().__init__()
         c = model.config
+        # the decoder as plain torch modules (the model's CPU fast path does not trace)
         self.embedding, self.decoder = model.embedding, model.decoder
+        self.dtype = model.reference().dtype
         self.rnn = make_core(c.cell, "fused", c.embedding_dim or c.vocab_size, c.hidden_size,
                              c.num_layers, nonlinearity=c.nonlinearity)
         self.rnn.load_state_dict(model.core.state_dict())
@@ -100,9 +102,9 @@ class _Forward(nn.Module):
         if self.embedding is not None:
             x = self.embedding(tokens)
         else:
-            x = F.one_hot(tokens, self.vocab_size).to(self.decoder.weight.dtype)
+            x = F.one_hot(tokens, self.vocab_size).to(self.dtype)
         output, new = self.rnn(x, state if self.pair else state[0])
-        logits = F.linear(output, self.decoder.weight, self.decoder.bias)
+        logits = self.decoder(output)
         return (logits, *new) if self.pair else (logits, new)
 
 

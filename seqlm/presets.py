@@ -40,6 +40,7 @@ PRESETS["cpu-fast"] = {
     "num_steps": 32, "truncation": "window", "optimizer": "adam", "lr": 5e-3,
     "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 50, "min_lr_ratio": 0.1,
     "clip": 1.0, "time_budget": 95.0, "eval_every": 250,
+    "adapt": "dropout,embedding_dim,eval_every",  # chosen by seqlm.recipe from measurements
 }
 PRESETS["cpu-quality"] = {**PRESETS["cpu-fast"], "hidden_size": 512, "dropout": 0.2,
                           "time_budget": 540.0, "eval_every": 500}
@@ -59,6 +60,15 @@ def preset(name: str) -> dict:
     if name not in PRESETS:
         raise choice_error("preset", name, tuple(PRESETS))
     return dict(PRESETS[name])
+
+
+def merge_choices(values: dict, chosen: dict) -> dict:
+    """A preset's ``values`` updated with the user's ``chosen`` settings; a name the user chose
+    leaves the preset's ``adapt`` list, so the recipe never changes what the user set."""
+    out = {**values, **chosen}
+    if out.get("adapt") and "adapt" not in chosen:
+        out["adapt"] = ",".join(n for n in out["adapt"].split(",") if n and n not in chosen)
+    return out
 
 
 def field_types(cls) -> dict[str, type]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from seqlm import __version__, atomic, distributed
+from seqlm import __version__, atomic, distributed, recipe
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.batches import check_validation
@@ -25,7 +25,6 @@ from seqlm.data import Corpus, is_prepared, load_corpus
 from seqlm.errors import CheckpointError, ConfigError
 from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
-from seqlm.models import RNNLM
 from seqlm.train import Hooks, Trainer
 
 BUDGET_FIELDS = ("epochs", "max_steps", "time_budget", "early_stopping")
@@ -200,11 +199,13 @@ class RunSession:
         torch.manual_seed(train.seed)
         self.corpus: Corpus = load_corpus(data)
         fields = {k: v for k, v in model_fields.items() if k != "vocab_size"}
-        self.model_cfg = ModelConfig(vocab_size=self.corpus.vocab_size,
-                                     **fields).resolve(self.device.type)
-        model = RNNLM(self.model_cfg).to(self.device)
+        model, self.train_cfg, self.recipe = recipe.build_model(
+            ModelConfig(vocab_size=self.corpus.vocab_size, **fields).resolve(self.device.type),
+            self.corpus.splits, data, train, self.device, self.dist)
+        self.model_cfg = model.config  # with the output layer decided
         self.dist.reseed(train.seed, step=0)  # ranks > 0 draw their own dropout masks
-        self.trainer = Trainer(model, self.corpus, data, train, self.device, dist=self.dist)
+        self.trainer = Trainer(model, self.corpus, data, self.train_cfg, self.device,
+                               dist=self.dist)
         if not is_prepared(data.corpus):  # a prepared corpus keeps the split it was made with
             check_validation(self.corpus.splits.get("val", ()), data.split_fractions()[1],
                              data.num_steps)
@@ -256,8 +257,12 @@ class RunSession:
         return self.corpus.tokenizer
 
     def configs(self) -> dict:
-        return {"seqlm_version": __version__, "preset": self.preset, "data": asdict(self.data),
-                "model": asdict(self.model_cfg), "train": asdict(self.train_cfg)}
+        configs = {"seqlm_version": __version__, "preset": self.preset,
+                   "data": asdict(self.data), "model": asdict(self.model_cfg),
+                   "train": asdict(self.train_cfg)}
+        if self.recipe is not None:
+            configs["recipe"] = self.recipe
+        return configs
 
     def save(self, kind: str, trainer: Trainer) -> None:
         tensors, meta = trainer.state_dict()  # every rank: it gathers the carried states

@@ -34,9 +34,7 @@ from seqlm.errors import TrainingDiverged
 from seqlm.guard import Guard, Recovering
 from seqlm.metrics import LossMeter, summary
 from seqlm.schedule import load_optimizer_state, lr_factor, make_optimizer, optimizer_state
-from seqlm.loss import cross_entropy
 from seqlm.models import RNNLM, detach_state
-from seqlm.models.fast import flatten_logits
 
 
 @dataclass
@@ -87,8 +85,8 @@ def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_step
             break  # this rank has no rows of a split shorter than one row per rank
         X, Y = X.to(device), Y.to(device)
         with autocast():
-            logits, state = model(X, state)
-        total += cross_entropy(*flatten_logits(logits.float(), Y), reduction="sum").double()
+            nll, state = model(X, state, targets=Y)
+        total += nll.double()
         count += Y.numel()
     meter.add(float(total), count)
     model.train(was_training)
@@ -182,8 +180,8 @@ class Trainer(Recovering):
         state = detach_state(self.state) if self.sampler.contiguous else None
         with self.autocast():
             model = self.model if self.ddp_model is None else self.ddp_model
-            logits, state = model(X, state)
-        loss = cross_entropy(*flatten_logits(logits.float(), Y))
+            nll, state = model(X, state, targets=Y)
+        loss = nll.float() / Y.numel()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.cfg.clip if self.cfg.clip > 0 else math.inf

@@ -97,6 +97,18 @@ def test_model_forward_equals_the_stepper_one_token_at_a_time(cell, embedding_di
     torch.testing.assert_close(model.next_logits(want_state), want[:, -1])
 
 
+def test_an_adaptive_output_layer_steps_as_forward_scores():
+    torch.manual_seed(0)
+    model = RNNLM(ModelConfig(vocab_size=12, cell="mingru", hidden_size=8, num_layers=2,
+                              output="adaptive")).eval()
+    tokens = torch.randint(0, 12, (2, 5))
+    want, _ = model(tokens)
+    step, state = model.stepper(batch_size=2), model.begin_state(2)
+    for t in range(tokens.shape[1]):
+        logits, state = step(tokens[:, t], state)
+        torch.testing.assert_close(logits, want[:, t], rtol=1e-5, atol=1e-5)
+
+
 def test_dropout_acts_between_blocks_in_training_only():
     torch.manual_seed(0)
     core = MinRNN("mingru", 4, 8, 2, dropout=0.5)
@@ -122,10 +134,10 @@ def test_bfloat16_autocast_keeps_the_scan_in_float32_and_close_to_it():
 
 
 @pytest.mark.parametrize("settings,match", [
-    ({"impl": "fused"}, "no fused core"),
+    ({"impl": "fused"}, "`impl` .fused. does not apply"),
     ({"truncation": "tau:3"}, "truncation"),
     ({"init": "d2l"}, "init"),
-    ({"bptt_engine": "manual", "impl": "fused"}, "no fused core"),
+    ({"bptt_engine": "manual", "impl": "fused"}, "impl"),
     ({"nonlinearity": "relu"}, "nonlinearity"),
 ])
 def test_settings_that_do_not_apply_are_one_line_config_errors(settings, match):

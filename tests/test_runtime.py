@@ -38,7 +38,7 @@ def _pair(directory: Path, tokenizer=None, **fields):
     fields.setdefault("hidden_size", 24)
     model = RNNLM(ModelConfig(vocab_size=len(tok.vocab), **fields))
     with torch.no_grad():  # sharper than the initial weights: a greedy path that moves
-        model.decoder.weight.mul_(8)
+        model.reference().mul_(8)
     save_checkpoint(directory / "ckpt", model, tok)
     export_onnx(directory / "ckpt", directory / "onnx", check=False)
     return seqlm.load(directory / "ckpt"), seqlm.runtime.load(directory / "onnx")
@@ -64,6 +64,17 @@ def test_greedy_generation_and_streaming_equal_the_torch_model(pair):
                                    rtol=1e-4)
     with pytest.raises(ConfigError, match="top_k"):
         rt.generate("the", top_k=0)
+
+
+def test_an_adaptive_softmax_model_exports_and_scores_as_in_torch(tmp_path):
+    text = " ".join(f"w{(i * 7919) % 600}" for i in range(4000))
+    lm, rt = _pair(tmp_path, WordTokenizer.fit(text), cell="gru", embedding_dim=8)
+    assert lm.model.config.output == "adaptive"
+    sample = " ".join(text.split()[:60])
+    want, got = lm.score(sample), rt.score(sample)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+    knobs = {"max_new_tokens": 12, "temperature": 0}
+    assert rt.generate("w1 w2", **knobs) == lm.generate("w1 w2", **knobs)
 
 
 def test_score_equals_the_torch_model(pair):

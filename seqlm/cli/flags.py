@@ -42,7 +42,8 @@ class Parser(argparse.ArgumentParser):
         return group
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(EXIT_USAGE, f"seqlm {self.prog.split()[-1]}: error: {message}; see --help\n")
+        # "seqlm" for the top-level parser (which also reports a subcommand's unknown flags)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see --help\n")
 
 
 def as_flags(message: str) -> str:

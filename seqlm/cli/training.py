@@ -13,7 +13,8 @@ from pathlib import Path
 from seqlm.cli.flags import add_config_flags, given
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.errors import EXIT_ON_SIGNAL, ConfigError
-from seqlm.presets import BOOK_PERPLEXITY, PRESETS, preset, read_toml, split_overrides
+from seqlm.presets import (BOOK_PERPLEXITY, PRESETS, merge_choices, preset, read_toml,
+                           split_overrides)
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 # The model's vocab_size comes from the data; the name belongs to DataConfig's bpe target.
 SKIP = {"model": {"vocab_size"}}
@@ -63,7 +64,7 @@ def resolve_configs(args) -> tuple[DataConfig, dict, TrainConfig]:
     values = preset(args.preset or DEFAULT_PRESET)
     if any(name in chosen for name in BUDGETS):  # the user's budget replaces the preset's
         values = {k: v for k, v in values.items() if k not in BUDGETS}
-    values.update(chosen)
+    values = merge_choices(values, chosen)
     sections = split_overrides(values, SECTIONS, skip=SKIP)
     data, train = DataConfig(**sections["data"]), TrainConfig(**sections["train"])
     ModelConfig(vocab_size=2, **sections["model"])  # validate now; the data sets vocab_size
@@ -241,8 +242,15 @@ def _print_start(session, reporter: _Reporter) -> None:
     where = f"{world} processes on {session.device.type}" if world > 1 else session.device
     cfg = session.model_cfg
     engine = ", hand-written BPTT" if cfg.impl == "scratch" and cfg.bptt_engine == "manual" else ""
-    reporter.write(f"model {cfg.cell}/{cfg.impl}{engine}, "
+    output = f", adaptive softmax (cutoffs {cfg.cutoffs})" if cfg.output == "adaptive" else ""
+    reporter.write(f"model {cfg.cell}/{cfg.impl}{engine}{output}, "
                    f"{n_params:,} parameters, on {where}; run {session.run.path}")
+    if session.recipe:
+        m, chosen = session.recipe["measured"], session.recipe["chosen"]
+        budget = f" in {m['budget']:g} s" if m["budget"] else ""
+        epochs = f"{m['epochs']:.1f} epochs{budget}" if m["epochs"] else "no budget"
+        reporter.write(f"recipe: {m['train_tokens_per_s']:,.0f} tokens/s measured, "
+                       f"{epochs}: " + ", ".join(f"{k} {v}" for k, v in chosen.items()))
     reporter.write(f"baselines on {b['split']}: unigram ppl {b['unigram']['ppl']:.3f}, "
                    f"bigram ppl {b['bigram']['ppl']:.3f} (add-k, k={b['bigram']['k']})")
 

@@ -39,10 +39,10 @@ def language_model_flow(model, batch: torch.Tensor, *, with_sweep: bool = False,
         return model.core(model.embed(x), h)
 
     def last_loss(o_T):  # the real next-token loss at the last step, per sequence
-        return F.cross_entropy(model.decoder(o_T), targets[:, -1], reduction="none")
+        return F.cross_entropy(model.decode(o_T), targets[:, -1], reduction="none")
 
     def sequence_loss(outputs):  # the chapter's mean loss over every step
-        logits = model.decoder(outputs)
+        logits = model.decode(outputs)
         return F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1))
 
     flow = gradient_flow(core, tokens, loss_fn=last_loss, jacobian=jacobian)

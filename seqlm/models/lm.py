@@ -7,12 +7,17 @@ model calls (oneDNN products, the generation steppers) live beside it, in
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqlm.errors import ConfigError
+from seqlm.loss import cross_entropy
 from seqlm.config import ModelConfig
 from seqlm.models import fast
+from seqlm.models.output import AdaptiveDecoder, choose_cutoffs, wants_adaptive
 from seqlm.models.scratch import State, init_d2l_, make_core
 from seqlm.models.stepper import Stepper, make_stepper
 
@@ -51,7 +56,11 @@ class RNNLM(nn.Module):
                               c.num_layers, nonlinearity=c.nonlinearity, dropout=c.dropout,
                               init=c.init, bptt_engine=c.bptt_engine, truncation=c.truncation)
         self.drop = nn.Dropout(c.dropout)
-        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
+        self.config = c = self._concrete_output(c)
+        if c.output == "adaptive":
+            self.decoder = AdaptiveDecoder(c.hidden_size, c.vocab_size, c.cutoff_ranks())
+        else:
+            self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
         if c.init == "d2l":
             init_d2l_(self.decoder)  # the book's W_hq ~ N(0, 0.01²), b_q = 0
             if self.embedding is not None:
@@ -59,26 +68,70 @@ class RNNLM(nn.Module):
         if c.tie_weights:
             self.decoder.weight = self.embedding.weight
 
+    def _concrete_output(self, c: ModelConfig) -> ModelConfig:
+        """``c`` with ``output`` 'auto' decided (:func:`~seqlm.models.output.wants_adaptive`,
+        from the built core's weight count) and an adaptive layer's cutoffs filled in (by rank
+        when the caller gave none; :class:`~seqlm.run.RunSession` gives them from the counts)."""
+        output = c.output
+        if output == "auto":
+            core_weights = sum(p.numel() for p in self.core.parameters())
+            output = "adaptive" if not c.tie_weights and wants_adaptive(
+                c.vocab_size, c.hidden_size, core_weights) else "full"
+        if output == "adaptive" and c.tie_weights:
+            raise ConfigError("`tie_weights` needs `output` 'full' (the adaptive softmax has no "
+                              "V x H matrix to share); set `output` 'full' or turn tying off")
+        cutoffs = c.cutoffs if output == "adaptive" else ""
+        if output == "adaptive" and not c.cutoff_ranks():
+            cutoffs = ",".join(map(str, choose_cutoffs(None, c.vocab_size)))
+            if not cutoffs:
+                raise ConfigError(f"`output` 'adaptive' needs a vocabulary of 4 or more ids, "
+                                  f"not {c.vocab_size}; use `output` 'full'")
+        return c if (output, cutoffs) == (c.output, c.cutoffs) else replace(
+            c, output=output, cutoffs=cutoffs)
+
+    @property
+    def adaptive(self) -> bool:
+        return isinstance(self.decoder, AdaptiveDecoder)
+
     @property
     def is_scratch(self) -> bool:
         return self.config.impl == "scratch"
 
     def forward(self, tokens: Tensor, state: State | None = None, *,
+                targets: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, State]:
-        """Score the next token at every position.
+        """Score the next token at every position, or with ``targets`` the summed loss.
 
         Args:
             tokens: (B, T) int64 ids in ``[0, V)``.
             state: (L, B, H), for LSTM a pair of them, or None for zeros.
+            targets: (B, T) ids of the next tokens: return their summed negative
+                log-likelihood (a float32 scalar) instead of the logits. An adaptive output
+                layer then scores only each target's clusters, never all V ids.
             generator: random source for randomized truncation (scratch cores only).
 
         Returns:
-            ``(logits, state)``: logits (B, T, V) for the token after each position, and the
-            state after the last step (same layout as ``state``).
+            ``(logits, state)``: logits (B, T, V) for the token after each position (for an
+            adaptive output layer, exact log-probabilities), or the loss; and the state after
+            the last step (same layout as ``state``).
 
         Raises:
             ValueError: ``tokens`` is not a 2-D integer tensor.
         """
+        output, state = self.hidden(tokens, state, generator=generator)
+        if targets is None:
+            return self.decode(output).transpose(0, 1), state
+        if self.adaptive:
+            return self.decoder.nll(output.reshape(-1, output.shape[-1]).float(),
+                                    targets.t().reshape(-1)), state
+        logits = self.decode(output).transpose(0, 1)
+        return cross_entropy(*fast.flatten_logits(logits.float(), targets),
+                             reduction="sum"), state
+
+    def hidden(self, tokens: Tensor, state: State | None = None, *,
+               generator: torch.Generator | None = None) -> tuple[Tensor, State]:
+        """The decoder's input: the top layer's outputs after dropout, (T, B, H) time-major,
+        and the final state; arguments and checks as :meth:`forward`."""
         if tokens.dim() != 2 or tokens.is_floating_point():
             raise ValueError(f"RNNLM expects integer tokens (B, T); got {tokens.dtype} "
                              f"{tuple(tokens.shape)}")
@@ -87,19 +140,26 @@ class RNNLM(nn.Module):
         # decoded as the (T, B, H) tensor it is, spare transposed copies (fast.flatten_logits).
         x = self.embed(tokens.t()).transpose(0, 1)
         output, state = self.core(x, state, **kwargs)
-        return self.decode(self.drop(output.transpose(0, 1))).transpose(0, 1), state
+        return self.drop(output.transpose(0, 1)), state
 
     def decode(self, h: Tensor) -> Tensor:
         """Logits (..., V) of hidden states (..., H): ``self.decoder`` (through oneDNN for large
-        float32 decoders on the CPU, :func:`seqlm.models.fast.linear`)."""
+        float32 decoders on the CPU, :func:`seqlm.models.fast.linear`); for an adaptive output
+        layer, its exact log-probabilities."""
+        if self.adaptive:
+            return self.decoder(h)
         return fast.linear(h, self.decoder)
+
+    def reference(self) -> Tensor:
+        """A decoder parameter, for the model's device and floating dtype."""
+        return self.decoder.reference if self.adaptive else self.decoder.weight
 
     def embed(self, tokens: Tensor) -> Tensor:
         """The core's input: (B, T, E) embeddings, (B, T, V) one-hot, or the (B, T) ids."""
         if self.embedding is not None:
             return self.drop(self.embedding(tokens))
         if self.literal_one_hot or not self.is_scratch:
-            return F.one_hot(tokens, self.config.vocab_size).to(self.decoder.weight.dtype)
+            return F.one_hot(tokens, self.config.vocab_size).to(self.reference().dtype)
         return tokens
 
     def next_logits(self, state: State) -> Tensor:
@@ -123,7 +183,7 @@ class RNNLM(nn.Module):
     def begin_state(self, batch_size: int, device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None) -> State:
         """Zero state (L, B, H) — a pair for LSTM — on ``device`` (default: the model's)."""
-        ref = self.decoder.weight
+        ref = self.reference()
         h = torch.zeros(self.config.num_layers, batch_size, self.config.hidden_size,
                         device=ref.device if device is None else device, dtype=dtype or ref.dtype)
         return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h

@@ -67,7 +67,7 @@ def make_stepper(model, backend: str = "auto", batch_size: int | None = None) ->
         ConfigError: an unknown backend, or ``'numpy'`` for a model it cannot run.
     """
     check_choice("backend", backend, BACKENDS)
-    weight = model.decoder.weight
+    weight = model.reference()
     cpu32 = weight.device.type == "cpu" and weight.dtype == torch.float32
     if model.config.cell in MIN_CELLS:
         if backend == "numpy":
@@ -77,7 +77,11 @@ def make_stepper(model, backend: str = "auto", batch_size: int | None = None) ->
     if backend == "numpy" and not cpu32:
         raise ConfigError(f"the numpy stepper needs a float32 model on the CPU, not "
                           f"{weight.dtype} on {weight.device}; use `backend` 'torch'")
-    if backend == "numpy" or (backend == "auto" and cpu32 and batch_size == 1):
+    if backend == "numpy" and model.adaptive:
+        raise ConfigError("the numpy stepper runs a full decoder only, not output 'adaptive'; "
+                          "use `backend` 'torch'")
+    if backend == "numpy" or (backend == "auto" and cpu32 and batch_size == 1
+                              and not model.adaptive):
         return NumpyStepper(model)
     return TorchStepper(model)
 
@@ -139,14 +143,15 @@ class TorchStepper(Stepper):
         c, core = model.config, model.core
         if c.impl != "scratch":  # same parameter names, so the weights load as they are
             core = make_core(c.cell, "scratch", core.input_size, c.hidden_size, c.num_layers,
-                             nonlinearity=c.nonlinearity).to(model.decoder.weight)
+                             nonlinearity=c.nonlinearity).to(model.reference())
             core.load_state_dict(model.core.state_dict())
         self.core, self.table = core, input_table(model)
         self.layers = []
         for k in range(c.num_layers):
             w_ih, w_hh, b_ih, b_hh = layer_weights(core, k)
             self.layers.append((w_ih.t(), input_bias(c.cell, b_ih, b_hh), w_hh, b_hh))
-        self.w_out, self.b_out = model.decoder.weight.t(), model.decoder.bias
+        self.decode = model.decoder if model.adaptive else partial(
+            torch.addmm, model.decoder.bias, mat2=model.decoder.weight.t())
 
     @torch.no_grad()
     def __call__(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
@@ -163,7 +168,7 @@ class TorchStepper(Stepper):
         # one layer: a view instead of the copy torch.stack makes
         new = tuple(layer[0].unsqueeze(0) if len(layer) == 1 else torch.stack(layer)
                     for layer in zip(*finals))
-        return torch.addmm(self.b_out, x, self.w_out), new if pair else new[0]
+        return self.decode(x), new if pair else new[0]
 
 
 class MinStepper(Stepper):
@@ -178,7 +183,7 @@ class MinStepper(Stepper):
         model = self.model
         x = tokens if model.embedding is None else model.embedding(tokens)
         if model.embedding is None and model.literal_one_hot:
-            x = F.one_hot(tokens, model.config.vocab_size).to(model.decoder.weight.dtype)
+            x = F.one_hot(tokens, model.config.vocab_size).to(model.reference().dtype)
         output, state = model.core.step(x, state)
         return model.decode(output), state
 

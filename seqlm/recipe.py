@@ -1,0 +1,243 @@
+"""The adaptive recipe: settings a run chooses from what it measures before it starts.
+
+The CPU presets (``cpu-fast``, ``cpu-quality``) fix the architecture family and the optimizer;
+what suits one corpus and machine but not another is chosen here, from
+
+* the corpus: training and validation tokens, vocabulary size;
+* the machine: training and evaluation tokens per second, measured by :func:`probe` on the
+  run's own model, batch shape and threads (a second or two, before the clock starts);
+* the budget: ``time_budget`` seconds, so the number of passes over the data it buys
+  (``epochs``) and of optimizer steps.
+
+The rules, each fitted on the quality matrix (docs/quality.md has the measurements):
+
+* **dropout** rises with the passes the budget makes over the data (:func:`dropout_for`):
+  none while the model sees each token about once or twice, up to 0.5 for thirty passes
+  and more, where an unregularised model memorises the text.
+* **embedding size** grows with the vocabulary (:func:`embedding_for`): 64 for characters,
+  a few hundred for words.
+* **evaluation cadence** (:func:`eval_every_for`): about a dozen evaluations per budget, so
+  patience (``early_stopping`` evaluations without a new best) is a fixed share of the run.
+
+A setting the user gave (a flag, a config file, a ``preset:key=value`` override) is never
+changed: the presets list what may adapt in ``TrainConfig.adapt`` and the front ends remove
+the names the user chose (:func:`seqlm.presets.merge_choices`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.errors import ConfigError
+from seqlm.models import RNNLM
+from seqlm.models.output import choose_cutoffs
+
+ADAPTABLE = ("dropout", "embedding_dim", "eval_every")
+MAX_DROPOUT = 0.5
+EVALS_PER_BUDGET = 12
+MIN_EVAL_EVERY = 50
+MIN_OCCURRENCES = 4  # mean training occurrences per vocabulary id below which ids cannot train
+EVAL_SHARE = 0.5  # one evaluation may take at most this share of the time budget
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the recipe reads: the corpus, the probe's speeds and the budget."""
+
+    train_tokens: int
+    val_tokens: int
+    vocab_size: int
+    tokens_per_step: int
+    train_tokens_per_s: float
+    eval_tokens_per_s: float
+    budget: float | None
+
+    max_epochs: int | None = None
+    max_steps: int | None = None
+
+    @property
+    def epochs(self) -> float | None:
+        """Passes over the training split the run will make: the tightest of its budgets
+        (seconds at the measured speed, epochs, steps); None when it has none."""
+        limits = []
+        if self.budget:
+            limits.append(self.train_tokens_per_s * self.budget / max(self.train_tokens, 1))
+        if self.max_epochs:
+            limits.append(float(self.max_epochs))
+        if self.max_steps:
+            limits.append(self.max_steps * self.tokens_per_step / max(self.train_tokens, 1))
+        return min(limits) if limits else None
+
+    @property
+    def steps(self) -> float | None:
+        """Optimizer steps the run will make (from :attr:`epochs`)."""
+        epochs = self.epochs
+        return None if epochs is None else epochs * self.train_tokens / self.tokens_per_step
+
+    @property
+    def eval_seconds(self) -> float:
+        """One whole-split evaluation at the measured speed."""
+        return self.val_tokens / max(self.eval_tokens_per_s, 1e-9)
+
+
+def dropout_for(epochs: float) -> float:
+    """Dropout for a budget that makes ``epochs`` passes: 0 up to 2 passes, then 0.1 per
+    doubling (0.1 at 4, 0.2 at 8, 0.3 at 16, 0.4 at 32), at most :data:`MAX_DROPOUT`."""
+    if epochs <= 2:
+        return 0.0
+    return round(min(MAX_DROPOUT, 0.1 * math.log2(epochs / 2)), 2)
+
+
+def embedding_for(vocab_size: int, hidden_size: int) -> int:
+    """Embedding size for ``vocab_size`` ids: 8 · V^(1/3) rounded up to a multiple of 32,
+    between 64 and ``hidden_size`` (64 for 100 characters, 128 for 4,000 Chinese characters,
+    224 for 19,000 words)."""
+    size = 32 * math.ceil(8 * vocab_size ** (1 / 3) / 32)
+    return int(min(max(size, 64), hidden_size))
+
+
+def eval_every_for(steps: float) -> int:
+    """Steps between evaluations: about :data:`EVALS_PER_BUDGET` per budget, multiples of 10,
+    at least :data:`MIN_EVAL_EVERY`."""
+    return max(MIN_EVAL_EVERY, 10 * round(steps / EVALS_PER_BUDGET / 10))
+
+
+def check_vocabulary(train_tokens: int, vocab_size: int) -> None:
+    """Raises ConfigError when the training split is too short to train every id.
+
+    An id met fewer than :data:`MIN_OCCURRENCES` times on average gets almost no gradient for
+    its embedding and output rows: the model would spend its capacity on noise.
+    """
+    if vocab_size > 2 and train_tokens < MIN_OCCURRENCES * vocab_size:
+        raise ConfigError(
+            f"the vocabulary has {vocab_size:,} ids but the training split only "
+            f"{train_tokens:,} tokens ({train_tokens / vocab_size:.1f} per id); most ids "
+            f"cannot be learned: raise `min_freq` (e.g. 2 or 3), cap `max_vocab` (e.g. "
+            f"{max(2, train_tokens // (4 * MIN_OCCURRENCES)):,}) or use `tokenizer` 'char'")
+
+
+def check_budget(m: Measurement) -> None:
+    """Raises ConfigError when one evaluation would take over :data:`EVAL_SHARE` of the time
+    budget at the measured speed."""
+    if m.budget and m.val_tokens and m.eval_seconds > EVAL_SHARE * m.budget:
+        need = math.ceil(m.eval_seconds / EVAL_SHARE * 5)
+        raise ConfigError(
+            f"`time_budget` {m.budget:g} s is too short: one evaluation of the "
+            f"{m.val_tokens:,}-token validation split takes about {m.eval_seconds:.1f} s here; "
+            f"give `time_budget` {need} or more, or a smaller validation share in `split`")
+
+
+def adapt(names: tuple[str, ...], model: ModelConfig, train: TrainConfig,
+          m: Measurement) -> tuple[ModelConfig, TrainConfig, dict]:
+    """The configs with each setting in ``names`` chosen by its rule, and a record of the
+    measurement and the choices (saved with the run)."""
+    chosen: dict = {}
+    epochs, steps = m.epochs, m.steps
+    if "dropout" in names and epochs is not None:
+        chosen["dropout"] = dropout_for(epochs)
+    if "embedding_dim" in names and model.embedding_dim is not None and not model.tie_weights:
+        chosen["embedding_dim"] = embedding_for(m.vocab_size, model.hidden_size)
+    model = replace(model, **chosen)
+    if "eval_every" in names and steps is not None and train.eval_every:
+        chosen["eval_every"] = eval_every_for(steps)
+        train = replace(train, eval_every=chosen["eval_every"])
+    record = {"measured": {**asdict(m), "epochs": epochs, "steps": steps,
+                           "eval_seconds": m.eval_seconds}, "chosen": chosen}
+    return model, train, record
+
+
+@torch.no_grad()
+def _eval_speed(model, X: torch.Tensor, Y: torch.Tensor, seconds: float) -> float:
+    model.eval()
+    done, start = 0, time.perf_counter()
+    while True:
+        model(X, targets=Y)
+        done += Y.numel()
+        if time.perf_counter() - start >= seconds:
+            return done / (time.perf_counter() - start)
+
+
+def probe(model, train: np.ndarray, batch_size: int, num_steps: int, *, clip: float,
+          device: torch.device, seconds: float = 1.0) -> tuple[float, float]:
+    """Training and evaluation tokens per second of ``model`` on (batch_size, num_steps)
+    windows of ``train``, each timed for about ``seconds`` after one warm-up step. Runs on a
+    copy with its own optimizer: the model and the random streams are left as they were.
+    """
+    twin = copy.deepcopy(model).to(device).train()
+    rows = min(batch_size, max(1, (len(train) - 1) // num_steps))
+    flat = torch.from_numpy(np.asarray(train[: rows * num_steps + 1], dtype=np.int64))
+    X = flat[:-1].view(rows, num_steps).to(device)
+    Y = flat[1:].view(rows, num_steps).to(device)
+    opt = torch.optim.Adam(twin.parameters(), lr=1e-9)
+    rng = torch.get_rng_state()
+    done, start = -1, 0.0
+    while done < 0 or time.perf_counter() - start < seconds:
+        nll, _ = twin(X, targets=Y)
+        opt.zero_grad(set_to_none=True)
+        (nll / Y.numel()).backward()
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), clip or math.inf)
+        opt.step()
+        if done < 0:  # the first step warms caches and allocators: not timed
+            done, start = 0, time.perf_counter()
+        else:
+            done += Y.numel()
+    train_speed = done / (time.perf_counter() - start)
+    eval_speed = _eval_speed(twin, X, Y, seconds / 2)
+    torch.set_rng_state(rng)
+    return train_speed, eval_speed
+
+
+def build_model(cfg: ModelConfig, splits: dict[str, np.ndarray], data: DataConfig,
+                train: TrainConfig, device: torch.device, dist) -> tuple[RNNLM, TrainConfig,
+                                                                         dict | None]:
+    """A run's model on ``device``, its training config and the recipe's record (None when
+    ``train.adapt`` is empty).
+
+    With ``train.adapt`` names, the model's speed on this machine is measured (:func:`probe`;
+    under ``torchrun`` summed over the ``dist`` ranks so they all choose alike) and those
+    settings chosen (:func:`adapt`). The returned config lists nothing to adapt, so a resumed
+    run keeps the choices.
+
+    Raises:
+        ConfigError: the vocabulary or the budget does not suit the recipe
+            (:func:`check_vocabulary`, :func:`check_budget`).
+    """
+    names = train.adapted()
+    tokens = splits["train"]
+    if names:
+        check_vocabulary(len(tokens), cfg.vocab_size)
+        if "embedding_dim" in names and cfg.embedding_dim and not cfg.tie_weights:
+            cfg = replace(cfg, embedding_dim=embedding_for(cfg.vocab_size, cfg.hidden_size))
+    model = RNNLM(with_cutoffs(cfg, tokens)).to(device)
+    if not names:
+        return model, train, None
+    speeds = dist.sum(*probe(model, tokens, data.batch_size, data.num_steps, clip=train.clip,
+                             device=device))
+    measured = Measurement(
+        train_tokens=len(tokens), val_tokens=len(splits.get("val", ())),
+        vocab_size=cfg.vocab_size, tokens_per_step=data.batch_size * data.num_steps,
+        train_tokens_per_s=speeds[0], eval_tokens_per_s=speeds[1], budget=train.time_budget,
+        max_epochs=train.epochs, max_steps=train.max_steps)
+    check_budget(measured)
+    adapted, train, record = adapt(names, model.config, train, measured)
+    train = replace(train, adapt="")
+    if adapted != model.config:
+        torch.manual_seed(train.seed)  # the same init as a run given these settings
+        model = RNNLM(adapted).to(device)
+    return model, train, record
+
+
+def with_cutoffs(cfg: ModelConfig, tokens: np.ndarray) -> ModelConfig:
+    """``cfg`` with an adaptive softmax's cutoffs, if it may have one and none are given,
+    chosen from the counts of ``tokens`` (:func:`seqlm.models.output.choose_cutoffs`)."""
+    if cfg.output == "full" or cfg.cutoff_ranks():
+        return cfg
+    counts = np.bincount(np.asarray(tokens), minlength=cfg.vocab_size)
+    return replace(cfg, cutoffs=",".join(map(str, choose_cutoffs(counts, cfg.vocab_size))))
