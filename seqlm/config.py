@@ -330,7 +330,6 @@ class TrainConfig:
         _check(budget is None or (budget > 0 and math.isfinite(budget)), "time_budget", budget,
                "a positive number of seconds")
 
-
     def adapted(self) -> tuple[str, ...]:
         """The names in ``adapt``."""
         return tuple(n.strip() for n in str(self.adapt).split(",") if n.strip())
