@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from seqlm.batches import check_fits
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.errors import ConfigError
 from seqlm.models import RNNLM
@@ -206,12 +207,14 @@ def build_model(cfg: ModelConfig, splits: dict[str, np.ndarray], data: DataConfi
     run keeps the choices.
 
     Raises:
+        CorpusError: the training split cannot fill one minibatch.
         ConfigError: the vocabulary or the budget does not suit the recipe
             (:func:`check_vocabulary`, :func:`check_budget`).
     """
     names = train.adapted()
     tokens = splits["train"]
     if names:
+        check_fits(tokens, data.batch_size, data.num_steps)  # the probe needs one minibatch
         check_vocabulary(len(tokens), cfg.vocab_size)
         if "embedding_dim" in names and cfg.embedding_dim and not cfg.tie_weights:
             cfg = replace(cfg, embedding_dim=embedding_for(cfg.vocab_size, cfg.hidden_size))
