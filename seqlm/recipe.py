@@ -154,15 +154,22 @@ def adapt(names: tuple[str, ...], model: ModelConfig, train: TrainConfig,
     return model, train, record
 
 
+def _clock(device: torch.device) -> float:
+    """The time once ``device`` has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @torch.no_grad()
 def _eval_speed(model, X: torch.Tensor, Y: torch.Tensor, seconds: float) -> float:
     model.eval()
-    done, start = 0, time.perf_counter()
+    done, start = 0, _clock(X.device)
     while True:
         model(X, targets=Y)
         done += Y.numel()
-        if time.perf_counter() - start >= seconds:
-            return done / (time.perf_counter() - start)
+        if _clock(X.device) - start >= seconds:
+            return done / (_clock(X.device) - start)
 
 
 def probe(model, train: np.ndarray, batch_size: int, num_steps: int, *, clip: float,
@@ -177,21 +184,24 @@ def probe(model, train: np.ndarray, batch_size: int, num_steps: int, *, clip: fl
     X = flat[:-1].view(rows, num_steps).to(device)
     Y = flat[1:].view(rows, num_steps).to(device)
     opt = torch.optim.Adam(twin.parameters(), lr=1e-9)
-    rng = torch.get_rng_state()
+    rng = torch.get_rng_state()  # the probe's dropout must not move the run's streams
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     done, start = -1, 0.0
-    while done < 0 or time.perf_counter() - start < seconds:
+    while done < 0 or _clock(device) - start < seconds:
         nll, _ = twin(X, targets=Y)
         opt.zero_grad(set_to_none=True)
         (nll / Y.numel()).backward()
         torch.nn.utils.clip_grad_norm_(twin.parameters(), clip or math.inf)
         opt.step()
         if done < 0:  # the first step warms caches and allocators: not timed
-            done, start = 0, time.perf_counter()
+            done, start = 0, _clock(device)
         else:
             done += Y.numel()
-    train_speed = done / (time.perf_counter() - start)
+    train_speed = done / (_clock(device) - start)
     eval_speed = _eval_speed(twin, X, Y, seconds / 2)
     torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
     return train_speed, eval_speed
 
 
