@@ -61,6 +61,7 @@ from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.presets import (field_types, merge_choices, optional_fields, preset,
                            split_overrides)
 from seqlm.data import load_corpus
+from seqlm.text import CLEANING
 from seqlm.errors import SeqlmError
 from seqlm.generate import generate
 from seqlm.metrics import LN2, bigram_nll
@@ -109,18 +110,24 @@ def typed(values: dict[str, str], classes) -> dict:
     return out
 
 
-def stream_corpus(corpus: str, tokenizer: str):
+def stream(tokenizer: str, clean: str | None = None) -> dict:
+    """The data settings of a ``tokenizer`` stream, with ``clean`` (``--clean``) when given."""
+    return {**STREAMS[tokenizer], **({"clean": clean} if clean else {})}
+
+
+def stream_corpus(corpus: str, tokenizer: str, clean: str | None = None):
     """The ids every model of a run trains and is evaluated on."""
-    return load_corpus(DataConfig(corpus=corpus, **STREAMS[tokenizer]))
+    return load_corpus(DataConfig(corpus=corpus, **stream(tokenizer, clean)))
 
 
-def rnn_configs(spec: str, corpus: str, tokenizer: str, budget: float, threads: int):
+def rnn_configs(spec: str, corpus: str, tokenizer: str, budget: float, threads: int,
+                clean: str | None = None):
     base, overrides = parse_spec(spec)
     values = preset(base)
     values = {k: v for k, v in values.items() if k not in ("epochs", "max_steps")}
     values = merge_choices(values, typed(overrides, (DataConfig, ModelConfig, TrainConfig)))
     # Same stream for every model; the harness owns the budget and the evaluation times.
-    values.update(corpus=corpus, **STREAMS[tokenizer], max_tokens=None,
+    values.update(corpus=corpus, **stream(tokenizer, clean), max_tokens=None,
                   time_budget=budget, eval_every=0, early_stopping=None, threads=threads,
                   device="cpu", sample_tokens=0)
     sections = split_overrides(values, SECTIONS, skip=SKIP)
@@ -129,8 +136,9 @@ def rnn_configs(spec: str, corpus: str, tokenizer: str, budget: float, threads: 
 
 
 def train_rnn(spec: str, corpus_name: str, tokenizer: str, budget: float, eval_every: float,
-              threads: int):
-    data, model_fields, train = rnn_configs(spec, corpus_name, tokenizer, budget, threads)
+              threads: int, clean: str | None = None):
+    data, model_fields, train = rnn_configs(spec, corpus_name, tokenizer, budget, threads,
+                                            clean)
     session = RunSession(data, model_fields, train, preset=parse_spec(spec)[0])
     trainer = session.trainer
     curve, state = [], {"next": eval_every, "eval_s": 0.0}
@@ -182,10 +190,10 @@ def summarize(result: dict, budget: float) -> None:
     result["tokens_per_s"] = result["tokens"] / max(result["train_s"], 1e-9)
 
 
-def recipe(models: list[str], tokenizer: str) -> dict:
+def recipe(models: list[str], tokenizer: str, clean: str | None = None) -> dict:
     """What a run's numbers depend on besides the machine and the budget, as it resolves now:
     the stream, each preset's settings (with the spec's overrides) and each peer's config."""
-    out = {"stream": STREAMS[tokenizer], "models": {}}
+    out = {"stream": stream(tokenizer, clean), "models": {}}
     for spec in models:
         name, overrides = parse_spec(spec)
         if name in PEERS:
@@ -199,17 +207,19 @@ def recipe(models: list[str], tokenizer: str) -> dict:
 
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
-    corpus = stream_corpus(args.corpus, args.tokenizer)
+    corpus = stream_corpus(args.corpus, args.tokenizer, args.clean)
     val = corpus.splits["val"]
     prefix = args.prefix or corpus.tokenizer.decode(val[:24])
     out = {"corpus": args.corpus, "budget": args.budget, "eval_every": args.eval_every,
            "threads": args.threads, "parallel": args.parallel,
-           "tokenizer": args.tokenizer, "split": STREAMS[args.tokenizer]["split"],
+           "tokenizer": args.tokenizer, "clean": stream(args.tokenizer, args.clean)["clean"],
+           "split": STREAMS[args.tokenizer]["split"],
            "vocab_size": corpus.vocab_size,
            "tokens": {k: int(len(v)) for k, v in corpus.splits.items()},
            "bigram_loss": bigram_nll(corpus.splits["train"], val, corpus.vocab_size, 0.1),
            "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-           "prefix": prefix, "recipe": recipe(args.models, args.tokenizer), "models": {}}
+           "prefix": prefix, "recipe": recipe(args.models, args.tokenizer, args.clean),
+           "models": {}}
     if args.parallel:
         out["models"] = run_parallel(args, prefix)
         return out
@@ -227,16 +237,16 @@ def run_one(args, spec: str, corpus, prefix: str) -> dict:
         c = config_class(**typed(overrides, (config_class,)))
         result, model = train_peer(c, corpus, args.budget, args.eval_every)
         sample = sample_peer(model, corpus.tokenizer, prefix, args.sample_tokens,
-                             args.temperature, args.seed)
+                             args.temperature, args.seed) if args.sample_tokens else ""
     else:
         result, session = train_rnn(spec, args.corpus, args.tokenizer, args.budget,
-                                    args.eval_every, args.threads)
+                                    args.eval_every, args.threads, args.clean)
         if not np.array_equal(session.corpus.splits["val"], corpus.splits["val"]):
             raise SystemExit("quality.py: the RNN's validation split differs from the "
                              "peer's; the comparison would be unfair")
         sample = generate(session.trainer.model, session.tokenizer, prefix,
                           max_new_tokens=args.sample_tokens, temperature=args.temperature,
-                          seed=args.seed)[0]
+                          seed=args.seed)[0] if args.sample_tokens else ""
     result.update(sample=sample, loadavg_before=load, loadavg_after=os.getloadavg()[0])
     summarize(result, args.budget)
     print(f"{spec}: best {result['best_loss']:.4f} nats/token after {result['steps']} steps, "
@@ -253,7 +263,7 @@ def run_parallel(args, prefix: str) -> dict:
     for i, spec in enumerate(args.models):
         part = args.out / "parts" / str(i)
         cmd = [sys.executable, str(Path(__file__).resolve()), "run", "--corpus", args.corpus,
-               "--tokenizer", args.tokenizer,
+               "--tokenizer", args.tokenizer, *(["--clean", args.clean] if args.clean else []),
                "--budget", str(args.budget), "--eval-every", str(args.eval_every),
                "--threads", str(args.threads), "--prefix", prefix, "--sample-tokens",
                str(args.sample_tokens), "--temperature", str(args.temperature), "--seed",
@@ -363,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="builtin", help="builtin, timemachine or a text file")
     p.add_argument("--tokenizer", choices=tuple(STREAMS), default="char",
                    help="token unit of the stream every model sees")
+    p.add_argument("--clean", choices=CLEANING, default=None,
+                   help="seqlm's --clean for the stream (default none; gutenberg drops "
+                   "Project Gutenberg's header and licence)")
     p.add_argument("--budget", type=float, default=95.0, help="seconds per model")
     p.add_argument("--eval-every", type=float, default=None,
                    help="seconds between evaluations (default budget / 12)")

@@ -62,8 +62,9 @@ class DataConfig:
                       "corpus directory, or a name: builtin, python-source, timemachine, "
                       "tinyshakespeare")
     encoding: str = opt("utf-8", "text encoding of the corpus files")
-    clean: str = opt("none", "none; lower; letters = the chapter's letters-only lowercase text",
-                     ("none", "lower", "letters"))
+    clean: str = opt("none", "none; lower; letters = the chapter's letters-only lowercase text; "
+                     "gutenberg = the books without Project Gutenberg's headers and licences",
+                     ("none", "lower", "letters", "gutenberg"))
     tokenizer: str = opt("char", "token unit", ("char", "word", "bpe"))
     min_freq: int = opt(1, "tokens seen fewer times in the training split map to <unk>")
     max_vocab: int | None = opt(None, "largest vocabulary, <unk> and reserved tokens included")

@@ -98,10 +98,23 @@ def test_rechunk_cuts_where_whole_text_chunking_cuts(data, size):
 
 
 @settings(max_examples=100, deadline=None)
-@given(data=text_in_pieces(), mode=st.sampled_from(["none", "lower", "letters"]))
+@given(data=text_in_pieces(), mode=st.sampled_from(["none", "lower", "letters", "gutenberg"]))
 def test_cleaning_pieces_equals_cleaning_the_text(data, mode):
     text, pieces = data
     assert "".join(clean_pieces(pieces, mode)) == clean(text, mode)
+
+
+gutenberg_lines = st.lists(st.sampled_from([
+    "*** START OF THE PROJECT GUTENBERG EBOOK X ***\n", "*** END OF THIS PROJECT GUTENBERG EBOOK\n",
+    "*END*THE SMALL PRINT! V.1\n", "End of Project Gutenberg's X\n", "prose\n", "\n", "tail"]),
+    max_size=12).map("".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=text_in_pieces(gutenberg_lines))
+def test_gutenberg_cleaning_in_pieces_equals_cleaning_the_text(data):
+    text, pieces = data
+    assert "".join(clean_pieces(pieces, "gutenberg")) == clean(text, "gutenberg")
 
 
 fractions = st.tuples(st.integers(0, 10), st.integers(0, 10), st.integers(0, 10)).filter(

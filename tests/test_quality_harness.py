@@ -209,6 +209,14 @@ def test_plan_skips_a_stored_result_only_while_its_recipe_stands(quality, matrix
     (tmp_path / "empty" / "alice.txt").write_text("text")
     found = matrix.plan(["alice"], [95.0], tmp_path, quality.recipe)[0]
     assert found["action"] == "run" and found["corpus"] == str(tmp_path / "empty" / "alice.txt")
+    # alice's stream drops the Gutenberg licence: a result stored without it no longer stands
+    alice = tmp_path / "quality-alice-95.json"
+    alice.write_text(json.dumps({"recipe": quality.recipe(["cpu-fast", "transformer"], "char")}))
+    stale = matrix.plan(["alice"], [95.0], tmp_path, quality.recipe)[0]
+    assert stale["reason"] == "recipe changed (the stream)"
+    alice.write_text(json.dumps({"recipe": quality.recipe(["cpu-fast", "transformer"], "char",
+                                                          "gutenberg")}))
+    assert matrix.plan(["alice"], [95.0], tmp_path, quality.recipe)[0]["action"] == "skip"
 
 
 def test_a_failed_row_is_logged_and_the_matrix_goes_on(matrix, tmp_path):

@@ -50,8 +50,41 @@ def test_clean_letters_is_the_chapters_and_keeps_lines_apart():
     assert T.clean("The Time\nMachine, by H. G. Wells!", "letters") == \
         "the time machine by h g wells "
     assert T.clean("A\nB", "lower") == "a\nb"
-    with pytest.raises(ConfigError, match="none, lower, letters"):
+    with pytest.raises(ConfigError, match="none, lower, letters, gutenberg"):
         T.clean("x", "upper")
+
+
+BOOK = ("The Project Gutenberg eBook of A Tale\nLicence words.\n"
+        "*** START OF THE PROJECT GUTENBERG EBOOK A TALE ***\n\nIt was the best.\nThe end.\n"
+        "*** END OF THE PROJECT GUTENBERG EBOOK A TALE ***\nSection 5. Donations.\n")
+
+
+def test_clean_gutenberg_keeps_each_book_between_its_markers():
+    assert T.clean(BOOK, "gutenberg") == "\nIt was the best.\nThe end.\n"
+    two = BOOK + "\n" + BOOK.replace("best", "worst")  # a directory of two books
+    assert T.clean(two, "gutenberg") == \
+        "\nIt was the best.\nThe end.\n\nIt was the worst.\nThe end.\n"
+    old = ("Header\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN\nText.\n"
+           "End of the Project Gutenberg EBook\nx")
+    assert T.clean(old, "gutenberg") == "Text.\n"
+    assert T.clean("no markers\nat all", "gutenberg") == "no markers\nat all"
+    ended = "The book.\n*** END OF THIS PROJECT GUTENBERG EBOOK X\nlicence"
+    assert T.clean(ended, "gutenberg") == "The book.\n"
+
+
+def test_clean_gutenberg_gives_back_a_long_start_without_a_marker():
+    marker = "*** START OF THE PROJECT GUTENBERG X\n"
+    text = "line of prose\n" * (T._HEADER_CHARS // 10) + marker + "end"
+    assert T.clean(text, "gutenberg") == text.replace(marker, "")
+
+
+def test_alice_without_its_licence(data_env):
+    path = data_env.parent / "alice.txt"
+    if not path.exists():
+        pytest.skip(f"{path} is not there")
+    text = T.clean(T.read_corpus(str(path)), "gutenberg")
+    assert text.lstrip().startswith("[Illustration]") and text.rstrip().endswith("THE END")
+    assert "Gutenberg" not in text
 
 
 def test_timemachine_from_seqlm_data(data_env):
