@@ -28,7 +28,7 @@ BPTT_ENGINES = ("autograd", "manual")
 MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
 WINDOWED = ("window", "full")  # truncations that every core and engine runs
 OUTPUTS = ("auto", "full", "adaptive")
-ADAPTABLE = ("dropout", "embedding_dim", "eval_every")  # what seqlm.recipe may choose
+ADAPTABLE = ("dropout", "embedding_dim", "eval_every", "num_layers")  # seqlm.recipe chooses
 # Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
 # varies; 0 is the book's greedy argmax, which soon repeats itself.
 DEFAULT_TEMPERATURE = 0.8

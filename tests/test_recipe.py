@@ -78,6 +78,68 @@ def test_the_probe_leaves_model_and_random_streams_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_unseen_bigrams_tells_a_repetitive_text_from_a_sparse_one():
+    rng = np.random.default_rng(0)
+    letters = np.tile(np.arange(30), 4000)  # every bigram recurs in every piece
+    assert recipe.unseen_bigrams(letters) == 0.0
+    sparse = rng.integers(0, 5000, 120_000)  # 25 M possible bigrams, 120 k seen
+    assert recipe.unseen_bigrams(sparse) > 0.9
+    assert recipe.unseen_bigrams(sparse[:5000]) == 0.0  # under 10 pieces: cannot tell
+    big = rng.integers(0, 60, recipe.SPARSITY_TOKENS * 3)  # sampled, not read whole
+    assert recipe.unseen_bigrams(big) < 0.01
+
+
+def test_a_sparse_text_counts_as_more_passes():
+    dense, sparse = _measure(budget=540.0), _measure(budget=540.0, unseen_bigrams=0.14)
+    assert dense.effective_epochs == dense.epochs
+    assert sparse.effective_epochs == pytest.approx(sparse.epochs * (1 + 15 * 0.14))
+    model = ModelConfig(vocab_size=100, cell="gru", embedding_dim=64)
+    drops = [recipe.adapt(("dropout",), model, TrainConfig(), m)[0].dropout
+             for m in (dense, sparse)]
+    assert drops[0] < drops[1]
+
+
+def test_depth_is_measured_only_where_the_text_limits_the_model():
+    gru = ModelConfig(vocab_size=100, cell="gru", embedding_dim=64)
+    assert recipe.wants_depth(gru, _measure(budget=540.0, train_tokens=160_000))  # 67 passes
+    assert not recipe.wants_depth(gru, _measure(budget=95.0, train_tokens=3_000_000))
+    assert not recipe.wants_depth(ModelConfig(vocab_size=100, cell="gru", num_layers=2),
+                                  _measure(budget=540.0, train_tokens=160_000))
+    assert not recipe.wants_depth(ModelConfig(vocab_size=100, cell="rnn"),
+                                  _measure(budget=540.0, train_tokens=160_000))
+
+
+@pytest.mark.parametrize("deep_speed, layers", [(8_000.0, 2), (100.0, 1)])  # 33 k, 420 steps
+def test_build_model_keeps_two_layers_only_with_steps_to_train_them(monkeypatch, deep_speed,
+                                                                    layers):
+    def fake_probe(model, *args, **kw):  # 1 layer 20 k tokens/s; 2 layers deep_speed
+        return (20_000.0 if model.config.num_layers == 1 else deep_speed), 60_000.0
+
+    class Alone:
+        @staticmethod
+        def sum(*values):
+            return values
+
+    monkeypatch.setattr(recipe, "probe", fake_probe)
+    tokens = np.tile(np.arange(50), 4000)  # 200 k tokens: 54 passes in 540 s at 20 k/s
+    cfg = ModelConfig(vocab_size=50, cell="gru", hidden_size=32, embedding_dim=64)
+    train = TrainConfig(time_budget=540.0, adapt="dropout,num_layers", eval_every=0)
+    data = DataConfig(batch_size=8, num_steps=16)
+    torch.manual_seed(0)
+    model, train2, record = recipe.build_model(cfg, {"train": tokens, "val": tokens[:2000]},
+                                               data, train, torch.device("cpu"), Alone())
+    assert model.config.num_layers == layers and record["chosen"]["num_layers"] == layers
+    assert train2.adapt == "" and model.config.dropout > 0  # changed, so the model was rebuilt
+    # as a run given these settings starts: same weights, same random stream after them
+    # (the twin measured and dropped moved nothing)
+    state = torch.get_rng_state()
+    torch.manual_seed(train.seed)
+    twin = RNNLM(model.config)
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(),
+                                                 model.state_dict().values()))
+
+
 def test_budget_too_short_for_one_evaluation_is_one_line():
     m = _measure(budget=1.0, val_tokens=600_000)  # 10 s to evaluate
     with pytest.raises(ConfigError, match="too short.*`time_budget`"):

@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from seqlm import text as T
+from seqlm.cleaning import _HEADER_CHARS
 from seqlm.errors import ConfigError, CorpusError
 
 
@@ -74,7 +75,7 @@ def test_clean_gutenberg_keeps_each_book_between_its_markers():
 
 def test_clean_gutenberg_gives_back_a_long_start_without_a_marker():
     marker = "*** START OF THE PROJECT GUTENBERG X\n"
-    text = "line of prose\n" * (T._HEADER_CHARS // 10) + marker + "end"
+    text = "line of prose\n" * (_HEADER_CHARS // 10) + marker + "end"
     assert T.clean(text, "gutenberg") == text.replace(marker, "")
 
 
