@@ -11,9 +11,14 @@ what suits one corpus and machine but not another is chosen here, from
 
 The rules, each fitted on the quality matrix (docs/quality.md has the measurements):
 
+* **depth** (:func:`wants_depth`): one layer while the compute limits the model; a 2-layer
+  stack once the budget makes :data:`DEEP_PASSES` passes over the text with one layer, kept
+  when its own probe says the budget still gives it :data:`DEEP_STEPS` optimizer steps.
 * **dropout** rises with the passes the budget makes over the data (:func:`dropout_for`):
   none while the model sees each token about once or twice, up to 0.5 for thirty passes
-  and more, where an unregularised model memorises the text.
+  and more, where an unregularised model memorises the text. A sparse text, whose contexts
+  rarely repeat (:func:`unseen_bigrams`: Chinese characters, words), is memorised in fewer
+  passes, so its passes count more (:attr:`Measurement.effective_epochs`).
 * **embedding size** grows with the vocabulary (:func:`embedding_for`): 64 for characters,
   a few hundred for words.
 * **evaluation cadence** (:func:`eval_every_for`): about a dozen evaluations per budget, so
@@ -43,7 +48,7 @@ from seqlm.models.output import choose_cutoffs
 ADAPTABLE = ("dropout", "embedding_dim", "eval_every", "num_layers")
 MAX_DROPOUT = 0.5
 SPARSE_WEIGHT = 15.0  # a pass counts 1 + 15·u times, u the share of held-out bigrams unseen
-DEEP_PASSES = 8.0  # (effective) passes of the 1-layer model from which 2 layers are tried
+DEEP_PASSES = 8.0  # passes of the 1-layer model from which 2 layers are tried
 DEEP_STEPS = 800  # optimizer steps the 2-layer model must still get from the budget
 SPARSITY_TOKENS = 1 << 22  # unseen_bigrams reads at most this many tokens, spread evenly
 EVALS_PER_BUDGET = 12
@@ -295,10 +300,10 @@ def build_model(cfg: ModelConfig, splits: dict[str, np.ndarray], data: DataConfi
 
 def wants_depth(cfg: ModelConfig, m: Measurement) -> bool:
     """Whether a 2-layer stack is worth measuring: the model has one layer of a GRU or an
-    LSTM and the budget makes at least :data:`DEEP_PASSES` effective passes with it, so the
-    text, not the compute, is what limits it (the 2-layer model is then kept if the budget
-    still gives it :data:`DEEP_STEPS` steps)."""
-    epochs = m.effective_epochs
+    LSTM and the budget makes at least :data:`DEEP_PASSES` passes with it (raw passes, not
+    :attr:`Measurement.effective_epochs`), so the text, not the compute, is what limits it
+    (the 2-layer model is then kept if the budget still gives it :data:`DEEP_STEPS` steps)."""
+    epochs = m.epochs  # raw passes: on Chinese (5.4 passes, 17 effective) 2 layers lost
     return (cfg.num_layers == 1 and cfg.cell in ("gru", "lstm") and epochs is not None
             and epochs >= DEEP_PASSES)
 
