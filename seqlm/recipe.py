@@ -48,6 +48,7 @@ from seqlm.models.output import choose_cutoffs
 ADAPTABLE = ("dropout", "embedding_dim", "eval_every", "num_layers")
 MAX_DROPOUT = 0.5
 SPARSE_WEIGHT = 15.0  # a pass counts 1 + 15·u times, u the share of held-out bigrams unseen
+NO_DROPOUT_PASSES = 2.0  # up to this many raw passes, no dropout (sparse text or not)
 DEEP_PASSES = 8.0  # passes of the 1-layer model from which 2 layers are tried
 DEEP_STEPS = 800  # optimizer steps the 2-layer model must still get from the budget
 SPARSITY_TOKENS = 1 << 22  # unseen_bigrams reads at most this many tokens, spread evenly
@@ -91,7 +92,7 @@ class Measurement:
         """:attr:`epochs` weighted by how sparse the text is: ``epochs · (1 + SPARSE_WEIGHT · u)``
         with u = :attr:`unseen_bigrams` (about 1.0× for English characters, 3× for Chinese
         characters, 4× for words): a model memorises a text whose contexts rarely repeat
-        in fewer passes."""
+        in fewer passes, once it has seen it more than :data:`NO_DROPOUT_PASSES` times."""
         epochs = self.epochs
         return None if epochs is None else epochs * (1 + SPARSE_WEIGHT * self.unseen_bigrams)
 
@@ -179,7 +180,8 @@ def adapt(names: tuple[str, ...], model: ModelConfig, train: TrainConfig,
     if "num_layers" in names:
         chosen["num_layers"] = model.num_layers  # build_model chose it, measuring both depths
     if "dropout" in names and epochs is not None:
-        chosen["dropout"] = dropout_for(epochs)
+        # what a model has seen at most twice it cannot have memorised, however sparse
+        chosen["dropout"] = dropout_for(epochs) if m.epochs > NO_DROPOUT_PASSES else 0.0
     if "embedding_dim" in names and model.embedding_dim is not None and not model.tie_weights:
         chosen["embedding_dim"] = embedding_for(m.vocab_size, model.hidden_size)
     model = replace(model, **chosen)

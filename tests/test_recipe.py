@@ -97,6 +97,9 @@ def test_a_sparse_text_counts_as_more_passes():
     drops = [recipe.adapt(("dropout",), model, TrainConfig(), m)[0].dropout
              for m in (dense, sparse)]
     assert drops[0] < drops[1]
+    once = _measure(budget=95.0, train_tokens=1_000_000, unseen_bigrams=0.14)  # 1.9 passes
+    assert once.effective_epochs > 4 and recipe.adapt(("dropout",), model, TrainConfig(),
+                                                      once)[0].dropout == 0.0
 
 
 def test_depth_is_measured_only_where_the_text_limits_the_model():
