@@ -58,7 +58,7 @@ def _gutenberg(pieces) -> Iterator[str]:
     dropped until the next START."""
     state, held, held_chars, partial = "head", [], 0, ""
 
-    def sort(lines: list[str]) -> str:
+    def keep(lines: list[str]) -> str:
         nonlocal state, held, held_chars
         out = []
         for line in lines:
@@ -85,10 +85,10 @@ def _gutenberg(pieces) -> Iterator[str]:
 
     for piece in pieces:
         *lines, partial = (partial + piece).split("\n")
-        out = sort([line + "\n" for line in lines])
+        out = keep([line + "\n" for line in lines])
         if out:
             yield out
-    out = sort([partial] if partial else []) + "".join(held)
+    out = keep([partial] if partial else []) + "".join(held)
     if out:
         yield out
 

@@ -124,12 +124,15 @@ def unseen_bigrams(tokens: np.ndarray, chunk: int = 1024, every: int = 10) -> fl
     return float(1.0 - np.isin(codes[held], np.unique(codes[~held])).mean())
 
 
-def dropout_for(epochs: float) -> float:
-    """Dropout for a budget that makes ``epochs`` passes: 0 up to 2 passes, then 0.1 per
-    doubling (0.1 at 4, 0.2 at 8, 0.3 at 16, 0.4 at 32), at most :data:`MAX_DROPOUT`."""
-    if epochs <= 2:
+def dropout_for(epochs: float, raw_epochs: float | None = None) -> float:
+    """Dropout for a budget that makes ``epochs`` (effective) passes: 0 up to
+    :data:`NO_DROPOUT_PASSES`, then 0.1 per doubling (0.1 at 4, 0.2 at 8, 0.3 at 16, 0.4 at
+    32), at most :data:`MAX_DROPOUT`; 0 too while the ``raw_epochs`` (default ``epochs``)
+    are at most :data:`NO_DROPOUT_PASSES`: what a model has seen at most twice it cannot have
+    memorised, however sparse the text."""
+    if min(epochs, epochs if raw_epochs is None else raw_epochs) <= NO_DROPOUT_PASSES:
         return 0.0
-    return round(min(MAX_DROPOUT, 0.1 * math.log2(epochs / 2)), 2)
+    return round(min(MAX_DROPOUT, 0.1 * math.log2(epochs / NO_DROPOUT_PASSES)), 2)
 
 
 def embedding_for(vocab_size: int, hidden_size: int) -> int:
@@ -180,8 +183,7 @@ def adapt(names: tuple[str, ...], model: ModelConfig, train: TrainConfig,
     if "num_layers" in names:
         chosen["num_layers"] = model.num_layers  # build_model chose it, measuring both depths
     if "dropout" in names and epochs is not None:
-        # what a model has seen at most twice it cannot have memorised, however sparse
-        chosen["dropout"] = dropout_for(epochs) if m.epochs > NO_DROPOUT_PASSES else 0.0
+        chosen["dropout"] = dropout_for(epochs, m.epochs)
     if "embedding_dim" in names and model.embedding_dim is not None and not model.tie_weights:
         chosen["embedding_dim"] = embedding_for(m.vocab_size, model.hidden_size)
     model = replace(model, **chosen)
@@ -271,7 +273,7 @@ def build_model(cfg: ModelConfig, splits: dict[str, np.ndarray], data: DataConfi
     if not names:
         return model, train, None
     first = model.config
-    sparsity = unseen_bigrams(tokens)
+    sparsity = unseen_bigrams(tokens) if "dropout" in names else 0.0  # only dropout reads it
 
     def measure(candidate: RNNLM) -> Measurement:
         speeds = dist.sum(*probe(candidate, tokens, data.batch_size, data.num_steps,
