@@ -58,6 +58,7 @@ import quality_matrix  # noqa: E402
 from quality_peers import (GPTConfig, WLMConfig, gpt_sample, train_gpt,  # noqa: E402
                            train_wlm, wlm_sample)
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.recipe import rules
 from seqlm.presets import (field_types, merge_choices, optional_fields, preset,
                            split_overrides)
 from seqlm.data import load_corpus
@@ -192,7 +193,8 @@ def summarize(result: dict, budget: float) -> None:
 
 def recipe(models: list[str], tokenizer: str, clean: str | None = None) -> dict:
     """What a run's numbers depend on besides the machine and the budget, as it resolves now:
-    the stream, each preset's settings (with the spec's overrides) and each peer's config."""
+    the stream, each preset's settings (with the spec's overrides), each peer's config and,
+    when a preset adapts, the recipe's rules (:func:`seqlm.recipe.rules`)."""
     out = {"stream": stream(tokenizer, clean), "models": {}}
     for spec in models:
         name, overrides = parse_spec(spec)
@@ -202,6 +204,8 @@ def recipe(models: list[str], tokenizer: str, clean: str | None = None) -> dict:
         else:
             out["models"][spec] = {**preset(name),
                                    **typed(overrides, (DataConfig, ModelConfig, TrainConfig))}
+    if any(settings.get("adapt") for settings in out["models"].values()):
+        out["rules"] = rules()
     return json.loads(json.dumps(out))  # as it reads back from a results file
 
 

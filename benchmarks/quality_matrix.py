@@ -4,8 +4,8 @@ A row is a corpus and a token unit; each row x budget trains the seqlm preset of
 (``cpu-fast`` at 95 s, ``cpu-quality`` at 540 s: the preset whose ``time_budget`` is nearest)
 and the row's peer at the same time (``run --parallel``, one thread each), and stores the
 result as ``<results>/quality-<row>-<budget>.json``. A stored result is reused unless
-``--force`` or its recipe (the presets' and the peer's settings as they resolve now, and the
-stream) differs from the current one. The table and the figure are rebuilt from the stored
+``--force`` or its recipe (the presets' and the peer's settings as they resolve now, the
+stream, and the rules of ``seqlm.recipe`` when a preset adapts) differs from the current one. The table and the figure are rebuilt from the stored
 results, with the issue's done-when checks as pass/fail columns:
 
 * stable: seqlm's final evaluation is within ``STABLE`` nats of its best;
@@ -145,6 +145,8 @@ def _decide(stored: dict | None, current: dict, force: bool) -> tuple[str, str]:
                    if old.get("models", {}).get(spec) != settings]
         if old.get("stream") != current["stream"]:
             changed.append("the stream")
+        if old.get("rules") != current.get("rules"):
+            changed.append("the recipe's rules")
         return "run", f"recipe changed ({', '.join(changed) or 'models'})"
     return "skip", "stored with the current recipe"
 

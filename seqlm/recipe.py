@@ -56,6 +56,8 @@ EVALS_PER_BUDGET = 12
 MIN_EVAL_EVERY = 50
 MIN_OCCURRENCES = 4  # mean training occurrences per vocabulary id below which ids cannot train
 EVAL_SHARE = 0.5  # one evaluation may take at most this share of the time budget
+REVISION = 2  # raise when a rule's code, not a constant above, changes what a run chooses
+# (2: the probe times the median step)
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,15 @@ def build_model(cfg: ModelConfig, splits: dict[str, np.ndarray], data: DataConfi
         torch.manual_seed(train.seed)  # the same init as a run given these settings
         model = RNNLM(adapted).to(device)
     return model, train, record
+
+
+def rules() -> dict:
+    """The recipe's constants and :data:`REVISION`: with a preset's settings, what a run's
+    choices depend on (benchmarks/quality.py stores them with each result)."""
+    names = ("ADAPTABLE", "MAX_DROPOUT", "SPARSE_WEIGHT", "NO_DROPOUT_PASSES", "DEEP_PASSES",
+             "DEEP_STEPS", "SPARSITY_TOKENS", "EVALS_PER_BUDGET", "MIN_EVAL_EVERY",
+             "MIN_OCCURRENCES", "EVAL_SHARE", "REVISION")
+    return {name.lower(): globals()[name] for name in names}
 
 
 def wants_depth(cfg: ModelConfig, m: Measurement) -> bool:

@@ -205,6 +205,12 @@ def test_plan_skips_a_stored_result_only_while_its_recipe_stands(quality, matrix
     path.write_text(json.dumps(stored))
     again = matrix.plan(["builtin"], [95.0], tmp_path, quality.recipe)[0]
     assert again["action"] == "run" and again["reason"] == "recipe changed (cpu-fast)"
+    stored["recipe"]["models"]["cpu-fast"]["lr"] /= 2
+    stored["recipe"]["rules"]["deep_steps"] += 100  # a rule of seqlm.recipe changed since
+    path.write_text(json.dumps(stored))
+    ruled = matrix.plan(["builtin"], [95.0], tmp_path, quality.recipe)[0]
+    assert ruled["reason"] == "recipe changed (the recipe's rules)"
+    assert "rules" not in quality.recipe(["d2l-scratch"], "char")  # nothing adapts there
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "alice.txt").write_text("text")
     found = matrix.plan(["alice"], [95.0], tmp_path, quality.recipe)[0]
