@@ -5,8 +5,9 @@ A row is a corpus and a token unit; each row x budget trains the seqlm preset of
 and the row's peer at the same time (``run --parallel``, one thread each), and stores the
 result as ``<results>/quality-<row>-<budget>.json``. A stored result is reused unless
 ``--force`` or its recipe (the presets' and the peer's settings as they resolve now, the
-stream, and the rules of ``seqlm.recipe`` when a preset adapts) differs from the current one. The table and the figure are rebuilt from the stored
-results, with the issue's done-when checks as pass/fail columns:
+stream, and the rules of ``seqlm.recipe`` when a preset adapts) differs from the current
+one. The table and the figure are rebuilt from the stored results, with the issue's
+done-when checks as pass/fail columns:
 
 * stable: seqlm's final evaluation is within ``STABLE`` nats of its best;
 * gain: the long budget's best is at least ``GAIN`` below the short budget's;
