@@ -305,12 +305,12 @@ def build_model(cfg: ModelConfig, splits: dict[str, np.ndarray], data: DataConfi
 
 
 def rules() -> dict:
-    """The recipe's constants and :data:`REVISION`: with a preset's settings, what a run's
-    choices depend on (benchmarks/quality.py stores them with each result)."""
-    names = ("ADAPTABLE", "MAX_DROPOUT", "SPARSE_WEIGHT", "NO_DROPOUT_PASSES", "DEEP_PASSES",
-             "DEEP_STEPS", "SPARSITY_TOKENS", "EVALS_PER_BUDGET", "MIN_EVAL_EVERY",
-             "MIN_OCCURRENCES", "EVAL_SHARE", "REVISION")
-    return {name.lower(): globals()[name] for name in names}
+    """The recipe's constants (every upper-case number, string or tuple of this module,
+    :data:`REVISION` included, so a constant added later is covered too): with a preset's
+    settings, what a run's choices depend on (benchmarks/quality.py stores them with each
+    result)."""
+    return {name.lower(): value for name, value in globals().items()
+            if name.isupper() and isinstance(value, (int, float, str, tuple))}
 
 
 def wants_depth(cfg: ModelConfig, m: Measurement) -> bool:
