@@ -35,7 +35,7 @@ PRESETS: dict[str, dict] = {
 # 'auto': the hand-written BPTT on the CPU, cuDNN on a GPU), 64 rows x 32 steps, Adam at a high
 # peak lr with a cosine that ends with the time budget. cpu-quality's longer budget anneals
 # deeper, to 1 % of the peak (at 9 minutes it won on five matrix rows of seven), and decays
-# the weights (AdamW, 0.3: at 9 minutes 0.04-0.2 nats on the four rows measured; a tie at 95 s).
+# the weights (AdamW, 0.3: at 9 minutes 0.01-0.2 nats on the four rows measured; a tie at 95 s).
 PRESETS["cpu-fast"] = {
     "cell": "gru", "impl": "auto", "bptt_engine": "auto", "hidden_size": 384, "num_layers": 1, "embedding_dim": 64,
     "dropout": 0.0, "tie_weights": False, "sampler": "sequential", "batch_size": 64,
