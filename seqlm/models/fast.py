@@ -13,6 +13,7 @@ docs/performance.md has the measurements behind each choice.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,14 @@ def _onednn_available() -> bool:
 
 
 ONEDNN = _onednn_available()  # this torch build has oneDNN's matmul operators
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs oneDNN's bfloat16 kernels natively (avx512_bf16 or AMX); where it
+    does not, bfloat16 is emulated and some primitives (the LSTM's) cannot be built at all."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if ONEDNN and check is not None else False
 
 
 def onednn_runs(x: Tensor) -> bool:

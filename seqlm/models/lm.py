@@ -139,8 +139,19 @@ class RNNLM(nn.Module):
         # Cores run time-major inside: a (B, T, ·) view of time-major memory in, and the output
         # decoded as the (T, B, H) tensor it is, spare transposed copies (fast.flatten_logits).
         x = self.embed(tokens.t()).transpose(0, 1)
-        output, state = self.core(x, state, **kwargs)
+        if self._lstm_needs_float32(x):
+            with torch.autocast("cpu", enabled=False):
+                output, state = self.core(x.float(), _as_float(state))
+        else:
+            output, state = self.core(x, state, **kwargs)
         return self.drop(output.transpose(0, 1)), state
+
+    def _lstm_needs_float32(self, x: Tensor) -> bool:
+        """Whether torch's fused LSTM must leave bfloat16 autocast: oneDNN has no bfloat16
+        LSTM on CPUs without native bfloat16 (no avx512_bf16 or AMX; it fails to build the
+        primitive), so there the core runs in float32 and the rest of the model in bfloat16."""
+        return (x.device.type == "cpu" and isinstance(self.core, nn.LSTM)
+                and torch.is_autocast_enabled("cpu") and not fast.cpu_has_bf16())
 
     def decode(self, h: Tensor) -> Tensor:
         """Logits (..., V) of hidden states (..., H): ``self.decoder`` (through oneDNN for large
@@ -196,3 +207,11 @@ def detach_state(state: State | None) -> State | None:
     if isinstance(state, (tuple, list)):
         return tuple(s.detach() for s in state)
     return state.detach()
+
+
+def _as_float(state: State | None) -> State | None:
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.float() for s in state)
+    return state.float()
