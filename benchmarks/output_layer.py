@@ -51,7 +51,7 @@ def step_fn(model: RNNLM, vocab: int, batch: int = 64, steps: int = 32):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step() -> None:
-        nll, _ = model(X, targets=Y)
+        nll, _ = model.loss(X, Y)
         opt.zero_grad(set_to_none=True)
         (nll / Y.numel()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

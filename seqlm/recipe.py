@@ -209,7 +209,7 @@ def _eval_speed(model, X: torch.Tensor, Y: torch.Tensor, seconds: float) -> floa
     model.eval()
     done, start = 0, _clock(X.device)
     while True:
-        model(X, targets=Y)
+        model.loss(X, Y)
         done += Y.numel()
         if _clock(X.device) - start >= seconds:
             return done / (_clock(X.device) - start)
@@ -231,7 +231,7 @@ def probe(model, train: np.ndarray, batch_size: int, num_steps: int, *, clip: fl
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     done, start = -1, 0.0
     while done < 0 or _clock(device) - start < seconds:
-        nll, _ = twin(X, targets=Y)
+        nll, _ = twin.loss(X, Y)
         opt.zero_grad(set_to_none=True)
         (nll / Y.numel()).backward()
         torch.nn.utils.clip_grad_norm_(twin.parameters(), clip or math.inf)

@@ -34,7 +34,7 @@ from seqlm.errors import TrainingDiverged
 from seqlm.guard import Guard, Recovering
 from seqlm.metrics import LossMeter, summary
 from seqlm.schedule import load_optimizer_state, lr_factor, make_optimizer, optimizer_state
-from seqlm.models import RNNLM, detach_state
+from seqlm.models import LossOf, RNNLM, detach_state
 
 
 @dataclass
@@ -85,7 +85,7 @@ def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_step
             break  # this rank has no rows of a split shorter than one row per rank
         X, Y = X.to(device), Y.to(device)
         with autocast():
-            nll, state = model(X, state, targets=Y)
+            nll, state = model.loss(X, Y, state)
         total += nll.double()
         count += Y.numel()
     meter.add(float(total), count)
@@ -131,7 +131,8 @@ class Trainer(Recovering):
         check_fits(self.corpus.splits["train"], self.data.batch_size, self.data.num_steps)
         self.dist.check_batch_size(self.data.batch_size)
         # Under torchrun the step runs through DistributedDataParallel (None otherwise).
-        self.ddp_model = self.dist.wrap(self.model, self.device) if self.dist.enabled else None
+        self.ddp_model = (self.dist.wrap(LossOf(self.model), self.device) if self.dist.enabled
+                          else None)
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.sampler = SAMPLERS[self.data.sampler]
         self.generator = torch.Generator().manual_seed(self.cfg.seed + 1)
@@ -179,8 +180,10 @@ class Trainer(Recovering):
         X, Y = X.to(self.device, non_blocking=True), Y.to(self.device, non_blocking=True)
         state = detach_state(self.state) if self.sampler.contiguous else None
         with self.autocast():
-            model = self.model if self.ddp_model is None else self.ddp_model
-            nll, state = model(X, state, targets=Y)
+            if self.ddp_model is None:
+                nll, state = self.model.loss(X, Y, state)
+            else:
+                nll, state = self.ddp_model(X, Y, state)
         loss = nll.float() / Y.numel()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -54,7 +54,7 @@ def test_adaptive_log_probs_are_exact_and_the_loss_matches_them(cell):
     X, Y = torch.randint(0, V, (3, 6)), torch.randint(0, V, (3, 6))
     with torch.no_grad():
         logp, state = model(X)
-        nll, state2 = model(X, targets=Y)
+        nll, state2 = model.loss(X, Y)
     assert logp.shape == (3, 6, V)
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(3, 6))
     ref = F.cross_entropy(logp.reshape(-1, V), Y.reshape(-1), reduction="sum")
@@ -84,7 +84,7 @@ def test_training_reduces_the_loss_and_evaluate_reads_it():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
-        nll, _ = model(X, targets=Y)
+        nll, _ = model.loss(X, Y)
         loss = nll / Y.numel()
         opt.zero_grad()
         loss.backward()

@@ -25,10 +25,11 @@ and :mod:`~seqlm.models.stepper` (one-token generation). The model's configurati
 :class:`seqlm.config.ModelConfig`.
 """
 
-from seqlm.models.lm import RNNLM, detach_state
+from seqlm.models.lm import LossOf, RNNLM, detach_state
 from seqlm.models.scratch import ScratchGRU, ScratchLSTM, ScratchRNN, init_d2l_, make_core
 
 __all__ = [
+    "LossOf",
     "RNNLM",
     "ScratchGRU",
     "ScratchLSTM",

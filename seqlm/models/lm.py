@@ -98,29 +98,42 @@ class RNNLM(nn.Module):
         return self.config.impl == "scratch"
 
     def forward(self, tokens: Tensor, state: State | None = None, *,
-                targets: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, State]:
-        """Score the next token at every position, or with ``targets`` the summed loss.
+        """Score the next token at every position.
 
         Args:
             tokens: (B, T) int64 ids in ``[0, V)``.
             state: (L, B, H), for LSTM a pair of them, or None for zeros.
-            targets: (B, T) ids of the next tokens: return their summed negative
-                log-likelihood (a float32 scalar) instead of the logits. An adaptive output
-                layer then scores only each target's clusters, never all V ids.
             generator: random source for randomized truncation (scratch cores only).
 
         Returns:
             ``(logits, state)``: logits (B, T, V) for the token after each position (for an
-            adaptive output layer, exact log-probabilities), or the loss; and the state after
-            the last step (same layout as ``state``).
+            adaptive output layer, exact log-probabilities), and the state after the last
+            step (same layout as ``state``).
 
         Raises:
             ValueError: ``tokens`` is not a 2-D integer tensor.
         """
         output, state = self.hidden(tokens, state, generator=generator)
-        if targets is None:
-            return self.decode(output).transpose(0, 1), state
+        return self.decode(output).transpose(0, 1), state
+
+    def loss(self, tokens: Tensor, targets: Tensor, state: State | None = None, *,
+             generator: torch.Generator | None = None) -> tuple[Tensor, State]:
+        """The summed negative log-likelihood of ``targets`` after each position of ``tokens``
+        (what training minimises, divided by the token count).
+
+        Args:
+            tokens, state, generator: as :meth:`forward`.
+            targets: (B, T) ids of the next tokens. An adaptive output layer scores only each
+                target's clusters, never all V ids.
+
+        Returns:
+            ``(nll, state)``: a float32 scalar, and the state after the last step.
+
+        Raises:
+            ValueError: ``tokens`` is not a 2-D integer tensor.
+        """
+        output, state = self.hidden(tokens, state, generator=generator)
         if self.adaptive:
             return self.decoder.nll(output.reshape(-1, output.shape[-1]).float(),
                                     targets.t().reshape(-1)), state
@@ -215,3 +228,16 @@ def _as_float(state: State | None) -> State | None:
     if isinstance(state, tuple):
         return tuple(s.float() for s in state)
     return state.float()
+
+
+class LossOf(nn.Module):
+    """:meth:`RNNLM.loss` as a module's ``forward``, for wrappers that call ``forward``
+    (DistributedDataParallel averages gradients only for what runs through it)."""
+
+    def __init__(self, model: RNNLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, targets: Tensor, state: State | None = None
+                ) -> tuple[Tensor, State]:
+        return self.model.loss(tokens, targets, state)
