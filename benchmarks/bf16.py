@@ -7,7 +7,7 @@ For each model, a float32 and a bfloat16-autocast trainer (same seed, same initi
 same minibatches) train interleaved: a few steps of one, then of the other, so both see the
 same fast and slow phases of the machine, until each has used ``--budget`` seconds of
 training time. Then both are evaluated on the validation split (token-weighted perplexity).
-Training runs through seqlm.train.Trainer.step, as ``seqlm train`` does.
+Training runs through seqlm.trainer.Trainer.step, as ``seqlm train`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.batches import SAMPLERS
 from seqlm.data import load_corpus
 from seqlm.models import RNNLM
-from seqlm.train import Trainer
+from seqlm.trainer import Trainer
 
 MODELS = {  # name: (model fields, optimizer, lr)
     "rnn-manual": ({"cell": "rnn", "impl": "scratch", "bptt_engine": "manual",

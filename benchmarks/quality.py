@@ -16,7 +16,7 @@ With ``--parallel`` the models train at the same time, one process each (``--thr
 the other in one process.
 
 * RNN side: a seqlm preset (``cpu-fast``, ``cpu-quality``, or any ``--preset`` name, with
-  ``:key=value,...`` overrides), trained by :class:`seqlm.train.Trainer` through
+  ``:key=value,...`` overrides), trained by :class:`seqlm.trainer.Trainer` through
   :class:`seqlm.run.RunSession`; evaluated by ``Trainer.validate`` (state carried along
   ``batch_size`` rows of the split).
 * Peers (benchmarks/quality_peers.py): ``transformer``, nanoGPT's CPU recipe, and ``wlm``,
@@ -67,7 +67,7 @@ from seqlm.errors import SeqlmError
 from seqlm.generate import generate
 from seqlm.metrics import LN2, bigram_nll
 from seqlm.run import RunSession
-from seqlm.train import Hooks
+from seqlm.trainer import Hooks
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 SKIP = {"model": {"vocab_size"}}

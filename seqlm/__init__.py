@@ -2,7 +2,7 @@
 
 The pipeline, one module per stage: :mod:`seqlm.text` (read and clean corpora) →
 :mod:`seqlm.tokenize` and :mod:`seqlm.vocab` (tokens and indices) → :mod:`seqlm.data`
-(splits and the two sampling strategies) → :mod:`seqlm.models` → :mod:`seqlm.train` →
+(splits and the two sampling strategies) → :mod:`seqlm.models` → :mod:`seqlm.trainer` →
 :mod:`seqlm.generate`, with :mod:`seqlm.checkpoint` the only code that knows the on-disk format
 and :mod:`seqlm.cli` the only code that parses arguments or prints.
 

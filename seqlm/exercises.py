@@ -25,7 +25,8 @@ from seqlm.data import Corpus, load_corpus
 from seqlm.metrics import perplexity
 from seqlm.models import RNNLM
 from seqlm.presets import PRESETS, split_overrides
-from seqlm.train import Hooks, Trainer, TrainingDiverged, evaluate
+from seqlm.errors import TrainingDiverged
+from seqlm.trainer import Hooks, Trainer, evaluate
 
 RECIPE = "d2l-scratch"
 EXERCISE_LR = 2.0  # twice the book's lr: the first steps' gradients then exceed the clip

@@ -12,7 +12,7 @@ numbers so that a resumed run cuts the same windows):
 
 and any NaN or infinite loss or gradient norm. Every ``guard_every`` steps (at the first
 healthy check at or after each multiple) it keeps a snapshot in memory: the weights and
-everything :meth:`Trainer.state_dict` holds (optimizer moments, schedule position, random
+everything :class:`~seqlm.resume.ResumeState` holds (optimizer moments, schedule position, random
 generators, carried state). On a blow-up the trainer loads that snapshot, multiplies the
 learning rate by ``guard_lr_factor`` and goes on, at most ``guard_retries`` times.
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -172,62 +173,61 @@ class Guard:
                               if k.startswith(prefix)}, meta["snapshot"])
 
 
-class Recovering:
-    """The trainer's side of the guard (mixed into :class:`seqlm.train.Trainer`, whose
-    ``guard``, ``progress``, ``model``, ``cfg`` and state methods it uses)."""
+def diverged(reason: str, lr: float) -> TrainingDiverged:
+    """The one wording of a run that blew up with no recovery to make: ``reason``, then what
+    to change (``lr`` is the run's base learning rate)."""
+    return TrainingDiverged(f"{reason}; lower `lr` (now {lr:g}) or clip gradients (`clip` 1); "
+                            "the saved checkpoints are the last good ones")
 
-    def _guard_check(self, hooks) -> bool:
-        """Closes the guard's window; True when it was a blow-up and the last snapshot is
-        loaded (the caller then restarts the epoch's batches). ``hooks`` are the loop's
-        :class:`seqlm.train.Hooks`.
+
+class Recovery:
+    """The trainer's collaborator for blow-ups: closes the guard's window and, on a blow-up,
+    loads the last snapshot through the trainer's own functions.
+
+    Args:
+        guard: the :class:`Guard`.
+        snapshot: ``snapshot() -> (tensors, meta)``, the trainer's weights and resume state
+            now (the guard stores copies).
+        restore: ``restore(tensors, meta)`` loads a snapshot back into the trainer, keeping
+            its wall time, tokens seen and best validation figures.
+    """
+
+    def __init__(self, guard: Guard, snapshot: Callable[[], tuple[dict, dict]],
+                 restore: Callable[[dict, dict], None]) -> None:
+        self.guard, self.snapshot, self.restore = guard, snapshot, restore
+
+    def keep(self, step: int) -> None:
+        self.guard.keep(step, *self.snapshot())
+
+    def check(self, progress, dist, lr: float, weights_finite: Callable[[], bool]
+              ) -> dict | None:
+        """Closes the guard's window at ``progress.step``; on a blow-up, loads the last
+        snapshot and returns the ``"kind": "recovery"`` record (None when healthy, after
+        taking a snapshot when one is due).
 
         Raises:
             TrainingDiverged: a NaN with the guard off, or a blow-up with no retry left.
         """
-        guard, p = self.guard, self.progress
-        reason, figures = guard.check(self.dist)
-        if not reason and guard.enabled and not self._weights_finite():
+        guard, p = self.guard, progress
+        reason, figures = guard.check(dist)
+        if not reason and guard.enabled and not weights_finite():
             reason = f"the weights became NaN or infinite by step {p.step}"
         if not reason:
             if guard.due(p.step):
-                self._keep_snapshot()
-            return False
+                self.keep(p.step)
+            return None
         if not guard.enabled:
-            raise TrainingDiverged(f"{reason}; lower `lr` (now {self.cfg.lr:g}) or clip "
-                                   "gradients (`clip` 1); the saved checkpoints are the last "
-                                   "good ones")
+            raise diverged(reason, lr)
         if guard.recoveries >= guard.retries:
             best = (f"checkpoints/best (step {p.best_step}, validation loss {p.best_val:.4f}) "
                     "is kept" if math.isfinite(p.best_val) else "no evaluation had run, so "
                     "there is no best checkpoint")
             raise TrainingDiverged(
                 f"training still diverged after {guard.retries} recoveries ({reason} at step "
-                f"{p.step}); {best}; start again with a lower `lr` (now {self.cfg.lr:g})")
+                f"{p.step}); {best}; start again with a lower `lr` (now {lr:g})")
         detected = p.step
-        self._restore(*guard.recover())
-        record = {"kind": "recovery", "step": detected, "restored_step": p.step,
-                  "reason": reason, "lr": self.cfg.lr * guard.lr_scale,
-                  "recovery": guard.recoveries, "retries": guard.retries,
-                  "elapsed": p.elapsed,
-                  **{k: v for k, v in figures.items() if math.isfinite(v)}}
-        self.history.append(record)
-        hooks.on_recovery(record)
-        return True
-
-    def _keep_snapshot(self) -> None:
-        tensors, meta = self._core_state_dict()
-        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
-        self.guard.keep(self.progress.step, tensors, meta)
-
-    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        """Loads a snapshot: weights, optimizer, schedule position, generators, carried
-        state. Wall time, tokens seen and the best validation figures go on."""
-        progress = self.progress  # the loop holds this object: update it in place
-        kept = {k: getattr(progress, k)
-                for k in ("tokens", "elapsed", "best_val", "best_step", "stale_evals")}
-        tensors = {k: v.clone() for k, v in tensors.items()}  # the snapshot stays intact
-        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
-                                    if k.startswith("model.")})
-        self._load_core_state_dict(tensors, meta)
-        vars(progress).update({**vars(self.progress), **kept})
-        self.progress = progress
+        self.restore(*guard.recover())
+        return {"kind": "recovery", "step": detected, "restored_step": p.step,
+                "reason": reason, "lr": lr * guard.lr_scale, "recovery": guard.recoveries,
+                "retries": guard.retries, "elapsed": p.elapsed,
+                **{k: v for k, v in figures.items() if math.isfinite(v)}}

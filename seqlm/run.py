@@ -25,7 +25,7 @@ from seqlm.data import Corpus, is_prepared, load_corpus
 from seqlm.errors import CheckpointError, ConfigError
 from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
-from seqlm.train import Hooks, Trainer
+from seqlm.trainer import Hooks, Trainer
 
 BUDGET_FIELDS = ("epochs", "max_steps", "time_budget", "early_stopping")
 

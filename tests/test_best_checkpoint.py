@@ -10,7 +10,7 @@ from seqlm.config import DEFAULT_PATIENCE, DataConfig, ModelConfig, TrainConfig
 from seqlm.data import build_corpus
 from seqlm.models import RNNLM
 from seqlm.presets import PRESETS
-from seqlm.train import Hooks, Trainer
+from seqlm.trainer import Hooks, Trainer
 
 from conftest import TINY_TEXT
 

@@ -35,7 +35,7 @@ from seqlm.data import build_corpus
 from seqlm.distributed import Dist, DistributedError, from_env
 from seqlm.errors import ConfigError
 from seqlm.models import RNNLM
-from seqlm.train import Trainer, evaluate
+from seqlm.trainer import Trainer, evaluate
 
 # ---- in one process ---------------------------------------------------------------------------
 

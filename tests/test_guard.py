@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from seqlm.config import DataConfig, TrainConfig
 from seqlm.run import RunSession, hooks_for
-from seqlm.train import TrainingDiverged
+from seqlm.errors import TrainingDiverged
 
 from conftest import TINY_TEXT
 

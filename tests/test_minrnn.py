@@ -12,7 +12,7 @@ from seqlm.generate import generate
 from seqlm.models import RNNLM, make_core
 from seqlm.models.minrnn import SHIFT_RANGE, MinCell, MinRNN, parallel_scan
 from seqlm.tokenize import CharTokenizer
-from seqlm.train import Hooks, Trainer
+from seqlm.trainer import Hooks, Trainer
 
 from conftest import TINY_TEXT
 

@@ -11,7 +11,8 @@ from seqlm.data import build_corpus
 from seqlm.models import RNNLM
 from seqlm.run import RunSession, hooks_for
 from seqlm.schedule import lr_factor
-from seqlm.train import Hooks, Trainer, TrainingDiverged, evaluate
+from seqlm.errors import TrainingDiverged
+from seqlm.trainer import Hooks, Trainer, evaluate
 
 from conftest import TINY_TEXT
 

@@ -8,7 +8,7 @@ roofline fraction; generation tokens/s; encode MB/s; peak memory) and
 * :mod:`~seqlm.bench.textbook` — the chapter's implementation and torch's modules, written
   plainly (the baselines);
 * :mod:`~seqlm.bench.paths` — one step / one generation of every path, seqlm's through
-  :meth:`seqlm.train.Trainer.step` and :func:`seqlm.generate.generate`;
+  :meth:`seqlm.trainer.Trainer.step` and :func:`seqlm.generate.generate`;
 * :mod:`~seqlm.bench.roofline` — FLOPs per token, GEMM peak and the GEMM-only bound;
 * :mod:`~seqlm.bench.timing` — interleaved rounds, medians, ratios and peak memory;
 * :mod:`~seqlm.bench.encode` — the synthetic text and the tokenizers' throughput;

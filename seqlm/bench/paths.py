@@ -1,6 +1,6 @@
 """The timed paths: each is a function that runs one training step or one generation.
 
-seqlm's training paths run :meth:`seqlm.train.Trainer.step` itself (the model, the loss, the
+seqlm's training paths run :meth:`seqlm.trainer.Trainer.step` itself (the model, the loss, the
 clip and the optimizer step exactly as ``seqlm train`` runs them) with the book's SGD (lr 1,
 clip 1) and sequential partitioning, so the state is carried and detached as in training.
 Its generation paths call :func:`seqlm.generate.generate` greedily, text in and text out.
@@ -24,7 +24,7 @@ from seqlm.data import Corpus
 from seqlm.generate import generate
 from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer, Tokenizer, WordTokenizer
-from seqlm.train import Trainer
+from seqlm.trainer import Trainer
 from seqlm.vocab import Vocab
 
 TORCH_NAMES = {"rnn": "nn.RNN", "gru": "nn.GRU", "lstm": "nn.LSTM"}

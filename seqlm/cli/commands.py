@@ -45,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--encoding", default="utf-8", help="encoding of --corpus")
     p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
                    help="which part (the run's fractions); all = the whole corpus")
-    knobs = _defaults("seqlm.train", "evaluate")
+    knobs = _defaults("seqlm.trainer", "evaluate")
     p.add_argument("--batch-size", type=int, default=knobs["batch_size"],
                    help="rows evaluated side by side")
     p.add_argument("--num-steps", type=int, default=knobs["num_steps"], help="time steps per "
@@ -173,7 +173,7 @@ def _described(path: str | Path, step: int | None) -> str:
 def cmd_evaluate(args) -> int:
     from seqlm.data import load_corpus
     from seqlm.devices import resolve_device
-    from seqlm.train import evaluate
+    from seqlm.trainer import evaluate
 
     for name in ("batch_size", "num_steps"):
         check_positive_int(name, getattr(args, name))

@@ -30,26 +30,11 @@ from seqlm.config import DataConfig, TrainConfig
 from seqlm.batches import SAMPLERS, check_fits, eval_batches, min_batches_per_epoch
 from seqlm.data import Corpus
 from seqlm.distributed import Dist
-from seqlm.errors import TrainingDiverged
-from seqlm.guard import Guard, Recovering
+from seqlm.guard import Guard, Recovery, diverged
 from seqlm.metrics import LossMeter, summary
-from seqlm.schedule import load_optimizer_state, lr_factor, make_optimizer, optimizer_state
+from seqlm.resume import Position, Progress, ResumeState
+from seqlm.schedule import lr_factor, make_optimizer
 from seqlm.models import LossOf, RNNLM, detach_state
-
-
-@dataclass
-class Progress:
-    """Counters that say where training stands; saved with every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    tokens: int = 0
-    elapsed: float = 0.0
-    best_val: float = math.inf
-    best_step: int = 0
-    stale_evals: int = 0
-    stop_reason: str = ""
 
 
 @dataclass
@@ -111,9 +96,10 @@ class _Window:
 
 
 @dataclass
-class Trainer(Recovering):
-    """Owns the model, optimizer, schedule, random generators and counters of one run (the
-    divergence guard's side of it is :class:`~seqlm.guard.Recovering`)."""
+class Trainer:
+    """Owns the model, optimizer, schedule, random generators and counters of one run; its
+    collaborators save and load what an exact resume needs (:class:`~seqlm.resume.ResumeState`)
+    and recover from blow-ups (:class:`~seqlm.guard.Recovery`)."""
 
     model: RNNLM
     corpus: Corpus
@@ -141,6 +127,9 @@ class Trainer(Recovering):
         self.plateau_lr = 1.0
         self.guard = Guard(self.cfg.guard_retries, self.cfg.guard_every,
                            self.cfg.guard_lr_factor, self.device)
+        self.resume_state = ResumeState(self.optimizer, self.generator, self.dist, self.device,
+                                        self.cfg.seed)
+        self.recovery = Recovery(self.guard, self._snapshot, self._restore)
         self.total_steps = self._total_steps()
         self.autocast = self._autocast()
         self.history: list[dict] = []
@@ -232,7 +221,7 @@ class Trainer(Recovering):
         p, cfg = self.progress, self.cfg
         self.model.train()
         if self.guard.enabled and self.guard.snapshot is None:
-            self._keep_snapshot()
+            self.recovery.keep(p.step)
         sums = _Window(self.device)
         tick, clock = time.perf_counter(), 0.0
         p.stop_reason = self.done()
@@ -292,10 +281,8 @@ class Trainer(Recovering):
 
     def _check_weights(self) -> None:
         if not self._weights_finite():
-            raise TrainingDiverged(
-                f"the weights became NaN or infinite by step {self.progress.step}; lower `lr` "
-                f"(now {self.cfg.lr:g}) or clip gradients (`clip` 1); the saved checkpoints "
-                "are the last good ones")
+            raise diverged(f"the weights became NaN or infinite by step {self.progress.step}",
+                           self.cfg.lr)
 
     def _interrupted(self, hooks: Hooks) -> str:
         """'interrupted' once ``hooks.should_stop()``; with several ranks, agreed at log
@@ -331,10 +318,8 @@ class Trainer(Recovering):
                   "elapsed": p.elapsed, "final": final}
         if report is not None:
             if not math.isfinite(report["loss"]):
-                raise TrainingDiverged(
-                    f"the validation loss became {report['loss']} at step {p.step}; lower `lr` "
-                    f"(now {self.cfg.lr:g}) or clip gradients (`clip` 1); the saved "
-                    "checkpoints are the last good ones")
+                raise diverged(f"the validation loss became {report['loss']} at step {p.step}",
+                               self.cfg.lr)
             record.update({f"val_{k}": v for k, v in report.items()})
             improved = report["loss"] < p.best_val - 1e-6
             if improved:
@@ -353,64 +338,52 @@ class Trainer(Recovering):
             self._check_weights()
             hooks.save("last", self)
 
-    # ---- exact resume -----------------------------------------------------------------------
+    # ---- the divergence guard's snapshots and exact resume ----------------------------------
+
+    def _guard_check(self, hooks: Hooks) -> bool:
+        """Closes the guard's window (:meth:`Recovery.check <seqlm.guard.Recovery.check>`);
+        True when it was a blow-up and the last snapshot is loaded (the loop then restarts the
+        epoch's batches from the restored position)."""
+        record = self.recovery.check(self.progress, self.dist, self.cfg.lr, self._weights_finite)
+        if record is None:
+            return False
+        self.history.append(record)
+        hooks.on_recovery(record)
+        return True
+
+    def _position(self) -> Position:
+        return Position(self.progress, self.epoch_generator_state, self.state, self.plateau_lr)
+
+    def _load_position(self, at: Position) -> None:
+        self.progress, self.epoch_generator_state = at.progress, at.epoch_start
+        self.state, self.plateau_lr = at.carried, at.plateau_lr
+
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, meta = self.resume_state.save(self._position())
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        return tensors, meta
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Loads a snapshot: weights, optimizer, schedule position, generators, carried
+        state. Wall time, tokens seen and the best validation figures go on."""
+        progress = self.progress  # the loop holds this object: update it in place
+        kept = {k: getattr(progress, k)
+                for k in ("tokens", "elapsed", "best_val", "best_step", "stale_evals")}
+        tensors = {k: v.clone() for k, v in tensors.items()}  # the snapshot stays intact
+        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
+                                    if k.startswith("model.")})
+        self._load_position(self.resume_state.load(tensors, meta))
+        vars(progress).update({**vars(self.progress), **kept})
+        self.progress = progress
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Everything beyond the weights that an exact resume needs: tensors and JSON (the
         divergence guard's included)."""
-        tensors, meta = self._core_state_dict()
+        tensors, meta = self.resume_state.save(self._position())
         guard_tensors, meta["guard"] = self.guard.state_dict()
         return {**tensors, **guard_tensors}, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        self._load_core_state_dict(tensors, meta)
+        self._load_position(self.resume_state.load(tensors, meta))
         if meta.get("guard") is not None:  # runs saved before the guard start without one
             self.guard.load_state_dict(tensors, meta["guard"])
-
-    def _core_state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """The trainer's state without the guard's: what a guard snapshot holds."""
-        tensors = {"rng.torch": torch.get_rng_state(),
-                   "rng.sampler": self.generator.get_state(),
-                   "rng.sampler_epoch": self.epoch_generator_state}
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        if self.dist.enabled:  # every rank's own stream (dropout masks), (N, S) bytes
-            for key in [k for k in ("rng.torch", "rng.cuda") if k in tensors]:
-                tensors[f"{key}.ranks"] = self.dist.gather(tensors[key][None])
-        if self.state is not None:
-            parts = self.state if isinstance(self.state, tuple) else (self.state,)
-            for i, s in enumerate(parts):  # the ranks' rows gathered: global (L, B, H)
-                tensors[f"carried_state.{i}"] = self.dist.gather(s, dim=1)
-        optim_tensors, param_groups = optimizer_state(self.optimizer)
-        tensors.update(optim_tensors)
-        progress = vars(self.progress).copy()
-        if not math.isfinite(progress["best_val"]):  # JSON has no infinity: no evaluation yet
-            progress["best_val"] = None
-        meta = {"progress": progress, "plateau_lr": self.plateau_lr,
-                "param_groups": param_groups,
-                "carried_state_parts": len(self.state) if isinstance(self.state, tuple)
-                else (1 if self.state is not None else 0)}
-        return tensors, meta
-
-    def _load_core_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        saved = dict(meta["progress"])
-        if saved.get("best_val") is None:
-            saved["best_val"] = math.inf
-        self.progress = Progress(**saved)
-        self.plateau_lr = meta["plateau_lr"]
-        ranks = tensors.get("rng.torch.ranks")
-        own = ranks is not None and len(ranks) == self.dist.world_size  # same process count
-        torch.set_rng_state(ranks[self.dist.rank].clone() if own else tensors["rng.torch"])
-        self.generator.set_state(tensors["rng.sampler"])
-        self.epoch_generator_state = tensors["rng.sampler_epoch"]
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            cuda = tensors.get("rng.cuda.ranks") if own else None
-            torch.cuda.set_rng_state(tensors["rng.cuda"] if cuda is None
-                                     else cuda[self.dist.rank].clone(), self.device)
-        if not own:  # saved by another number of processes: ranks > 0 begin fresh streams
-            self.dist.reseed(self.cfg.seed, self.progress.step)
-        # The global (L, B, H) state, whatever the saving process count: keep this rank's rows.
-        parts = [self.dist.shard(tensors[f"carried_state.{i}"], dim=1).to(self.device)
-                 for i in range(meta["carried_state_parts"])]
-        self.state = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]
-        load_optimizer_state(self.optimizer, tensors, meta["param_groups"])
