@@ -59,8 +59,9 @@ from quality_peers import (GPTConfig, WLMConfig, gpt_sample, train_gpt,  # noqa:
                            train_wlm, wlm_sample)
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.recipe import rules
-from seqlm.presets import (field_types, merge_choices, optional_fields, preset,
-                           split_overrides)
+from seqlm import settings
+from seqlm.presets import preset
+from seqlm.settings import Settings, field_types, optional_fields
 from seqlm.data import load_corpus
 from seqlm.text import CLEANING
 from seqlm.errors import SeqlmError
@@ -69,8 +70,6 @@ from seqlm.metrics import LN2, bigram_nll
 from seqlm.run import RunSession
 from seqlm.trainer import Hooks
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-SKIP = {"model": {"vocab_size"}}
 # How the harness turns text into ids: the same for every model of a run.
 STREAMS = {
     "char": {"clean": "none", "tokenizer": "char", "keep_newlines": False, "split": "0.9,0.1,0"},
@@ -121,26 +120,23 @@ def stream_corpus(corpus: str, tokenizer: str, clean: str | None = None):
     return load_corpus(DataConfig(corpus=corpus, **stream(tokenizer, clean)))
 
 
-def rnn_configs(spec: str, corpus: str, tokenizer: str, budget: float, threads: int,
-                clean: str | None = None):
+def rnn_settings(spec: str, corpus: str, tokenizer: str, budget: float, threads: int,
+                 clean: str | None = None) -> Settings:
+    """The settings of ``spec`` (a preset with ``:key=value`` overrides, the user's choices)
+    under the harness's protocol: the budget replaces the preset's, and the same stream,
+    threads and evaluation times for every model are imposed without counting as choices."""
     base, overrides = parse_spec(spec)
-    values = preset(base)
-    values = {k: v for k, v in values.items() if k not in ("epochs", "max_steps")}
-    values = merge_choices(values, typed(overrides, (DataConfig, ModelConfig, TrainConfig)))
-    # Same stream for every model; the harness owns the budget and the evaluation times.
-    values.update(corpus=corpus, **stream(tokenizer, clean), max_tokens=None,
-                  time_budget=budget, eval_every=0, early_stopping=None, threads=threads,
-                  device="cpu", sample_tokens=0)
-    sections = split_overrides(values, SECTIONS, skip=SKIP)
-    return (DataConfig(**sections["data"]), sections["model"],
-            TrainConfig(**sections["train"]))
+    chosen = {**typed(overrides, (DataConfig, ModelConfig, TrainConfig)), "time_budget": budget}
+    fixed = {"corpus": corpus, **stream(tokenizer, clean), "max_tokens": None,
+             "eval_every": 0, "early_stopping": None, "threads": threads, "device": "cpu",
+             "sample_tokens": 0}
+    return settings.resolve(base, choices=chosen, fixed=fixed)
 
 
 def train_rnn(spec: str, corpus_name: str, tokenizer: str, budget: float, eval_every: float,
               threads: int, clean: str | None = None):
-    data, model_fields, train = rnn_configs(spec, corpus_name, tokenizer, budget, threads,
-                                            clean)
-    session = RunSession(data, model_fields, train, preset=parse_spec(spec)[0])
+    session = RunSession(rnn_settings(spec, corpus_name, tokenizer, budget, threads, clean),
+                         preset=parse_spec(spec)[0])
     trainer = session.trainer
     curve, state = [], {"next": eval_every, "eval_s": 0.0}
 
@@ -191,10 +187,11 @@ def summarize(result: dict, budget: float) -> None:
     result["tokens_per_s"] = result["tokens"] / max(result["train_s"], 1e-9)
 
 
-def recipe(models: list[str], tokenizer: str, clean: str | None = None) -> dict:
+def setup(models: list[str], tokenizer: str, clean: str | None = None) -> dict:
     """What a run's numbers depend on besides the machine and the budget, as it resolves now:
     the stream, each preset's settings (with the spec's overrides), each peer's config and,
-    when a preset adapts, the recipe's rules (:func:`seqlm.recipe.rules`)."""
+    when a preset adapts, the recipe's rules (:func:`seqlm.recipe.rules`). Stored as a
+    result's ``"setup"`` (``"recipe"`` in results written before that name)."""
     out = {"stream": stream(tokenizer, clean), "models": {}}
     for spec in models:
         name, overrides = parse_spec(spec)
@@ -222,7 +219,7 @@ def run(args) -> dict:
            "tokens": {k: int(len(v)) for k, v in corpus.splits.items()},
            "bigram_loss": bigram_nll(corpus.splits["train"], val, corpus.vocab_size, 0.1),
            "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-           "prefix": prefix, "recipe": recipe(args.models, args.tokenizer, args.clean),
+           "prefix": prefix, "setup": setup(args.models, args.tokenizer, args.clean),
            "models": {}}
     if args.parallel:
         out["models"] = run_parallel(args, prefix)
@@ -293,8 +290,9 @@ def throughput(args) -> list[str]:
     vocab = stream_corpus(args.corpus, "char").vocab_size
     steps = {}
     for spec in args.models:
-        data, model_fields, train = rnn_configs(spec, args.corpus, "char", 1.0, 1)
-        model = RNNLM(ModelConfig(vocab_size=vocab, **model_fields))
+        chosen = rnn_settings(spec, args.corpus, "char", 1.0, 1)
+        data, train = chosen.data, chosen.train
+        model = RNNLM(chosen.model_config(vocab))
         opt = make_optimizer(model, train)
         X = torch.randint(vocab, (data.batch_size, data.num_steps))
 
@@ -409,13 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     quality_matrix.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "matrix":
-        return quality_matrix.main(args, run=run, recipe=recipe, plot=plot)
+        return quality_matrix.main(args, run=run, setup=setup, plot=plot)
     if args.command == "run":
         args.eval_every = args.eval_every or args.budget / 12
         args.threads = args.threads or (1 if args.parallel else 2)
         try:
             results = run(args)
-        except SeqlmError as exc:  # a setting or corpus the recipe cannot use: one line
+        except SeqlmError as exc:  # a setting or corpus seqlm cannot use: one line
             print(f"quality.py: {exc}", file=sys.stderr)
             return 2
         args.out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ A row is a corpus and a token unit; each row x budget trains the seqlm preset of
 (``cpu-fast`` at 95 s, ``cpu-quality`` at 540 s: the preset whose ``time_budget`` is nearest)
 and the row's peer at the same time (``run --parallel``, one thread each), and stores the
 result as ``<results>/quality-<row>-<budget>.json``. A stored result is reused unless
-``--force`` or its recipe (the presets' and the peer's settings as they resolve now, the
+``--force`` or its setup (the presets' and the peer's settings as they resolve now, the
 stream, and the rules of ``seqlm.recipe`` when a preset adapts) differs from the current
 one. The table and the figure are rebuilt from the stored results, with the issue's
 done-when checks as pass/fail columns:
@@ -100,7 +100,7 @@ def load(path: Path) -> dict | None:
         return None
 
 
-def plan(rows: list[str], budgets: list[float], results: Path, recipe, *,
+def plan(rows: list[str], budgets: list[float], results: Path, setup, *,
          force: bool = False) -> list[dict]:
     """What ``matrix`` would do for each row x budget, without training.
 
@@ -108,7 +108,7 @@ def plan(rows: list[str], budgets: list[float], results: Path, recipe, *,
         rows: row names (keys of :data:`ROWS`).
         budgets: seconds per model.
         results: the folder of stored results.
-        recipe: ``recipe(models, tokenizer, clean) -> dict`` (quality.py's), the settings
+        setup: ``setup(models, tokenizer, clean) -> dict`` (quality.py's), the settings
             that decide whether a stored result still stands.
         force: rerun stored results too.
 
@@ -129,7 +129,7 @@ def plan(rows: list[str], budgets: list[float], results: Path, recipe, *,
                 item.update(action="missing", reason=f"{row.source}.txt is in no SEQLM_DATA "
                             f"folder nor in {SHARED_DATA}; set SEQLM_DATA to a folder holding it")
             else:
-                item.update(zip(("action", "reason"), _decide(load(path), recipe(
+                item.update(zip(("action", "reason"), _decide(load(path), setup(
                     models, row.tokenizer, row.clean), force)))
             out.append(item)
     return out
@@ -140,16 +140,16 @@ def _decide(stored: dict | None, current: dict, force: bool) -> tuple[str, str]:
         return "run", "--force"
     if stored is None:
         return "run", "no stored result"
-    if stored.get("recipe") != current:
-        old = stored.get("recipe") or {}
+    old = stored.get("setup", stored.get("recipe")) or {}  # "recipe": results before 0.2
+    if old != current:
         changed = [spec for spec, settings in current["models"].items()
                    if old.get("models", {}).get(spec) != settings]
         if old.get("stream") != current["stream"]:
             changed.append("the stream")
         if old.get("rules") != current.get("rules"):
             changed.append("the recipe's rules")
-        return "run", f"recipe changed ({', '.join(changed) or 'models'})"
-    return "skip", "stored with the current recipe"
+        return "run", f"setup changed ({', '.join(changed) or 'models'})"
+    return "skip", "stored with the current setup"
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -320,17 +320,17 @@ def add_parser(sub) -> None:
     p.add_argument("--sample-tokens", type=int, default=300)
 
 
-def main(args, *, run, recipe, plot, log=None) -> int:
+def main(args, *, run, setup, plot, log=None) -> int:
     """``quality.py matrix``: plans, runs what is due, and prints (and writes) the table.
 
-    ``run``, ``recipe`` and ``plot`` are quality.py's (passed in: that script imports this one).
+    ``run``, ``setup`` and ``plot`` are quality.py's (passed in: that script imports this one).
     """
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     # Named corpora (timemachine) resolve from the same folders as the files.
     os.environ["SEQLM_DATA"] = os.pathsep.join(str(d) for d in data_dirs())
     failed = 0
     if not args.table_only:
-        items = plan(args.rows, args.budgets, args.results, recipe, force=args.force)
+        items = plan(args.rows, args.budgets, args.results, setup, force=args.force)
         failed = run_matrix(items, run, sample_tokens=args.sample_tokens, log=log)
     stored = stored_results(list(ROWS), args.budgets, args.results)
     text = render(check_lines(stored, list(ROWS), args.budgets))

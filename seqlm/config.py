@@ -1,12 +1,11 @@
-"""Typed configuration: the data, model and training dataclasses, and config files.
+"""Typed configuration: the data, model and training dataclasses.
 
 Each field carries one help string (``metadata["help"]``) and, where it has a fixed set of
 values, its ``choices``; the command line is generated from these fields and takes its defaults
 from them. Values are validated in ``__post_init__``; a bad one raises
 :class:`~seqlm.errors.ConfigError` naming the field and the value (the command line prints the
-field as its flag). Named recipes live in :mod:`seqlm.presets`.
-
-Precedence, lowest first: field defaults < ``--preset`` < ``--config file.toml`` < flags.
+field as its flag). :mod:`seqlm.settings` turns a preset, a settings file and the caller's
+choices into these configs; the named presets live in :mod:`seqlm.presets`.
 """
 
 from __future__ import annotations
@@ -15,20 +14,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 
+from seqlm.cores import (BPTT_ENGINES, CELLS, IMPLS, INITS, MIN_CELLS, NONLINEARITIES, WINDOWED,
+                         check_core)
 from seqlm.errors import ConfigError, check_choice, check_positive_int, field_error
 
 REQUIRED = dataclasses.MISSING  # opt(REQUIRED, ...): a field without a default
 
-CELLS = ("rnn", "gru", "lstm", "mingru", "minlstm")
-MIN_CELLS = ("mingru", "minlstm")  # Feng et al. (2024): gates from x_t only, a parallel scan
-IMPLS = ("scratch", "fused")
-NONLINEARITIES = ("tanh", "relu")
-INITS = ("torch", "d2l")
-BPTT_ENGINES = ("autograd", "manual")
-MANUAL_ENGINE_CELLS = ("rnn", "gru")  # cells with a hand-written backward pass
-WINDOWED = ("window", "full")  # truncations that every core and engine runs
 OUTPUTS = ("auto", "full", "adaptive")
 ADAPTABLE = ("dropout", "embedding_dim", "eval_every", "num_layers")  # seqlm.recipe chooses
+BUDGETS = ("epochs", "max_steps", "time_budget")  # one given replaces all of a preset's
 # Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
 # varies; 0 is the book's greedy argmax, which soon repeats itself.
 DEFAULT_TEMPERATURE = 0.8
@@ -68,7 +62,7 @@ class DataConfig:
     tokenizer: str = opt("char", "token unit", ("char", "word", "bpe"))
     min_freq: int = opt(1, "tokens seen fewer times in the training split map to <unk>")
     max_vocab: int | None = opt(None, "largest vocabulary, <unk> and reserved tokens included")
-    vocab_size: int = opt(2000, "target vocabulary size of the bpe tokenizer")
+    bpe_vocab_size: int = opt(2000, "bpe tokenizer: the vocabulary size its merges aim for")
     keep_newlines: bool = opt(False, "word tokenizer: keep newlines as a token")
     split: str = opt("0.9,0.05,0.05", "train,validation,test fractions of the text (contiguous)")
     max_tokens: int | None = opt(None, "keep only the first N tokens of the training split "
@@ -80,7 +74,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("batch_size", "num_steps", "min_freq", "vocab_size"):
+        for name in ("batch_size", "num_steps", "min_freq", "bpe_vocab_size"):
             check_positive_int(name, getattr(self, name))
         for name in ("max_vocab", "max_tokens"):
             if getattr(self, name) is not None:
@@ -103,7 +97,7 @@ class DataConfig:
         if self.tokenizer == "word":
             options["keep_newlines"] = self.keep_newlines
         if self.tokenizer == "bpe":
-            options["vocab_size"] = self.vocab_size
+            options["vocab_size"] = self.bpe_vocab_size
             options["min_freq"] = max(self.min_freq, 2)
         return options
 
@@ -159,9 +153,9 @@ class ModelConfig:
         if not isinstance(self.truncation, str):
             raise field_error("truncation", self.truncation, "text such as 'window'")
         self.cutoff_ranks()
-        c = self.resolve()
-        check_core(c.cell, c.impl, nonlinearity=c.nonlinearity, dropout=c.dropout, init=c.init,
-                   bptt_engine=c.bptt_engine, truncation=c.truncation)
+        impl, engine = self._concrete("cpu")  # 'auto' is checked as the CPU would run it
+        check_core(self.cell, impl, nonlinearity=self.nonlinearity, dropout=self.dropout,
+                   init=self.init, bptt_engine=engine, truncation=self.truncation)
 
     def cutoff_ranks(self) -> tuple[int, ...]:
         """``cutoffs`` as integers (empty: not chosen yet).
@@ -189,7 +183,15 @@ class ModelConfig:
         mingru/minlstm (their only core).
         ``bptt_engine``: 'manual' where the scratch core has one, else 'autograd'; for
         mingru/minlstm 'manual' (the sequential scan) on the CPU, the parallel scan elsewhere.
+        A configuration with neither 'auto' is returned as it is.
         """
+        impl, engine = self._concrete(device_type)
+        if (impl, engine) == (self.impl, self.bptt_engine):
+            return self
+        return replace(self, impl=impl, bptt_engine=engine)
+
+    def _concrete(self, device_type: str) -> tuple[str, str]:
+        """``(impl, bptt_engine)`` as :meth:`resolve` makes them for ``device_type``."""
         impl, engine = self.impl, self.bptt_engine
         windowed = self.truncation in WINDOWED
         if impl == "auto":
@@ -201,63 +203,7 @@ class ModelConfig:
             if self.cell in MIN_CELLS:  # the parallel scan only where steps run in parallel
                 has_manual = device_type == "cpu"
             engine = "manual" if has_manual else "autograd"
-        if (impl, engine) == (self.impl, self.bptt_engine):
-            return self
-        return replace(self, impl=impl, bptt_engine=engine)
-
-
-def check_core(cell: str, impl: str, *, nonlinearity: str = "tanh", dropout: float = 0.0,
-               init: str = "torch", bptt_engine: str = "autograd",
-               truncation: Truncation | str | None = None) -> Truncation | None:
-    """The one check of a recurrent core's settings, for :class:`ModelConfig` and every core
-    built outside one (:func:`seqlm.models.make_core`, the scratch cores).
-
-    Returns:
-        The parsed truncation, or None for 'window'/'full' (inside one forward call both
-        back-propagate through every step; they differ only between batches).
-
-    Raises:
-        ConfigError: an unknown choice, a dropout outside [0, 1), a nonlinearity other than
-            tanh for gru/lstm, a truncation a fused core or the GRU's manual engine cannot
-            run, or the manual engine for a core that has none.
-    """
-    check_choice("cell", cell, CELLS)
-    check_choice("impl", impl, IMPLS)
-    check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-    check_choice("init", init, INITS)
-    check_choice("bptt_engine", bptt_engine, BPTT_ENGINES)
-    _check(isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0, "dropout", dropout,
-           "a probability in [0, 1)")
-    if cell != "rnn" and nonlinearity != "tanh":
-        raise ConfigError(f"`nonlinearity` {nonlinearity!r} applies only to cell 'rnn', not "
-                          f"{cell!r}; use `nonlinearity` 'tanh'")
-    policy = as_truncation(truncation)
-    windowed = policy.kind in WINDOWED
-    if cell in MIN_CELLS:
-        _check_min_core(cell, impl, init, str(policy))
-    if impl == "fused" and not windowed:
-        raise ConfigError(f"`truncation` {str(policy)!r} needs impl 'scratch'; fused cores "
-                          "support only 'window' and 'full'")
-    if bptt_engine == "manual":
-        if cell not in (*MANUAL_ENGINE_CELLS, *MIN_CELLS) or impl != "scratch":
-            raise ConfigError(f"`bptt_engine` 'manual' needs cell 'rnn', 'gru', 'mingru' or "
-                              f"'minlstm' and impl 'scratch', got cell {cell!r} impl "
-                              f"{impl!r}; use `bptt_engine` 'autograd'")
-        if cell == "gru" and not windowed:
-            raise ConfigError(f"`bptt_engine` 'manual' for cell 'gru' runs truncation 'window' "
-                              f"or 'full' only, got {str(policy)!r}; use `bptt_engine` "
-                              "'autograd'")
-    return None if windowed else policy
-
-
-def _check_min_core(cell: str, impl: str, init: str, truncation: str) -> None:
-    """The settings a mingru/minlstm core cannot run: it has one core, scans whole windows."""
-    for ok, name, value, fix in ((impl == "scratch", "impl", impl, "'scratch' or 'auto'"),
-                                 (truncation in WINDOWED, "truncation", truncation, "'window'"),
-                                 (init == "torch", "init", init, "'torch'")):
-        if not ok:
-            raise ConfigError(f"`{name}` {value!r} does not apply to cell {cell!r}; use "
-                              f"`{name}` {fix}")
+        return impl, engine
 
 
 DEFAULT_TIME_BUDGET = 150.0  # seconds: the main job's budget when no other budget is given
@@ -334,87 +280,3 @@ class TrainConfig:
     def adapted(self) -> tuple[str, ...]:
         """The names in ``adapt``."""
         return tuple(n.strip() for n in str(self.adapt).split(",") if n.strip())
-
-
-# -- BPTT truncation, a model setting: its text form and the value it parses to ----------------
-TRUNCATION_KINDS = ("window", "full", "tau", "random")
-ACCEPTED_FORMS = "'window', 'full', 'tau:K' (K an integer >= 1) or 'random:P' (0 < P <= 1)"
-
-
-@dataclass(frozen=True)
-class Truncation:
-    """A BPTT truncation policy; see the module docstring for the semantics.
-
-    Attributes:
-        kind: One of ``'window'``, ``'full'``, ``'tau'``, ``'random'``.
-        k: Number of steps each loss term reaches back, for ``'tau'`` only.
-        p: Probability that the backward signal continues through a step, for ``'random'`` only.
-
-    Raises:
-        ConfigError: ``kind`` is unknown, or ``k``/``p`` is missing, out of range or given for a
-            kind that does not use it.
-    """
-
-    kind: str = "window"
-    k: int | None = None
-    p: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in TRUNCATION_KINDS:
-            raise ConfigError(f"truncation kind {self.kind!r} is unknown; use {ACCEPTED_FORMS}")
-        if self.kind == "tau":
-            k_ok = isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1
-            if not k_ok:
-                raise ConfigError(f"truncation 'tau' needs an integer k >= 1, got k={self.k!r}")
-        elif self.k is not None:
-            raise ConfigError(f"truncation {self.kind!r} takes no k, got k={self.k!r}; drop it")
-        if self.kind == "random":
-            p_ok = isinstance(self.p, (int, float)) and not isinstance(self.p, bool)
-            if not (p_ok and 0.0 < self.p <= 1.0):
-                raise ConfigError(f"truncation 'random' needs 0 < p <= 1, got p={self.p!r}")
-        elif self.p is not None:
-            raise ConfigError(f"truncation {self.kind!r} takes no p, got p={self.p!r}; drop it")
-
-    @classmethod
-    def parse(cls, text: str) -> "Truncation":
-        """Read ``'window'``, ``'full'``, ``'tau:K'`` or ``'random:P'``.
-
-        Raises:
-            ConfigError: ``text`` is none of the accepted forms.
-        """
-        bad = ConfigError(f"truncation {text!r} is not understood; use {ACCEPTED_FORMS}")
-        if not isinstance(text, str):
-            raise bad
-        kind, sep, arg = text.strip().partition(":")
-        if kind in ("window", "full") and not sep:
-            return cls(kind)
-        if kind == "tau" and arg.isascii() and arg.isdigit() and int(arg) >= 1:
-            return cls("tau", k=int(arg))
-        if kind == "random" and arg:
-            try:
-                p = float(arg)
-            except ValueError:
-                raise bad from None
-            if 0.0 < p <= 1.0:
-                return cls("random", p=p)
-        raise bad
-
-    def __str__(self) -> str:
-        if self.kind == "tau":
-            return f"tau:{self.k}"
-        if self.kind == "random":
-            return f"random:{float(self.p)!r}"
-        return self.kind
-
-
-def as_truncation(truncation: Truncation | str | None) -> Truncation:
-    """Accept a :class:`Truncation`, its text form, or ``None`` (``window``).
-
-    Raises:
-        ConfigError: the text is not an accepted form.
-    """
-    if truncation is None:
-        return Truncation()
-    if isinstance(truncation, Truncation):
-        return truncation
-    return Truncation.parse(truncation)

@@ -1,19 +1,14 @@
-"""Where settings come from besides flags: named recipes (``--preset``) and TOML config files
-(``--config``), both flat ``setting -> value`` maps routed to the config class that owns each
-name, and the book's printed perplexities the book's recipes are compared with."""
+"""The named presets (``--preset``): flat ``setting -> value`` maps that
+:func:`seqlm.settings.resolve` routes to the config class owning each name, and the book's
+printed perplexities its presets are compared with.
+
+A preset is a named set of settings; the recipe (:mod:`seqlm.recipe`) is the rules that choose
+some of them from what a run measures (the names in a preset's ``adapt``).
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from pathlib import Path
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-from seqlm.errors import ConfigError, choice_error
+from seqlm.errors import choice_error
 
 PRESETS: dict[str, dict] = {
     # The book's three experiments (d2l-zh 2.0 §8.5/8.6): The Time Machine, letters only,
@@ -29,7 +24,7 @@ PRESETS: dict[str, dict] = {
         "sample_temperature": 0.0, "log_every": 8, "early_stopping": None, "guard_retries": 0,
     },
 }
-# Recipes for a CPU budget, chosen with benchmarks/quality.py (docs/quality.md has the table of
+# Presets for a CPU budget, chosen with benchmarks/quality.py (docs/quality.md has the table of
 # what was tried). Many small steps win at these budgets: a GRU (faster per token than the
 # LSTM and better at equal time) on the fastest core for the device (impl and bptt_engine
 # 'auto': the hand-written BPTT on the CPU, cuDNN on a GPU), 64 rows x 32 steps, Adam at a high
@@ -51,94 +46,17 @@ PRESETS["d2l-scratch-random"] = {**PRESETS["d2l-scratch"], "sampler": "random"}
 PRESETS["d2l-concise"] = {**PRESETS["d2l-scratch"], "impl": "fused", "hidden_size": 256,
                           "init": "torch"}
 BOOK_PERPLEXITY = {"d2l-scratch": 1.0, "d2l-scratch-random": 1.5, "d2l-concise": 1.3}
+# The preset of `seqlm train` and `seqlm.train` when none is named.
+DEFAULT_PRESET = "cpu-fast"
 
 
 
 def preset(name: str) -> dict:
-    """A copy of the named recipe's settings.
+    """A copy of the named preset's settings.
 
     Raises:
-        ConfigError: no recipe has that name.
+        ConfigError: no preset has that name.
     """
     if name not in PRESETS:
         raise choice_error("preset", name, tuple(PRESETS))
     return dict(PRESETS[name])
-
-
-def merge_choices(values: dict, chosen: dict) -> dict:
-    """A preset's ``values`` updated with the user's ``chosen`` settings; a name the user chose
-    leaves the preset's ``adapt`` list, so the recipe never changes what the user set."""
-    out = {**values, **chosen}
-    if out.get("adapt") and "adapt" not in chosen:
-        out["adapt"] = ",".join(n for n in out["adapt"].split(",") if n and n not in chosen)
-    return out
-
-
-def field_types(cls) -> dict[str, type]:
-    """Each field's base type (``int | None`` → ``int``) for parsing flags and TOML values."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for name, hint in hints.items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = args[0] if args else hint
-    return out
-
-
-def optional_fields(cls) -> set[str]:
-    hints = typing.get_type_hints(cls)
-    return {n for n, h in hints.items() if type(None) in typing.get_args(h)}
-
-
-def split_overrides(values: dict, classes: dict[str, type],
-                    skip: dict[str, set[str]] | None = None) -> dict[str, dict]:
-    """Routes flat ``name → value`` pairs to the config class that owns each name
-    (``skip`` removes names from a class's ownership).
-
-    Raises:
-        ConfigError: a name no config has, or a value of the wrong type.
-    """
-    skip = skip or {}
-    owners = {f.name: key for key, cls in classes.items() for f in dataclasses.fields(cls)
-              if f.name not in skip.get(key, ())}
-    out: dict[str, dict] = {key: {} for key in classes}
-    for name, value in values.items():
-        if name not in owners:
-            raise ConfigError(f"unknown setting {name!r}; see seqlm train --help for the names")
-        cls = classes[owners[name]]
-        out[owners[name]][name] = coerce(cls, name, value)
-    return out
-
-
-def coerce(cls, name: str, value):
-    """Checks a TOML or preset value against the field's type (ints accepted for floats)."""
-    kind = field_types(cls)[name]
-    if value is None and name in optional_fields(cls):
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"setting {name!r} must be {kind.__name__}, got "
-                          f"{type(value).__name__} {value!r}")
-    return value
-
-
-def read_toml(path: str | Path) -> dict:
-    """Reads a config file: flat ``name = value`` pairs, or the same inside ``[data]``,
-    ``[model]`` and ``[train]`` tables.
-
-    Raises:
-        ConfigError: the file is missing or not valid TOML.
-    """
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"`config` {path}: cannot read ({exc.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"`config` {path}: not valid TOML ({exc}); fix the file") from None
-    flat: dict = {}
-    for key, value in raw.items():
-        if key in ("data", "model", "train") and isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    return flat

@@ -26,7 +26,7 @@ The rules, each fitted on the quality matrix (docs/quality.md has the measuremen
 
 A setting the user gave (a flag, a config file, a ``preset:key=value`` override) is never
 changed: the presets list what may adapt in ``TrainConfig.adapt`` and the front ends remove
-the names the user chose (:func:`seqlm.presets.merge_choices`).
+the names the user chose (:func:`seqlm.settings.merge_choices`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from seqlm.errors import ConfigError
 from seqlm.models import RNNLM
 from seqlm.models.output import choose_cutoffs
 
-ADAPTABLE = ("dropout", "embedding_dim", "eval_every", "num_layers")
 MAX_DROPOUT = 0.5
 SPARSE_WEIGHT = 15.0  # a pass counts 1 + 15·u times, u the share of held-out bigrams unseen
 NO_DROPOUT_PASSES = 2.0  # up to this many raw passes, no dropout (sparse text or not)

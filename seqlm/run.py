@@ -1,194 +1,45 @@
-"""A training run on disk, and the functions that start, resume and finish one.
+"""A training run, owned by the library: :func:`train` (``seqlm.train``), the one call that
+trains from Python, and :class:`RunSession`, which ``seqlm train`` drives as well.
 
-``runs/<name>/`` holds ``config.json`` (the resolved data, model and train configs),
-``metrics.jsonl`` (one record per log step and per evaluation), ``checkpoints/last`` and
-``checkpoints/best`` (see :mod:`seqlm.checkpoint`), ``curves.png`` and ``samples.txt``.
+A run's files are :class:`~seqlm.rundir.RunDir`'s; its settings come from
+:mod:`seqlm.settings`; the loop is :class:`~seqlm.trainer.Trainer`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import shutil
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from seqlm import __version__, atomic, distributed, recipe
-from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm import __version__, distributed, recipe, settings
 from seqlm.batches import check_validation
+from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.data import Corpus, is_prepared, load_corpus
-from seqlm.errors import CheckpointError, ConfigError
+from seqlm.errors import CheckpointError
 from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
+from seqlm.rundir import RunDir
+from seqlm.settings import Settings
 from seqlm.trainer import Hooks, Trainer
-
-BUDGET_FIELDS = ("epochs", "max_steps", "time_budget", "early_stopping")
-
-
-class RunDir:
-    """The files of one run; creating one never overwrites a run without ``overwrite``."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.config = self.path / "config.json"
-        self.metrics = self.path / "metrics.jsonl"
-        self.checkpoints = self.path / "checkpoints"
-
-    @classmethod
-    def check_available(cls, path: str | Path, *, overwrite: bool = False) -> None:
-        """Raises:
-            ConfigError: the directory exists and is not empty (without ``overwrite``), or is
-                not a seqlm run (``overwrite`` only ever replaces runs), or is a file.
-        """
-        run = cls(path)
-        if run.path.is_file():
-            raise ConfigError(f"{run.path} is a file; choose a directory for `out`")
-        if run.path.exists() and any(run.path.iterdir()):
-            if not overwrite:
-                raise ConfigError(f"{run.path} already exists; pass `overwrite` to replace it, "
-                                  "`resume` to continue it, or choose another `out`")
-            if not run.config.is_file():
-                raise ConfigError(f"{run.path} exists and is not a seqlm run; `overwrite` only "
-                                  "replaces runs; choose another `out`")
-
-    @classmethod
-    def create(cls, path: str | Path, *, overwrite: bool = False) -> RunDir:
-        """Creates the run directory (see :meth:`check_available` for what is refused).
-
-        Raises:
-            ConfigError: as :meth:`check_available`, or the directory cannot be created.
-        """
-        cls.check_available(path, overwrite=overwrite)
-        run = cls(path)
-        try:
-            if run.path.exists() and any(run.path.iterdir()):
-                # Out of the way in one rename first: a kill while deleting leaves hidden
-                # debris, never a half-deleted run that is neither resumable nor replaceable.
-                doomed = run.path.with_name(f".{run.path.name}.replaced-{os.getpid()}")
-                os.replace(run.path, doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
-            run.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the run directory {run.path} ({exc.strerror}); "
-                              "choose a writable `out`") from None
-        return run
-
-    @classmethod
-    def open(cls, path: str | Path) -> RunDir:
-        run = cls(path)
-        if not run.config.is_file():
-            raise CheckpointError(f"{run.path} is not a seqlm run (no config.json); give the "
-                                  "directory seqlm train created")
-        return run
-
-    def write_config(self, configs: dict) -> None:
-        """Writes config.json, then makes checkpoints/ (so a run killed while being created is
-        an empty directory, or a run without checkpoints that --overwrite may replace)."""
-        self._replace(self.config, json.dumps(configs, indent=2, ensure_ascii=False))
-        try:
-            self.checkpoints.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise self._write_error(self.checkpoints, exc) from None
-
-    def _replace(self, path: Path, text: str) -> None:
-        """Writes ``path`` whole or not at all (a temporary file renamed over it), so a run
-        killed meanwhile keeps the previous version.
-
-        Raises:
-            CheckpointError: the file cannot be written (the previous version is kept).
-        """
-        try:
-            atomic.write_file(path, text)
-        except OSError as exc:
-            raise self._write_error(path, exc) from None
-
-    def _write_error(self, path: Path, exc: OSError) -> CheckpointError:
-        return CheckpointError(f"cannot write {path} ({exc.strerror or exc}); free some disk "
-                               f"space, then continue with `resume` {self.path}")
-
-    def read_config(self) -> dict:
-        """The saved settings, checked against the config classes.
-
-        Raises:
-            CheckpointError: config.json is unreadable, not JSON, or not a seqlm run config.
-        """
-        try:
-            saved = json.loads(self.config.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
-            raise CheckpointError(f"{self.config}: unreadable ({exc}); the run cannot be "
-                                  "resumed") from None
-        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-        for name, cls in sections.items():
-            values = saved.get(name) if isinstance(saved, dict) else None
-            if not isinstance(values, dict):
-                raise CheckpointError(f"{self.config} has no [{name}] settings; it is not a "
-                                      "seqlm run config, so the run cannot be resumed")
-            unknown = sorted(values.keys() - {f.name for f in dataclasses.fields(cls)})
-            if unknown and name != "train":  # unknown train settings are dropped on resume
-                raise CheckpointError(f"{self.config}: unknown [{name}] settings {unknown} "
-                                      "(written by another seqlm version?); remove them to "
-                                      "resume the run")
-        return saved
-
-    def append(self, name: str, record: dict) -> None:
-        self.append_text(name, json.dumps(record, ensure_ascii=False) + "\n")
-
-    def append_text(self, name: str, text: str) -> None:
-        """Raises:
-            CheckpointError: the file cannot be written (e.g. the disk is full).
-        """
-        try:
-            with open(self.path / name, "a", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as exc:
-            raise self._write_error(self.path / name, exc) from None
-
-    def records(self) -> list[dict]:
-        """The metrics records; a last line cut short (a run killed while appending it) is
-        skipped.
-
-        Raises:
-            CheckpointError: a line before the last is not JSON.
-        """
-        if not self.metrics.is_file():
-            return []
-        text = self.metrics.read_bytes().decode("utf-8", errors="replace")
-        lines = [line for line in text.splitlines() if line]
-        out = []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict):
-                out.append(record)
-            elif number < len(lines):
-                raise CheckpointError(f"{self.metrics}: line {number} is not a JSON record; "
-                                      "remove that line to use the run")
-        return out
-
-    def truncate_metrics(self, step: int) -> None:
-        """Drops records written after ``step`` (by a run killed after its last checkpoint);
-        a recovery counts at the step it went back to."""
-        kept = [r for r in self.records() if r.get("restored_step", r.get("step", 0)) <= step]
-        self._replace(self.metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                            for r in kept))
 
 
 class RunSession:
-    """Builds the corpus, model and trainer for a run, saves its checkpoints and curves.
+    """One run: builds the corpus, model and trainer from its :class:`~seqlm.settings.Settings`,
+    trains (:meth:`fit`), saves its metrics, samples, checkpoints and curves, and returns the
+    summary.
 
-    ``RunSession(...)`` alone trains without a run directory (``run`` is None: nothing is
+    ``RunSession(settings)`` alone trains without a run directory (``run`` is None: nothing is
     saved); :meth:`start` and :meth:`reopen` give it one.
     """
 
-    def __init__(self, data: DataConfig, model_fields: dict, train: TrainConfig, *,
-                 preset: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, preset: str | None = None) -> None:
+        data, train = settings.data, settings.train
         self.run: RunDir | None = None
         self.data, self.train_cfg, self.preset = data, train, preset
         if train.threads:
@@ -198,9 +49,8 @@ class RunSession:
         self.dist.check_batch_size(data.batch_size)
         torch.manual_seed(train.seed)
         self.corpus: Corpus = load_corpus(data)
-        fields = {k: v for k, v in model_fields.items() if k != "vocab_size"}
         model, self.train_cfg, self.recipe = recipe.build_model(
-            ModelConfig(vocab_size=self.corpus.vocab_size, **fields).resolve(self.device.type),
+            settings.model_config(self.corpus.vocab_size).resolve(self.device.type),
             self.corpus.splits, data, train, self.device, self.dist)
         self.model_cfg = model.config  # with the output layer decided
         self.dist.reseed(train.seed, step=0)  # ranks > 0 draw their own dropout masks
@@ -215,9 +65,8 @@ class RunSession:
         self.samples: list[dict] = []
 
     @classmethod
-    def start(cls, out: str | Path, data: DataConfig, model_fields: dict, train: TrainConfig,
-              *, preset: str | None = None, overwrite: bool = False,
-              is_main: bool = True) -> RunSession:
+    def start(cls, out: str | Path, settings: Settings, *, preset: str | None = None,
+              overwrite: bool = False, is_main: bool = True) -> RunSession:
         """A new run in ``out``. The directory is checked before the corpus loads and created
         after it (a bad corpus or setting leaves nothing behind); only the main rank writes.
 
@@ -226,27 +75,28 @@ class RunSession:
         """
         if is_main:
             RunDir.check_available(out, overwrite=overwrite)
-        session = cls(data, model_fields, train, preset=preset)
+        session = cls(settings, preset=preset)
         session.run = RunDir.create(out, overwrite=overwrite) if is_main else RunDir(out)
         if is_main:
             session.run.write_config(session.configs())
         return session
 
     @classmethod
-    def reopen(cls, path: str | Path, flags: dict, *, is_main: bool = True) -> RunSession:
-        """The run in ``path`` at its ``checkpoints/last``, with the budget settings among
-        ``flags`` changed (see :func:`budget_overrides`).
+    def reopen(cls, path: str | Path, given: dict | None = None, *,
+               is_main: bool = True) -> RunSession:
+        """The run in ``path`` at its ``checkpoints/last``, with the budgets among ``given``
+        settings changed (:func:`seqlm.settings.resume_budgets`).
 
         Raises:
-            ConfigError: a flag other than a budget differs from the saved run.
+            ConfigError: a setting other than a budget differs from the saved run.
             CheckpointError: no usable checkpoint (see :meth:`resume`).
         """
         run = RunDir.open(path)
-        saved = run.read_config()
-        train = resolve_train_config(saved["train"], budget_overrides(saved, flags))
-        session = cls(DataConfig(**saved["data"]), saved["model"], train,
-                      preset=saved.get("preset"))
+        configs = run.read_config()
+        session = cls(settings.saved(configs, settings.resume_budgets(configs, given or {})),
+                      preset=configs.get("preset"))
         session.run = run
+        session.recipe = configs.get("recipe")  # what the first start measured and chose
         session.resume()
         if is_main:
             run.write_config(session.configs())
@@ -317,60 +167,84 @@ class RunSession:
         self.run.append_text("samples.txt", f"--- step {step}\n{text}\n")
         return text
 
+    def fit(self, *, on_step: Callable | None = None, on_log: Callable | None = None,
+            on_eval: Callable | None = None, on_recovery: Callable | None = None,
+            should_stop: Callable[[], bool] | None = None) -> dict:
+        """Trains until a budget is spent, patience runs out or ``should_stop()``; writes the
+        metrics, samples, checkpoints and ``curves.png`` as it goes; returns the summary.
 
-def hooks_for(session: RunSession, *, on_log=None, on_eval=None, on_step=None,
-              should_stop=None, on_recovery=None) -> Hooks:
-    """Hooks that write metrics, samples and checkpoints, then call the caller's reporters
-    (in a multi-process run, on rank 0 only; the other ranks only join the saves)."""
-    if not session.dist.is_main:
-        return Hooks(on_step=on_step or (lambda p: None),
-                     should_stop=should_stop or (lambda: False), save=session.save)
+        The callbacks (a :class:`seqlm.progress.Reporter`'s, or the caller's) see each step's
+        progress, each log, evaluation and recovery record after it is written (in a
+        multi-process run on rank 0 only).
 
-    def log(record: dict) -> None:
-        session.run.append("metrics.jsonl", record)
-        if on_log:
-            on_log(record)
+        Returns:
+            The run's summary: ``run``, ``stop_reason`` (``'interrupted'`` after
+            ``should_stop``), ``steps``, ``epochs``, ``tokens``, ``wall_s``, ``train`` and
+            ``val`` (``loss``, ``ppl``, ``bits`` of the final weights), ``best_val`` (those of
+            checkpoints/best, with its ``step``), ``tokens_per_s``, ``baselines``,
+            ``vocab_size``, ``oov_rate``, ``sample``, ``finished_at``.
 
-    def evaluate(record: dict) -> None:
-        if session.train_cfg.sample_tokens:
-            record["sample"] = session.sample(record["step"])
-        session.run.append("metrics.jsonl", record)
-        if on_eval:
-            on_eval(record)
+        Raises:
+            TrainingDiverged: the divergence guard could not recover (the checkpoints saved
+                are the last good ones).
+            DistributedError: another process of the run died.
+        """
+        hooks = self._hooks(on_log=on_log, on_eval=on_eval, on_step=on_step,
+                            should_stop=should_stop, on_recovery=on_recovery)
+        start = time.perf_counter()
+        try:
+            self.trainer.run(hooks)
+        except RuntimeError as exc:  # a collective failed: another rank died
+            lost = self.dist.lost_peer(exc)
+            if lost is None:
+                raise
+            raise lost from None
+        return self._summary(time.perf_counter() - start)
 
-    def recovery(record: dict) -> None:
-        session.run.append("metrics.jsonl", record)
-        if on_recovery:
-            on_recovery(record)
+    def _hooks(self, *, on_log=None, on_eval=None, on_step=None, should_stop=None,
+               on_recovery=None) -> Hooks:
+        """Hooks that write metrics, samples and checkpoints, then call the caller's (in a
+        multi-process run, on rank 0 only; the other ranks only join the saves)."""
+        idle = (lambda record: None)
+        on_step, should_stop = on_step or idle, should_stop or (lambda: False)
+        if not self.dist.is_main:
+            return Hooks(on_step=on_step, should_stop=should_stop, save=self.save)
 
-    return Hooks(on_log=log, on_eval=evaluate, on_step=on_step or (lambda p: None),
-                 should_stop=should_stop or (lambda: False), save=session.save,
-                 on_recovery=recovery)
+        def then(report: Callable | None, sample: bool = False) -> Callable[[dict], None]:
+            def record(r: dict) -> None:
+                if sample and self.train_cfg.sample_tokens:
+                    r["sample"] = self.sample(r["step"])
+                self.run.append("metrics.jsonl", r)
+                (report or idle)(r)
+            return record
 
+        return Hooks(on_log=then(on_log), on_eval=then(on_eval, sample=True), on_step=on_step,
+                     should_stop=should_stop, save=self.save, on_recovery=then(on_recovery))
 
-def budget_overrides(saved: dict, given: dict) -> dict:
-    """On ``--resume``, only budget flags may change; anything else must match the run.
+    def _summary(self, wall: float) -> dict:
+        """Writes ``curves.png`` and returns the run's summary (see :meth:`fit`)."""
+        from seqlm.plots import plot_curves
 
-    Raises:
-        ConfigError: a flag contradicts the saved run.
-    """
-    for name, value in given.items():
-        if name in BUDGET_FIELDS:
-            continue
-        for section in ("data", "model", "train"):
-            if name in saved.get(section, {}) and saved[section][name] != value:
-                raise ConfigError(f"--{name.replace('_', '-')} {value} contradicts the saved "
-                                  f"run ({saved[section][name]}); only "
-                                  f"{', '.join('--' + b.replace('_', '-') for b in BUDGET_FIELDS)}"
-                                  " may change on `resume`; start a new run for other settings")
-    return {k: v for k, v in given.items() if k in BUDGET_FIELDS}
-
-
-def resolve_train_config(saved: dict, overrides: dict) -> TrainConfig:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in saved.items() if k in known}
-    values.update(overrides)
-    return TrainConfig(**values)
+        history = self.run.records()
+        if self.dist.is_main:
+            plot_curves(history, self.baselines, self.run.path / "curves.png")
+        train = [r for r in history if r.get("kind") == "train"]
+        evals = [r for r in history if r.get("kind") == "eval" and "val_loss" in r]
+        p = self.trainer.progress
+        final_train = train[-1] if train else {}
+        return {
+            "run": str(self.run.path), "stop_reason": p.stop_reason, "steps": p.step,
+            "epochs": p.epoch, "tokens": p.tokens, "wall_s": wall,
+            "train": {k: final_train.get(k) for k in ("loss", "ppl", "bits")} if train else None,
+            "val": {k: evals[-1][f"val_{k}"] for k in ("loss", "ppl", "bits")} if evals else None,
+            "best_val_loss": p.best_val if evals else None,
+            "best_val": _best(evals, p.best_step),
+            "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
+            "baselines": self.baselines, "vocab_size": self.corpus.vocab_size,
+            "oov_rate": self.corpus.oov_rate,
+            "sample": self.samples[-1]["text"] if self.samples else None,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
 
 
 def _best(evals: list[dict], step: int) -> dict | None:
@@ -381,27 +255,115 @@ def _best(evals: list[dict], step: int) -> dict | None:
     return {"step": step, **{k: best[f"val_{k}"] for k in ("loss", "ppl", "bits")}}
 
 
-def finish(session: RunSession, wall: float) -> dict:
-    """Writes ``curves.png`` and returns the run's summary."""
-    from seqlm.plots import plot_curves
+def open_session(corpus: str | None = None, *, preset: str | None = None,
+                 config: str | Path | None = None, out: str | Path | None = None,
+                 name: str | None = None, resume: str | Path | None = None,
+                 overwrite: bool = False, is_main: bool = True, **choices) -> RunSession:
+    """A new run (in ``out``, else ``runs/<name>``, else ``runs/<preset or cell>-<time>``) or,
+    with ``resume``, a saved one; the arguments are :func:`train`'s.
 
-    history = session.run.records()
-    if session.dist.is_main:
-        plot_curves(history, session.baselines, session.run.path / "curves.png")
-    train = [r for r in history if r.get("kind") == "train"]
-    evals = [r for r in history if r.get("kind") == "eval" and "val_loss" in r]
-    p = session.trainer.progress
-    final_train = train[-1] if train else {}
-    return {
-        "run": str(session.run.path), "stop_reason": p.stop_reason, "steps": p.step,
-        "epochs": p.epoch, "tokens": p.tokens, "wall_s": wall,
-        "train": {k: final_train.get(k) for k in ("loss", "ppl", "bits")} if train else None,
-        "val": {k: evals[-1][f"val_{k}"] for k in ("loss", "ppl", "bits")} if evals else None,
-        "best_val_loss": p.best_val if evals else None,
-        "best_val": _best(evals, p.best_step),
-        "tokens_per_s": p.tokens / max(p.elapsed, 1e-9),
-        "baselines": session.baselines, "vocab_size": session.corpus.vocab_size,
-        "oov_rate": session.corpus.oov_rate,
-        "sample": session.samples[-1]["text"] if session.samples else None,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    Raises:
+        ConfigError: a bad setting, ``out`` taken, or a resume that changes more than budgets.
+        CorpusError, CheckpointError: the corpus or the resumed run cannot be read.
+    """
+    if corpus is not None:
+        choices["corpus"] = str(corpus)
+    if resume is not None:
+        return RunSession.reopen(resume, choices, is_main=is_main)
+    chosen = settings.resolve(preset, config, choices)
+    return RunSession.start(out or default_out(name, preset, chosen.model.get("cell", "rnn")),
+                            chosen, preset=preset, overwrite=overwrite, is_main=is_main)
+
+
+def default_out(name: str | None, preset: str | None, cell: str) -> Path:
+    """``runs/<name>``, else ``runs/<preset or cell>-<date>-<time>``."""
+    return Path("runs") / (name or f"{preset or cell}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+@contextmanager
+def stop_requests(signals=(signal.SIGINT,), *, immediate: bool = True
+                  ) -> Iterator[Callable[[], int | None]]:
+    """Turns ``signals`` into a request to stop after the current step while the block runs;
+    yields ``received()``, the first signal's number (None while none came). A second
+    signal raises KeyboardInterrupt at once when ``immediate`` (under torchrun the second is
+    torchrun forwarding the first, so the command line passes False there). Outside the main
+    thread, where Python cannot take signals, nothing is installed.
+    """
+    caught: list[int] = []
+
+    def on_signal(signum, frame):
+        if caught and immediate:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, on_signal) for s in signals} if main else {}
+    try:
+        yield lambda: caught[0] if caught else None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def train(corpus: str | Path | None = None, *, preset: str | None = None,
+          config: str | Path | None = None, out: str | Path | None = None,
+          name: str | None = None, resume: str | Path | None = None, overwrite: bool = False,
+          progress: bool = True, **settings_):
+    """Train a language model in one call, as ``seqlm train`` does: the same settings, preset,
+    recipe, run directory, checkpoints, divergence guard and summary.
+
+    ::
+
+        import seqlm
+        lm = seqlm.train("my_book.txt", time_budget=60)
+        print(lm.generate("It was", max_new_tokens=100), lm.summary["best_val"]["ppl"])
+
+    Args:
+        corpus: a text file, a directory of ``.txt`` files, a prepared corpus or a name
+            (``builtin``, ``timemachine``, ...); None keeps the preset's (``builtin``).
+        preset: a named preset (:data:`seqlm.presets.PRESETS`); None is ``cpu-fast``.
+        config: a TOML settings file.
+        out: the run directory (default ``runs/<name>``, else ``runs/<preset>-<time>``).
+        name: the run's name under ``runs/``.
+        resume: a run directory to continue from its ``checkpoints/last``; only the budgets
+            (``epochs``, ``max_steps``, ``time_budget``, ``early_stopping``) may change.
+        overwrite: replace an existing run in ``out``.
+        progress: show a progress bar (tqdm's notebook bar in Jupyter, when ipywidgets is
+            installed) and the run's opening, evaluation and closing lines; False shows
+            nothing (recoveries from a divergence still come as lines).
+        **settings_: any field of :class:`~seqlm.config.DataConfig`,
+            :class:`~seqlm.config.ModelConfig` (but ``vocab_size``) or
+            :class:`~seqlm.config.TrainConfig`, e.g. ``time_budget=60, cell="lstm"``;
+            they override the preset and the file.
+
+    Returns:
+        The trained :class:`~seqlm.api.LanguageModel` (checkpoints/best, as :func:`seqlm.load`
+        gives it), with the run's summary as ``lm.summary`` (see
+        :meth:`RunSession.fit`). Ctrl-C (or the notebook's interrupt) ends the run after the
+        current step, saves checkpoints/last and returns the model trained so far
+        (``lm.summary["stop_reason"] == "interrupted"``); a second Ctrl-C stops at once.
+
+    Raises:
+        ConfigError: a bad setting (the message names it), or ``out`` is taken.
+        CorpusError: the corpus cannot be read or is too short.
+        CheckpointError: ``resume`` names no resumable run.
+        TrainingDiverged: the divergence guard could not recover.
+    """
+    from seqlm.api import load
+    from seqlm.progress import Reporter, start_lines, summary_lines
+
+    session = open_session(corpus, preset=preset, config=config, out=out, name=name,
+                           resume=resume, overwrite=overwrite, **settings_)
+    reporter = Reporter(quiet=not progress, total=session.trainer.total_steps, notebook=True)
+    for line in start_lines(session) if progress else ():
+        reporter.write(line)
+    try:
+        with stop_requests() as received:
+            summary = session.fit(**reporter.callbacks(), should_stop=lambda: bool(received()))
+    finally:
+        reporter.close()
+    for line in summary_lines(summary) if progress else ():
+        reporter.write(line)
+    lm = load(session.run.path)
+    lm.summary = summary
+    return lm

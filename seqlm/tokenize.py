@@ -233,8 +233,8 @@ class BPETokenizer(Tokenizer):
         """
         hf = _import_tokenizers()
         if vocab_size < 300:
-            raise ConfigError(f"`vocab_size` must be at least 300 for byte-level BPE (256 bytes "
-                              f"+ specials), got {vocab_size}")
+            raise ConfigError(f"`bpe_vocab_size` must be at least 300 for byte-level BPE (256 "
+                              f"bytes + specials), got {vocab_size}")
         model = hf.Tokenizer(hf.models.BPE(unk_token=UNK))
         model.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
         model.decoder = hf.decoders.ByteLevel()

@@ -169,8 +169,8 @@ CASES = [
          ["train", *CORPUS, *TINY, "--split", "0.999,0.001,0", "--out", "o"],
          r"corpus too short for a validation split: 0\.001 of the text is \d tokens, but one "
          r"evaluation window \(--num-steps 8\) needs 9; .*--split 1,0,0"),
-    case("bpe-vocabulary-too-small", ["stats", *CORPUS, "--tokenizer", "bpe", "--vocab-size",
-                                      "10"], r"--vocab-size must be at least 300.*got 10"),
+    case("bpe-vocabulary-too-small", ["stats", *CORPUS, "--tokenizer", "bpe", "--bpe-vocab-size",
+                                      "10"], r"--bpe-vocab-size must be at least 300.*got 10"),
     case("split-not-summing-to-one", ["train", "--split", "0.5,0.6"],
          r"--split must be three fractions train,val,test summing to 1.*got '0\.5,0\.6'"),
     case("min-freq-zero", ["stats", *CORPUS, "--min-freq", "0"],

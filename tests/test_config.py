@@ -2,12 +2,11 @@ import math
 
 import pytest
 
+from seqlm import settings
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
-from seqlm.presets import PRESETS, preset, read_toml, split_overrides
+from seqlm.presets import PRESETS, preset
+from seqlm.settings import read_toml, route
 from seqlm.errors import ConfigError
-
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-SKIP = {"model": {"vocab_size"}}
 
 
 @pytest.mark.parametrize("kwargs, flag", [
@@ -38,10 +37,7 @@ def test_no_budget_means_the_default_time_budget():
 
 def test_presets_are_valid_configs():
     for name in PRESETS:
-        sections = split_overrides(preset(name), SECTIONS, skip=SKIP)
-        DataConfig(**sections["data"])
-        TrainConfig(**sections["train"])
-        ModelConfig(vocab_size=28, **sections["model"])
+        settings.resolve(name).model_config(28)
     book = preset("d2l-scratch")
     assert (book["hidden_size"], book["lr"], book["epochs"], book["max_tokens"]) == \
         (512, 1.0, 500, 10000)
@@ -49,18 +45,51 @@ def test_presets_are_valid_configs():
         preset("nope")
 
 
-def test_split_overrides_routes_and_type_checks():
-    sections = split_overrides({"hidden_size": 8, "lr": 1, "vocab_size": 300}, SECTIONS,
-                               skip=SKIP)
+def test_route_sends_each_name_to_its_config_and_type_checks():
+    sections = route({"hidden_size": 8, "lr": 1, "bpe_vocab_size": 300})
     assert sections["model"] == {"hidden_size": 8}
     assert sections["train"] == {"lr": 1.0} and isinstance(sections["train"]["lr"], float)
-    assert sections["data"] == {"vocab_size": 300}
+    assert sections["data"] == {"bpe_vocab_size": 300}
     with pytest.raises(ConfigError, match="unknown setting 'hiden_size'"):
-        split_overrides({"hiden_size": 8}, SECTIONS, skip=SKIP)
+        route({"hiden_size": 8})
     with pytest.raises(ConfigError, match="must be int"):
-        split_overrides({"hidden_size": "big"}, SECTIONS, skip=SKIP)
-    assert split_overrides({"embedding_dim": None}, SECTIONS, skip=SKIP)["model"] == \
-        {"embedding_dim": None}
+        route({"hidden_size": "big"})
+    assert route({"embedding_dim": None})["model"] == {"embedding_dim": None}
+    with pytest.raises(ConfigError, match="`vocab_size` is not a setting.*`bpe_vocab_size`"):
+        route({"vocab_size": 300})  # the corpus decides the model's V
+
+
+def test_resolve_applies_defaults_preset_file_then_choices(tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_text("hidden_size = 64\nlr = 0.5\n")
+    chosen = settings.resolve("cpu-fast", toml, {"lr": 0.25, "dropout": 0.3})
+    assert chosen.model["hidden_size"] == 64 and chosen.train.lr == 0.25  # file < choices
+    assert chosen.model["cell"] == "gru" and chosen.data.batch_size == 64  # the preset's
+    assert chosen.train.time_budget == PRESETS["cpu-fast"]["time_budget"]
+    # a name the user chose is never adapted; the rest of the preset's list stays
+    assert "dropout" not in chosen.train.adapted() and "num_layers" in chosen.train.adapted()
+    # a budget the user gives replaces every budget of the preset
+    steps = settings.resolve("cpu-fast", choices={"max_steps": 10})
+    assert steps.train.max_steps == 10 and steps.train.time_budget is None
+    assert settings.resolve().model == settings.resolve("cpu-fast").model  # the default preset
+
+
+def test_saved_reads_old_names_and_resume_changes_only_budgets():
+    old = {"data": {"vocab_size": 512, "tokenizer": "bpe"},  # the BPE target's name before 0.2
+           "model": {"vocab_size": 600, "cell": "gru", "cutoffs": "100,300"},
+           "train": {"lr": 0.1, "epochs": 2, "a_setting_from_the_future": 1}}
+    got = settings.saved(old, settings.resume_budgets(old, {"epochs": 5, "lr": 0.1}))
+    assert got.data.bpe_vocab_size == 512 and got.model == {"cell": "gru", "cutoffs": "100,300"}
+    assert got.train.epochs == 5 and got.train.lr == 0.1
+    with pytest.raises(ConfigError, match="`lr` 0.2 contradicts the saved run"):
+        settings.resume_budgets(old, {"lr": 0.2})
+
+
+def test_a_toml_file_with_the_old_bpe_name_still_reads(tmp_path):
+    old = tmp_path / "old.toml"
+    old.write_text("[data]\nvocab_size = 400\ntokenizer = 'bpe'\n")
+    with pytest.warns(DeprecationWarning, match="`bpe_vocab_size`"):
+        assert read_toml(old) == {"bpe_vocab_size": 400, "tokenizer": "bpe"}
 
 
 def test_toml_flat_or_sectioned_and_errors(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from seqlm.exercises import clipping_exercise, recipe_configs
+from seqlm.exercises import clipping_exercise, preset_configs
 from seqlm.presets import PRESETS
 
 
@@ -11,8 +11,8 @@ def one_thread(single_thread):
     """Batch 32 x 512 units: a second thread only adds waits when the other core is busy."""
 
 
-def test_recipe_is_the_d2l_scratch_preset_with_overrides():
-    data, model, train = recipe_configs({"lr": 2.0, "corpus": "my.txt"})
+def test_the_exercise_runs_the_d2l_scratch_preset_with_overrides():
+    data, model, train = preset_configs({"lr": 2.0, "corpus": "my.txt"})
     assert data.corpus == "my.txt" and data.max_tokens == PRESETS["d2l-scratch"]["max_tokens"]
     assert model["hidden_size"] == 512 and model["init"] == "d2l" and "vocab_size" not in model
     assert train.optimizer == "sgd" and train.lr == 2.0 and train.clip == 1.0

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from seqlm.config import DataConfig, TrainConfig
-from seqlm.run import RunSession, hooks_for
+from seqlm.run import RunSession
+from seqlm.settings import Settings
 from seqlm.errors import TrainingDiverged
 
 from conftest import TINY_TEXT
@@ -23,9 +24,9 @@ def _session(tmp_path, name, **train):
     cfg = TrainConfig(**{"optimizer": "adam", "lr": BASE_LR, "schedule": "constant",
                          "max_steps": 120, "eval_every": 40, "log_every": 5,
                          "guard_every": 10, "sample_tokens": 0, **train})
-    return RunSession.start(tmp_path / name, data, {"cell": "gru", "impl": "fused",
-                                                    "hidden_size": 32, "embedding_dim": 16,
-                                                    "dropout": 0.1}, cfg)
+    model = {"cell": "gru", "impl": "fused", "hidden_size": 32, "embedding_dim": 16,
+             "dropout": 0.1}
+    return RunSession.start(tmp_path / name, Settings(data, model, cfg))
 
 
 class Spike:
@@ -58,7 +59,7 @@ def _same(a, b):
 def test_forced_blowup_recovers_below_the_bigram_baseline(tmp_path):
     session = _session(tmp_path, "spike")
     seen = []
-    session.trainer.run(hooks_for(session, on_step=Spike(session), on_recovery=seen.append))
+    session.fit(on_step=Spike(session), on_recovery=seen.append)
     recoveries = _records(session, "recovery")
     assert len(recoveries) == 1 and seen == recoveries
     event = recoveries[0]
@@ -71,15 +72,15 @@ def test_forced_blowup_recovers_below_the_bigram_baseline(tmp_path):
     assert final["val_loss"] < session.baselines["bigram"]["loss"]
     # Without the guard the same spike leaves the run far worse at the end.
     plain = _session(tmp_path, "plain", guard_retries=0)
-    plain.trainer.run(hooks_for(plain, on_step=Spike(plain)))
+    plain.fit(on_step=Spike(plain))
     assert _records(plain, "eval")[-1]["val_loss"] > final["val_loss"] + 0.1
 
 
 def test_a_healthy_run_is_untouched(tmp_path):
     guarded = _session(tmp_path, "guarded", max_steps=60)
-    guarded.trainer.run(hooks_for(guarded))
+    guarded.fit()
     plain = _session(tmp_path, "plain", guard_retries=0, max_steps=60)
-    plain.trainer.run(hooks_for(plain))
+    plain.fit()
     assert not _records(guarded, "recovery")
     assert _same(_weights(guarded), _weights(plain))
 
@@ -90,10 +91,9 @@ def test_resume_is_bit_identical_across_a_recovery(tmp_path, stop_at):
     """Interrupted inside the blow-up window (before the guard sees it), or after the
     recovery, then resumed: the same weights as the run that was never interrupted."""
     full = _session(tmp_path, "full", max_steps=60)
-    full.trainer.run(hooks_for(full, on_step=Spike(full)))
+    full.fit(on_step=Spike(full))
     half = _session(tmp_path, "half", max_steps=60)
-    half.trainer.run(hooks_for(half, on_step=Spike(half),
-                               should_stop=lambda: half.trainer.progress.step >= stop_at))
+    half.fit(on_step=Spike(half), should_stop=lambda: half.trainer.progress.step >= stop_at)
     assert half.trainer.progress.stop_reason == "interrupted"
     again = _session(tmp_path, "again", max_steps=60)
     again.run = half.run
@@ -101,7 +101,7 @@ def test_resume_is_bit_identical_across_a_recovery(tmp_path, stop_at):
     spike = Spike(again)
     spike.done = bool(_records(again, "recovery"))
     spike(again.trainer.progress)  # the lr the next step gets, as in the uninterrupted run
-    again.trainer.run(hooks_for(again, on_step=spike))
+    again.fit(on_step=spike)
     assert _same(_weights(full), _weights(again))
     assert len(_records(again, "recovery")) == 1
     saved = json.loads((half.run.checkpoints / "last" / "trainer.json").read_text())
@@ -116,7 +116,7 @@ def test_a_nan_is_recovered_from(tmp_path):
             with torch.no_grad():
                 next(session.trainer.model.parameters()).fill_(float("nan"))
 
-    session.trainer.run(hooks_for(session, on_step=poison))
+    session.fit(on_step=poison)
     (event,) = _records(session, "recovery")
     assert "NaN" in event["reason"] and event["restored_step"] == 20
     assert all(torch.isfinite(t).all() for t in _weights(session).values())
@@ -132,16 +132,16 @@ def test_still_diverging_after_the_retries_ends_the_run(tmp_path):
 
     with pytest.raises(TrainingDiverged, match=r"after 2 recoveries.*checkpoints/best \(step "
                                                r"40.*`lr`"):
-        session.trainer.run(hooks_for(session, on_step=poison))
+        session.fit(on_step=poison)
     assert len(_records(session, "recovery")) == 2
     best = json.loads((session.run.checkpoints / "best" / "trainer.json").read_text())
     assert best["progress"]["step"] == 40
 
 
 def test_the_cli_prints_one_line_per_recovery(capsys):
-    from seqlm.cli.training import _Reporter
+    from seqlm.progress import Reporter
 
-    reporter = _Reporter(quiet=True, as_json=False, total=None)
+    reporter = Reporter(quiet=True, total=None)
     reporter.recovery({"step": 45, "restored_step": 40, "reason": "the loss rose to 5.1",
                        "lr": 0.005, "recovery": 1, "retries": 3})
     out = capsys.readouterr().out

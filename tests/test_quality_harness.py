@@ -168,7 +168,7 @@ def test_a_word_run_trains_seqlm_and_wlm_on_the_same_ids(quality, tiny_corpus, t
                          TINY_WLM, "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["tokenizer"] == "word" and res["split"] == "0.9,0.05,0.05"
-    assert res["recipe"]["stream"]["keep_newlines"] is True
+    assert res["setup"]["stream"]["keep_newlines"] is True
     assert {r["kind"] for r in res["models"].values()} == {"rnn", "wlm"}
     for r in res["models"].values():
         assert r["curve"][-1]["final"] and r["final_loss"] == r["curve"][-1]["loss"]
@@ -182,47 +182,47 @@ def test_each_budget_runs_the_preset_nearest_it(matrix):
 def _stored(quality, tmp_path, row="builtin", budget=95.0):
     models = ["cpu-fast" if budget < 300 else "cpu-quality", "transformer"]
     path = tmp_path / f"quality-{row}-{budget:g}.json"
-    path.write_text(json.dumps({"recipe": quality.recipe(models, "char")}))
+    path.write_text(json.dumps({"setup": quality.setup(models, "char")}))
     return path
 
 
-def test_plan_skips_a_stored_result_only_while_its_recipe_stands(quality, matrix, tmp_path,
+def test_plan_skips_a_stored_result_only_while_its_setup_stands(quality, matrix, tmp_path,
                                                                  monkeypatch):
     monkeypatch.setattr(matrix, "SHARED_DATA", tmp_path / "nowhere")
     monkeypatch.setenv("SEQLM_DATA", str(tmp_path / "empty"))
     path = _stored(quality, tmp_path)
-    items = matrix.plan(["builtin", "alice"], [95.0, 540.0], tmp_path, quality.recipe)
+    items = matrix.plan(["builtin", "alice"], [95.0, 540.0], tmp_path, quality.setup)
     act = {(i["row"], i["budget"]): (i["action"], i["reason"]) for i in items}
-    assert act[("builtin", 95.0)] == ("skip", "stored with the current recipe")
+    assert act[("builtin", 95.0)] == ("skip", "stored with the current setup")
     assert act[("builtin", 540.0)] == ("run", "no stored result")
     assert act[("alice", 95.0)][0] == "missing" and "SEQLM_DATA" in act[("alice", 95.0)][1]
     assert items[0]["models"] == ["cpu-fast", "transformer"]
     assert items[1]["models"] == ["cpu-quality", "transformer"]
-    forced = matrix.plan(["builtin"], [95.0], tmp_path, quality.recipe, force=True)
+    forced = matrix.plan(["builtin"], [95.0], tmp_path, quality.setup, force=True)
     assert forced[0]["action"] == "run"
     stored = json.loads(path.read_text())
-    stored["recipe"]["models"]["cpu-fast"]["lr"] *= 2  # the preset changed since
+    stored["setup"]["models"]["cpu-fast"]["lr"] *= 2  # the preset changed since
     path.write_text(json.dumps(stored))
-    again = matrix.plan(["builtin"], [95.0], tmp_path, quality.recipe)[0]
-    assert again["action"] == "run" and again["reason"] == "recipe changed (cpu-fast)"
-    stored["recipe"]["models"]["cpu-fast"]["lr"] /= 2
-    stored["recipe"]["rules"]["deep_steps"] += 100  # a rule of seqlm.recipe changed since
+    again = matrix.plan(["builtin"], [95.0], tmp_path, quality.setup)[0]
+    assert again["action"] == "run" and again["reason"] == "setup changed (cpu-fast)"
+    stored["setup"]["models"]["cpu-fast"]["lr"] /= 2
+    stored["setup"]["rules"]["deep_steps"] += 100  # a rule of seqlm.recipe changed since
     path.write_text(json.dumps(stored))
-    ruled = matrix.plan(["builtin"], [95.0], tmp_path, quality.recipe)[0]
-    assert ruled["reason"] == "recipe changed (the recipe's rules)"
-    assert "rules" not in quality.recipe(["d2l-scratch"], "char")  # nothing adapts there
+    ruled = matrix.plan(["builtin"], [95.0], tmp_path, quality.setup)[0]
+    assert ruled["reason"] == "setup changed (the recipe's rules)"
+    assert "rules" not in quality.setup(["d2l-scratch"], "char")  # nothing adapts there
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "alice.txt").write_text("text")
-    found = matrix.plan(["alice"], [95.0], tmp_path, quality.recipe)[0]
+    found = matrix.plan(["alice"], [95.0], tmp_path, quality.setup)[0]
     assert found["action"] == "run" and found["corpus"] == str(tmp_path / "empty" / "alice.txt")
     # alice's stream drops the Gutenberg licence: a result stored without it no longer stands
     alice = tmp_path / "quality-alice-95.json"
-    alice.write_text(json.dumps({"recipe": quality.recipe(["cpu-fast", "transformer"], "char")}))
-    stale = matrix.plan(["alice"], [95.0], tmp_path, quality.recipe)[0]
-    assert stale["reason"] == "recipe changed (the stream)"
-    alice.write_text(json.dumps({"recipe": quality.recipe(["cpu-fast", "transformer"], "char",
+    alice.write_text(json.dumps({"setup": quality.setup(["cpu-fast", "transformer"], "char")}))
+    stale = matrix.plan(["alice"], [95.0], tmp_path, quality.setup)[0]
+    assert stale["reason"] == "setup changed (the stream)"
+    alice.write_text(json.dumps({"setup": quality.setup(["cpu-fast", "transformer"], "char",
                                                           "gutenberg")}))
-    assert matrix.plan(["alice"], [95.0], tmp_path, quality.recipe)[0]["action"] == "skip"
+    assert matrix.plan(["alice"], [95.0], tmp_path, quality.setup)[0]["action"] == "skip"
 
 
 def test_a_failed_row_is_logged_and_the_matrix_goes_on(matrix, tmp_path):

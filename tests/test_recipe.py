@@ -10,11 +10,13 @@ import torch
 
 from seqlm import recipe
 from seqlm.cli import main
-from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.config import ADAPTABLE, DataConfig, ModelConfig, TrainConfig
 from seqlm.errors import ConfigError
 from seqlm.models import RNNLM
-from seqlm.presets import merge_choices, preset
+from seqlm.presets import preset
+from seqlm.settings import merge_choices
 from seqlm.run import RunSession
+from seqlm.settings import Settings
 
 
 def _measure(**kw) -> recipe.Measurement:
@@ -60,7 +62,7 @@ def test_adapt_changes_only_the_names_it_is_given():
 def test_what_the_user_sets_leaves_the_adapt_list():
     values = merge_choices(preset("cpu-fast"), {"dropout": 0.3})
     assert values["dropout"] == 0.3 and "dropout" not in values["adapt"].split(",")
-    assert set(merge_choices(preset("cpu-fast"), {})["adapt"].split(",")) == set(recipe.ADAPTABLE)
+    assert set(merge_choices(preset("cpu-fast"), {})["adapt"].split(",")) == set(ADAPTABLE)
     with pytest.raises(ConfigError, match="`adapt`"):
         TrainConfig(adapt="dropout,colour")
 
@@ -162,7 +164,7 @@ def test_a_session_records_its_choices_and_a_resumed_run_keeps_them(tmp_path):
     fields.update(hidden_size=32)
     train = TrainConfig(max_steps=3, eval_every=0, adapt="dropout,eval_every", threads=1,
                         sample_tokens=0)
-    session = RunSession.start(tmp_path / "run", data, fields, train)
+    session = RunSession.start(tmp_path / "run", Settings(data, fields, train))
     assert session.train_cfg.adapt == "" and session.recipe["chosen"].keys() == {"dropout"}
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["recipe"]["measured"]["train_tokens_per_s"] > 0

@@ -82,7 +82,7 @@ def made(tmp_path_factory, runner):
     """A BPE run (so it has a tokenizer.json) and a prepared corpus, both real."""
     ws = tmp_path_factory.mktemp("safety")
     (ws / "tiny.txt").write_text(TEXT)
-    bpe = ["--tokenizer", "bpe", "--vocab-size", "300"]
+    bpe = ["--tokenizer", "bpe", "--bpe-vocab-size", "300"]
     done = runner.run(["train", "--corpus", "tiny.txt", *bpe, *TINY, "--out", "run"], ws, _env())
     assert done.rc == 0, done.stderr
     done = runner.run(["prepare", "prepared", "--corpus", "tiny.txt", "--split", "0.8,0.1,0.1"],

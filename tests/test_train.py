@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.data import build_corpus
 from seqlm.models import RNNLM
-from seqlm.run import RunSession, hooks_for
+from seqlm.run import RunSession
+from seqlm.settings import Settings
 from seqlm.schedule import lr_factor
 from seqlm.errors import TrainingDiverged
 from seqlm.trainer import Hooks, Trainer, evaluate
@@ -128,20 +129,20 @@ def _session(tmp_path, name, **train):
     data = DataConfig(corpus=str(path), batch_size=4, num_steps=8, split="0.8,0.2,0")
     cfg = TrainConfig(**{"optimizer": "adam", "lr": 0.01, "schedule": "constant",
                          "eval_every": 5, "log_every": 2, "sample_tokens": 5, **train})
-    return RunSession.start(tmp_path / name, data, {"cell": "lstm", "hidden_size": 16,
-                                                    "embedding_dim": 8, "dropout": 0.2}, cfg)
+    model = {"cell": "lstm", "hidden_size": 16, "embedding_dim": 8, "dropout": 0.2}
+    return RunSession.start(tmp_path / name, Settings(data, model, cfg))
 
 
 def test_resume_is_bit_identical(tmp_path):
     full = _session(tmp_path, "full", max_steps=14)
-    full.trainer.run(hooks_for(full))
+    full.fit()
     half = _session(tmp_path, "half", max_steps=7)
-    half.trainer.run(hooks_for(half))
+    half.fit()
     again = _session(tmp_path, "half2", max_steps=14)
     again.run = half.run
     again.resume()
     assert again.trainer.progress.step == 7
-    again.trainer.run(hooks_for(again))
+    again.fit()
     a = load_file(full.run.checkpoints / "last" / "model.safetensors")
     b = load_file(half.run.checkpoints / "last" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -158,7 +159,7 @@ def test_diverged_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                 next(session.trainer.model.parameters()).fill_(math.nan)
 
     with pytest.raises(TrainingDiverged, match=r"step 8.*`lr`"):
-        session.trainer.run(hooks_for(session, on_step=poison))
+        session.fit(on_step=poison)
     last = session.run.checkpoints / "last"
     saved = load_file(last / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in saved.values())

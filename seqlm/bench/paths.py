@@ -19,7 +19,8 @@ import torch
 from seqlm.bench.config import Workload
 from seqlm.bench.textbook import (ConciseModel, TextbookModel, module_train_step,
                                   textbook_predict, textbook_train_step)
-from seqlm.config import MANUAL_ENGINE_CELLS, DataConfig, ModelConfig, TrainConfig
+from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.cores import MANUAL_ENGINE_CELLS
 from seqlm.data import Corpus
 from seqlm.generate import generate
 from seqlm.models import RNNLM

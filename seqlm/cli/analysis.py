@@ -14,6 +14,7 @@ from seqlm.cli.flags import add_config_flags, given
 from seqlm.config import DataConfig, ModelConfig
 from seqlm.exercises import CLIPPING_STEPS, EXERCISE_LR, clipping_exercise
 from seqlm.errors import ConfigError
+from seqlm.settings import FROM_CORPUS
 
 SHOWN_LAGS = (0, 1, 2, 5, 10, 20, 50, 100, 150, 199)
 # Data fields bptt does not take as flags (its --batch-size and --steps are its own).
@@ -29,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--sweep", action="store_true", help="W_hh at spectral radius 0.5/1/1.5 "
                    "behind identity, tanh and relu; W_hh = 1.5 I; gru and lstm")
     p.add_argument("--clipping", action="store_true", help="the book's exercise: train the "
-                   "d2l-scratch recipe without and with gradient clipping, side by side")
+                   "d2l-scratch preset without and with gradient clipping, side by side")
     p.add_argument("--clipping-steps", type=int, default=CLIPPING_STEPS,
                    help="steps of each --clipping run (about 0.1 s each)")
     p.add_argument("--clipping-lr", type=float, default=EXERCISE_LR,
@@ -43,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_config_flags(p, DataConfig, title="data (for a fresh model)",
                      skip=SKIPPED_DATA)
-    add_config_flags(p, ModelConfig, title="model (for a fresh model)", skip=("vocab_size",))
+    add_config_flags(p, ModelConfig, title="model (for a fresh model)", skip=(FROM_CORPUS,))
     p.set_defaults(handler=cmd_bptt)
 
     p = sub.add_parser("compare", help="training curves of several runs in one plot")
@@ -74,8 +75,7 @@ def _model_and_tokens(args):
         model, corpus = ckpt.model, load_corpus(data, tokenizer=ckpt.tokenizer)
     else:
         corpus = load_corpus(DataConfig(**{**_data_flags(args), "max_tokens": None}))
-        fields = {k: v for k, v in given(args, ModelConfig).items() if k != "vocab_size"}
-        model = RNNLM(ModelConfig(vocab_size=corpus.vocab_size, **fields))
+        model = RNNLM(ModelConfig(vocab_size=corpus.vocab_size, **given(args, ModelConfig)))
     ids = torch.as_tensor(np.concatenate(list(corpus.splits.values())).astype("int64"))
     need = args.batch_size * (args.steps + 1)
     if len(ids) < need:
@@ -159,7 +159,7 @@ def _print_growth(curves: dict, steps: int) -> None:
 
 def _print_clipping(result: dict) -> None:
     off, on = result["runs"]["off"], result["runs"]["on"]
-    print(f"\n{result['recipe']} at lr {result['lr']:g}, {result['steps']} steps: pre-clip "
+    print(f"\n{result['preset']} at lr {result['lr']:g}, {result['steps']} steps: pre-clip "
           f"gradient norm and training perplexity per step, clipping off | clip "
           f"{result['clip']:g}")
     print(f"{'step':>5}{'norm':>11}{'ppl':>11}   |{'norm':>11}{'ppl':>11}")
@@ -174,7 +174,7 @@ def _print_clipping(result: dict) -> None:
 
 def cmd_compare(args) -> int:
     from seqlm.plots import plot_comparison
-    from seqlm.run import RunDir
+    from seqlm.rundir import RunDir
 
     runs = {}
     for path in args.runs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from seqlm.decoding import MAX_NEW_TOKENS
 from seqlm.errors import ConfigError, check_positive_int
 
 TEXT_FIELDS = ("corpus", "encoding", "clean", "tokenizer", "min_freq", "max_vocab",
-               "vocab_size", "keep_newlines")
+               "bpe_vocab_size", "keep_newlines")
 NOT_TEXT = tuple(f for f in DataConfig.__dataclass_fields__ if f not in TEXT_FIELDS)
 
 
@@ -45,11 +46,11 @@ def register(sub) -> None:
     p.add_argument("--encoding", default="utf-8", help="encoding of --corpus")
     p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
                    help="which part (the run's fractions); all = the whole corpus")
-    knobs = _defaults("seqlm.trainer", "evaluate")
-    p.add_argument("--batch-size", type=int, default=knobs["batch_size"],
-                   help="rows evaluated side by side")
-    p.add_argument("--num-steps", type=int, default=knobs["num_steps"], help="time steps per "
-                   "forward call (the state is carried, so this changes speed, not the result)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows evaluated side by side, "
+                   "each from the zero state (default: the run's, as its training evaluated)")
+    p.add_argument("--num-steps", type=int, default=None, help="time steps per forward call "
+                   "(the state is carried, so this changes speed, not the result; default: "
+                   "the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_evaluate)
@@ -77,16 +78,6 @@ def register(sub) -> None:
                    "(the same text as torch, greedy or with the same --seed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_generate)
-
-
-def _defaults(module: str, function: str) -> dict:
-    """The keyword defaults of a library function, so that its flags never restate them
-    (imported only here: the module loads torch)."""
-    import importlib
-    import inspect
-
-    params = inspect.signature(getattr(importlib.import_module(module), function)).parameters
-    return {name: p.default for name, p in params.items() if p.default is not p.empty}
 
 
 def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
@@ -171,25 +162,27 @@ def _described(path: str | Path, step: int | None) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    from seqlm import settings
     from seqlm.data import load_corpus
     from seqlm.devices import resolve_device
     from seqlm.trainer import evaluate
 
     for name in ("batch_size", "num_steps"):
-        check_positive_int(name, getattr(args, name))
+        if getattr(args, name) is not None:
+            check_positive_int(name, getattr(args, name))
     device = resolve_device(args.device)
     ckpt, step = _load(args, device)
-    data = DataConfig(**{**ckpt.config.get("data", {}), "max_tokens": None,
-                         **({"corpus": args.corpus, "encoding": args.encoding}
-                            if args.corpus else {})})
+    saved = settings.saved(ckpt.config).data
+    data = replace(saved, max_tokens=None, **({"corpus": args.corpus, "encoding": args.encoding}
+                                              if args.corpus else {}))
     corpus_name = data.corpus
     splits = load_corpus(data, tokenizer=ckpt.tokenizer).splits
     ids = np.concatenate(list(splits.values())) if args.split == "all" else splits[args.split]
     if len(ids) < 2:
         raise ConfigError(f"the {args.split} split of {corpus_name} has {len(ids)} tokens; "
                           "choose another `split` or corpus")
-    meter = evaluate(ckpt.model, ids, batch_size=args.batch_size, num_steps=args.num_steps,
-                     device=device)
+    meter = evaluate(ckpt.model, ids, batch_size=args.batch_size or data.batch_size,
+                     num_steps=args.num_steps or data.num_steps, device=device)
     report = {"checkpoint": str(ckpt.path), "checkpoint_step": step, "corpus": corpus_name,
               "split": args.split,
               **meter.report(), "oov_rate": float((ids == 0).mean())}

@@ -9,7 +9,7 @@ import re
 import sys
 
 from seqlm.errors import EXIT_USAGE
-from seqlm.presets import field_types, optional_fields
+from seqlm.settings import field_types, optional_fields
 
 
 _SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")  # a setting named in a library message

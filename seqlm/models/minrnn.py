@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlm.config import BPTT_ENGINES, MIN_CELLS
+from seqlm.cores import BPTT_ENGINES, MIN_CELLS
 from seqlm.errors import check_choice, check_positive_int
 
 _GATES = {"mingru": 2, "minlstm": 3}  # blocks of H rows in a cell's gate projection

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlm.config import INITS, MANUAL_ENGINE_CELLS, MIN_CELLS, check_core
+from seqlm.cores import INITS, MANUAL_ENGINE_CELLS, MIN_CELLS, check_core
 from seqlm.errors import check_choice, check_positive_int
 from seqlm.models.gates import GATES, input_bias, layer_weights
 from seqlm.models.minrnn import MinRNN

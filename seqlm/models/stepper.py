@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqlm.decoding import collect, decode_steps
-from seqlm.config import MIN_CELLS
+from seqlm.cores import MIN_CELLS
 from seqlm.errors import ConfigError, check_choice
 from seqlm.models.gates import KEEPS_HIDDEN_BIAS, gate_slice, input_bias, layer_weights
 from seqlm.models.scratch import State, make_core

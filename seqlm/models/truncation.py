@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from seqlm.config import Truncation, as_truncation
+from seqlm.cores import Truncation, as_truncation
 
 def keep_scales(
     num_steps: int, p: float, generator: torch.Generator | None = None
