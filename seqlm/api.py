@@ -70,6 +70,8 @@ class LanguageModel(TextModel):
         name: the run's name (its directory), or the checkpoint directory's name.
         checkpoint: ``'best'`` or ``'last'`` when loaded from a run, else ``'checkpoint'``.
         vocab_size: V.
+        summary: the run's summary when :func:`seqlm.train` returned this model
+            (:meth:`seqlm.run.RunSession.fit`), else None.
     """
 
     def __init__(self, model, tokenizer, config: dict, path: Path, *, name: str,
@@ -77,6 +79,7 @@ class LanguageModel(TextModel):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.path, self.name, self.checkpoint = Path(path), name, checkpoint
         self.vocab_size = model.config.vocab_size
+        self.summary: dict | None = None
 
     def __repr__(self) -> str:
         c = self.model.config

@@ -83,7 +83,8 @@ def resolve(preset_name: str | None = None, config: str | Path | None = None,
 def saved(configs: Mapping[str, Any], budgets: Mapping[str, Any] | None = None) -> Settings:
     """The settings of a saved run (its config.json, or a checkpoint's), names from earlier
     versions read under their new names (:data:`RENAMED`) and training settings this version
-    does not know dropped; ``budgets`` (from :func:`resume_budgets`) replace the saved ones.
+    does not know dropped. ``budgets`` (from :func:`resume_budgets`) change the saved ones;
+    as on a start, a budget among them replaces all of the saved budgets.
 
     Raises:
         ConfigError: a saved value this version refuses.
@@ -97,6 +98,8 @@ def saved(configs: Mapping[str, Any], budgets: Mapping[str, Any] | None = None) 
         known = {f.name for f in dataclasses.fields(cls)}
         sections[name] = {k: v for k, v in values.items() if k in known}
     sections["model"].pop(FROM_CORPUS, None)
+    if any(name in (budgets or {}) for name in BUDGETS):  # as on a start: a budget given
+        sections["train"].update(dict.fromkeys(BUDGETS))  # replaces all the saved ones
     sections["train"].update(budgets or {})
     return _validated(sections)
 

@@ -83,6 +83,9 @@ def test_saved_reads_old_names_and_resume_changes_only_budgets():
     assert got.train.epochs == 5 and got.train.lr == 0.1
     with pytest.raises(ConfigError, match="`lr` 0.2 contradicts the saved run"):
         settings.resume_budgets(old, {"lr": 0.2})
+    timed = {**old, "train": {"time_budget": 20.0}}  # a budget given replaces the saved ones
+    assert settings.saved(timed, {"max_steps": 50}).train.time_budget is None
+    assert settings.saved(timed, {"early_stopping": 2}).train.time_budget == 20.0
 
 
 def test_a_toml_file_with_the_old_bpe_name_still_reads(tmp_path):
