@@ -21,16 +21,11 @@ import numpy as np
 import torch
 
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
-from seqlm.config import DEFAULT_TEMPERATURE
-from seqlm.decoding import MAX_NEW_TOKENS, seeded_uniform
 from seqlm.errors import ConfigError
-from seqlm.generate import generate, token_steps, warm_up
-from seqlm.results import TextModel, TextScore, TokenStep, text_ids
+from seqlm.generate import decoder, warm_up
+from seqlm.results import TextModel, TextScore, TokenStep, host, text_ids
 
 __all__ = ["LanguageModel", "TextScore", "TokenStep", "load"]
-
-SCORE_CHUNK = 4096  # tokens per forward call when scoring: bounds the (chunk, V) logits
-
 
 def load(path: str | Path, *, device: str = "cpu") -> LanguageModel:
     """Load a trained model: a run directory (its ``checkpoints/best`` if present, else
@@ -57,8 +52,8 @@ def load(path: str | Path, *, device: str = "cpu") -> LanguageModel:
 
 
 class LanguageModel(TextModel):
-    """A trained recurrent language model with its tokenizer: :meth:`generate` and
-    :meth:`states` here; ``stream``, ``score`` and ``perplexity`` from
+    """A trained recurrent language model with its tokenizer: :meth:`states` here;
+    ``generate``, ``generate_many``, ``stream``, ``score`` and ``perplexity`` from
     :class:`~seqlm.results.TextModel` (documented there), which the torch-free
     :class:`seqlm.runtime.OnnxLanguageModel` shares.
 
@@ -86,42 +81,26 @@ class LanguageModel(TextModel):
         return (f"LanguageModel({self.name!r}, {self.checkpoint}, {c.cell} x{c.num_layers} "
                 f"H={c.hidden_size}, vocab {self.vocab_size}, {self.tokenizer.kind} tokens)")
 
-    def generate(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
-                 temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None,
-                 stop: str | None = None) -> str:
-        """Continue ``prefix``: :func:`seqlm.generate.generate` with one sample.
+    def _decode(self, prefix_ids: list[int], n: int, max_new_tokens: int, pick, greedy: bool
+                ) -> Iterator[tuple]:
+        """The torch backend of generation (:func:`seqlm.generate.decoder`). No grad-mode
+        context here: it would leak into the caller between steps; the stepper runs without
+        autograd by itself."""
+        return decoder(self.model, self.tokenizer)(prefix_ids, n, max_new_tokens, pick, greedy)
 
-        Args:
-            prefix: text to continue ('' starts from ``<bos>`` or the zero state).
-            max_new_tokens: tokens to produce (≥ 1).
-            temperature: 0 is greedy; > 0 samples (default:
-                :data:`seqlm.config.DEFAULT_TEMPERATURE`).
-            top_k, top_p: keep only the k likeliest / the nucleus of mass p when sampling.
-            seed: the same seed gives the same text; None draws fresh entropy.
-            stop: end where this text appears; the result ends just before it.
+    def _start(self) -> tuple:
+        return warm_up(self.model, self.tokenizer, [])
 
-        Returns:
-            The prefix followed by the continuation.
-
-        Raises:
-            ConfigError: a knob out of range (the message names it).
-        """
-        return generate(self.model, self.tokenizer, prefix, max_new_tokens=max_new_tokens,
-                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        stop=stop)[0]
-
-    def _decode(self, prefix_ids: list[int], *, max_new_tokens: int, temperature: float,
-                top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[tuple]:
-        """One row of :func:`seqlm.generate.token_steps` after :func:`seqlm.generate.warm_up`,
-        logits as numpy (for :meth:`stream`)."""
-        logits, state = warm_up(self.model, self.tokenizer, prefix_ids)
-        # No grad-mode context here: it would leak into the caller between steps. The
-        # stepper runs without autograd by itself.
-        steps = token_steps(self.model, logits, state, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_k=top_k, top_p=top_p,
-                            uniform=seeded_uniform(seed))
-        return ((tokens, _numpy(scores)) for tokens, scores in steps)
+    def _forward(self, ids: np.ndarray, state) -> tuple:
+        model, device = self.model, next(self.model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                logits, state = model(torch.from_numpy(ids).to(device)[None], state)
+            return logits[0], state
+        finally:
+            model.train(was_training)
 
     def states(self, text: str, *, cell: bool = False) -> np.ndarray:
         """Hidden states after each token of ``text``, every layer.
@@ -152,28 +131,5 @@ class LanguageModel(TextModel):
             for token in torch.from_numpy(ids).to(device).view(-1, 1):
                 _, state = step(token, state)
                 part = (state[1] if cell else state[0]) if lstm else state
-                out.append(_numpy(part)[:, 0].copy())
+                out.append(host(part)[:, 0].copy())
         return np.stack(out, axis=1)
-
-    def _logits(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(logits (n, V), targets)`` chunk by chunk over ``ids`` (for
-        :func:`seqlm.results.text_score`): the first row from the warm-up's prediction, the
-        rest from ``forward`` with the state carried, :data:`SCORE_CHUNK` rows at a time."""
-        model, device = self.model, next(self.model.parameters()).device
-        logits, state = warm_up(model, self.tokenizer, [])  # (1, V): the first token's
-        yield _numpy(logits), ids[:1]
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, len(ids) - 1, SCORE_CHUNK):
-                chunk = ids[start:start + SCORE_CHUNK]
-                with torch.inference_mode():
-                    logits, state = model(torch.from_numpy(chunk).to(device)[None], state)
-                yield _numpy(logits[0]), ids[start + 1:start + 1 + len(chunk)]
-        finally:
-            model.train(was_training)
-
-
-def _numpy(array) -> np.ndarray:
-    """A numpy array of a tensor on any device (float32 logits stay float32)."""
-    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array

@@ -1,9 +1,12 @@
 """Decoding without torch: the sampling knobs, the next-token distribution they give, the
-warm-up rule and the decoded text stream.
+warm-up rule, the decoding loop, the decoded text stream, and :func:`generate_texts`, the one
+generation driver.
 
-Both decoders use this module: :mod:`seqlm.generate` (torch models) and :mod:`seqlm.runtime`
-(exported ONNX models, no torch), so a knob means the same thing, and a probability is
-computed the same way, whichever one runs. Arrays are numpy; nothing here imports torch.
+Both backends generate through this module: :mod:`seqlm.generate` (torch models) and
+:mod:`seqlm.runtime` (exported ONNX models, no torch) supply only a ``decode`` function (the
+warm-up, then the model's one-token step in :func:`decode_steps`), so a knob means the same
+thing, a probability is computed the same way and a seed draws the same tokens whichever one
+runs. Arrays are numpy; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -224,22 +227,52 @@ class TextStream:
         return piece
 
 
-def collect(steps: Iterator[tuple], on_tokens: Callable[[list[int]], bool] | None = None
-            ) -> list:
-    """Run :func:`decode_steps` to its end and return each step's tokens (B,) in a list
-    (stack them to (B, n)). ``on_tokens`` is called with each step's ids as a list (a host
-    sync per token, so only when streaming); returning True stops the loop."""
-    tokens: list = []
+# decode(prefix_ids, n, max_new_tokens, pick, greedy) -> Iterator[(tokens (n,), logits (n, V))]:
+# a backend's warm-up on the prefix (:func:`warm_up_ids`) and its decoding loop for n rows
+# (:func:`decode_steps`), tokens and logits in the backend's own arrays.
+Decode = Callable[[list[int], int, int, Callable, bool], Iterator[tuple]]
+
+
+def generate_texts(tokenizer, prefix: str, decode: Decode, *, max_new_tokens: int,
+                   temperature: float, top_k: int | None, top_p: float | None,
+                   num_samples: int, uniform: Callable[[int], np.ndarray], stop: str | None,
+                   strict: bool, on_text: Callable[[int, str], None] | None) -> list[str]:
+    """Continue ``prefix`` ``num_samples`` times side by side: the knobs checked, the prefix
+    encoded (unknown tokens warned about, or refused with ``strict``), the tokens drawn by
+    ``decode``'s loop with :func:`make_pick`, stop strings cut and text streamed to
+    ``on_text(sample_index, piece)``.
+
+    Returns:
+        ``num_samples`` strings, each the decoded prefix followed by its continuation.
+
+    Raises:
+        ConfigError: a bad knob or count, or (with ``strict``) unknown prefix tokens.
+    """
+    check_sampling(temperature, top_k, top_p)
+    check_count("max_new_tokens", max_new_tokens)
+    check_count("num_samples", num_samples)
+    prefix_ids = encode_prefix(tokenizer, prefix, strict=strict)
+    streams = [TextStream(tokenizer, prefix_ids, stop) for _ in range(num_samples)]
+    pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p, uniform=uniform)
+    steps = decode(prefix_ids, num_samples, max_new_tokens, pick, temperature == 0)
+    tokens = []
     for token, _ in steps:
-        tokens.append(token)
-        if on_tokens is not None and on_tokens(token.tolist()):
+        tokens.append(token)  # kept in the backend's arrays: no host sync per token
+        if (stop or on_text) and _push_all(streams, token.tolist(), on_text):
             break
-    return tokens
+    if on_text is not None:
+        for i, s in enumerate(streams):
+            if piece := s.flush():
+                on_text(i, piece)
+    if stop is not None:
+        return [s.prefix_text + s.generated for s in streams]
+    rows = zip(*(t.tolist() for t in tokens))
+    return [tokenizer.decode(prefix_ids + list(row)) for row in rows]
 
 
-def push_all(streams: list[TextStream], ids: list[int], *, on_text) -> bool:
+def _push_all(streams: list[TextStream], ids: list[int], on_text) -> bool:
     """Push one token to each unfinished stream, handing new text to ``on_text(i, piece)``;
-    return True once every stream has stopped (an ``on_tokens`` for :func:`collect`)."""
+    True once every stream has stopped."""
     for i, (s, token_id) in enumerate(zip(streams, ids)):
         if s.done:
             continue
@@ -247,10 +280,3 @@ def push_all(streams: list[TextStream], ids: list[int], *, on_text) -> bool:
         if piece and on_text is not None:
             on_text(i, piece)
     return all(s.done for s in streams)
-
-
-def flush_all(streams: list[TextStream], on_text) -> None:
-    """Hand each stream's held-back text to ``on_text(i, piece)`` once the loop has ended."""
-    for i, s in enumerate(streams):
-        if piece := s.flush():
-            on_text(i, piece)

@@ -1,9 +1,13 @@
-"""Text generation: a pure :func:`sample_next` and a loop that warms up on the prefix.
+"""Text generation with a torch model: the warm-up on the prefix and the decoding loop on the
+model's one-token stepper, driven by :func:`seqlm.decoding.generate_texts` (the driver the
+ONNX runtime uses too).
 
 The loop follows the book's ``predict_ch8``: the prefix is read first to set the state
 (warm-up; its predictions are ignored), then each produced token is fed back one at a time.
 Unlike the book, the prefix is read in one forward call, several samples run as one batch,
-and the next token may be sampled rather than taken greedily.
+and the next token may be sampled rather than taken greedily: the pick is
+:func:`seqlm.decoding.make_pick`, a pure function of the logits and the knobs (temperature,
+top-k, top-p) drawing from an explicit uniform source.
 """
 
 from __future__ import annotations
@@ -13,57 +17,20 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from seqlm.config import DEFAULT_TEMPERATURE
-from seqlm.decoding import (BOS, MAX_NEW_TOKENS, OOVWarning, TextStream, check_count,
-                            check_sampling, collect, encode_prefix, flush_all, make_pick,
-                            push_all, seeded_uniform, warm_up_ids)
+from seqlm.decoding import (BOS, MAX_NEW_TOKENS, OOVWarning, Decode, check_sampling,
+                            encode_prefix, generate_texts, seeded_uniform, warm_up_ids)
 from seqlm.errors import ConfigError
 
-__all__ = ["BOS", "OOVWarning", "check_sampling", "encode_prefix", "generate", "sample_next",
-           "token_steps", "warm_up"]
+__all__ = ["BOS", "OOVWarning", "check_sampling", "decoder", "encode_prefix", "generate",
+           "warm_up"]
 
 
-def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
-    """Pick one token per row of ``logits``.
-
-    With temperature 0 the pick is the argmax (the book's greedy decoding). Otherwise the
-    logits are divided by the temperature, cut to the ``top_k`` largest, then to the smallest
-    set whose probability reaches ``top_p`` (the nucleus; the most likely token always stays),
-    and one token is drawn from the softmax of what is left: the cumulative distribution is
-    inverted at one uniform number per row from ``generator``. The distribution and the draw
-    are :func:`seqlm.decoding.make_pick`'s, shared with the torch-free runtime; they run in
-    numpy on the host, so sampling a CUDA model's logits copies them once per token (greedy
-    decoding does not).
-
-    Args:
-        logits: (N, V) unnormalised scores.
-        temperature: ≥ 0; below 1 sharpens, above 1 flattens the distribution.
-        top_k: keep only the k most likely tokens (None: all).
-        top_p: keep the smallest set of most likely tokens with total probability ≥ p.
-        generator: random source, on the device of ``logits``; None uses torch's default.
-
-    Returns:
-        (N,) int64 token ids.
-
-    Raises:
-        ConfigError: a knob is out of range (see :func:`check_sampling`).
-    """
-    check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p,
-                     uniform=partial(_torch_uniform, generator))
-    return torch.from_numpy(pick(logits.detach().float().cpu().numpy())).to(logits.device)
-
-
-def _torch_uniform(generator: torch.Generator | None, n: int) -> np.ndarray:
-    """(n,) float64 numbers in [0, 1) from ``generator`` (None: torch's default)."""
-    device = generator.device if generator is not None else "cpu"
-    return torch.rand(n, generator=generator, device=device, dtype=torch.float64).cpu().numpy()
+def _torch_uniform(generator: torch.Generator, n: int) -> np.ndarray:
+    """(n,) float64 numbers in [0, 1) from ``generator``."""
+    return torch.rand(n, generator=generator, device=generator.device,
+                      dtype=torch.float64).cpu().numpy()
 
 
 def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOKENS,
@@ -77,17 +44,20 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOK
     Warm-up (:func:`warm_up`): the prefix is read in one forward call from the zero state,
     and only the last logits are kept; an empty prefix starts from ``<bos>`` when the
     vocabulary has it, else from the zero state (whose next-token logits are the decoder
-    bias). Then each new token is drawn with :func:`sample_next` and fed back with the
-    carried state (:func:`token_steps`). The model runs in eval mode under
-    ``torch.inference_mode()`` and is put back in its previous mode afterwards.
+    bias). Then each new token is picked (:func:`seqlm.decoding.make_pick`) and fed back with
+    the carried state through the model's stepper (:func:`decoder`). The model runs in eval
+    mode without autograd and is put back in its previous mode afterwards.
 
     Args:
         model: an :class:`seqlm.models.RNNLM`.
         tokenizer: the tokenizer the model was trained with.
         prefix: text to continue.
         max_new_tokens: tokens to produce per sample (≥ 1).
-        temperature, top_k, top_p: as :func:`sample_next` (default temperature:
-            :data:`seqlm.config.DEFAULT_TEMPERATURE`); 0 is the book's greedy decoding.
+        temperature: ≥ 0; below 1 sharpens, above 1 flattens the distribution; 0 is the
+            book's greedy decoding (default :data:`seqlm.config.DEFAULT_TEMPERATURE`).
+        top_k: sample among the k most likely tokens (None: all).
+        top_p: sample among the smallest set of most likely tokens whose probability
+            reaches p (the nucleus; the most likely token always stays).
         num_samples: continuations to produce side by side (≥ 1).
         seed: seeds the draws (:func:`seqlm.decoding.seeded_uniform`, the source the ONNX
             runtime uses too: one seed, the same samples on both); None draws fresh entropy.
@@ -104,28 +74,29 @@ def generate(model, tokenizer, prefix: str, *, max_new_tokens: int = MAX_NEW_TOK
         ConfigError: a bad knob, ``max_new_tokens`` or ``num_samples`` < 1, both ``seed`` and
             ``generator`` given, or (with ``strict``) unknown prefix tokens.
     """
-    check_sampling(temperature, top_k, top_p)
-    check_count("max_new_tokens", max_new_tokens)
-    check_count("num_samples", num_samples)
     if seed is not None and generator is not None:
         raise ConfigError("pass either `seed` or `generator`, not both")
     uniform = seeded_uniform(seed) if generator is None else partial(_torch_uniform, generator)
-    prefix_ids = encode_prefix(tokenizer, prefix, strict=strict)
-    streams = [TextStream(tokenizer, prefix_ids, stop) for _ in range(num_samples)]
-    logits, state = warm_up(model, tokenizer, prefix_ids, num_samples)
-    with torch.inference_mode():
-        steps = token_steps(model, logits, state, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_k=top_k, top_p=top_p,
-                            uniform=uniform)
-        on_tokens = partial(push_all, streams, on_text=on_text) if (stop or on_text) else None
-        tokens = collect(steps, on_tokens)
-    if on_tokens is not None and on_text is not None:
-        flush_all(streams, on_text)
-    stack = np.stack if isinstance(tokens[0], np.ndarray) else torch.stack
-    new_ids = stack(tokens, 1).tolist()
-    if stop is None:
-        return [tokenizer.decode(prefix_ids + row) for row in new_ids]
-    return [s.prefix_text + s.generated for s in streams]
+    return generate_texts(tokenizer, prefix, decoder(model, tokenizer),
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, num_samples=num_samples, uniform=uniform, stop=stop,
+                          strict=strict, on_text=on_text)
+
+
+def decoder(model, tokenizer) -> Decode:
+    """The torch backend of :func:`seqlm.decoding.generate_texts`: :func:`warm_up`, then the
+    decoding loop on ``model``'s one-token stepper (:meth:`Stepper.steps
+    <seqlm.models.stepper.Stepper.steps>`: a row gather and one cell update per layer rather
+    than a ``forward`` call on a (B, 1) batch). A single float32 CPU stream steps in numpy,
+    and then tokens and logits are numpy arrays, else torch tensors on the model's device."""
+
+    def decode(prefix_ids: list[int], n: int, max_new_tokens: int, pick: Callable,
+               greedy: bool) -> Iterator[tuple]:
+        logits, state = warm_up(model, tokenizer, prefix_ids, n)
+        stepper = model.stepper(batch_size=n)
+        return stepper.steps(logits, state, max_new_tokens, pick, greedy=greedy)
+
+    return decode
 
 
 def warm_up(model, tokenizer, prefix_ids: Sequence[int], num_samples: int = 1):
@@ -150,27 +121,3 @@ def warm_up(model, tokenizer, prefix_ids: Sequence[int], num_samples: int = 1):
             return logits[:, -1], state
     finally:
         model.train(was_training)
-
-
-def token_steps(model, logits: Tensor, state, *, max_new_tokens: int, temperature: float,
-                top_k: int | None, top_p: float | None,
-                uniform: Callable[[int], np.ndarray]) -> Iterator[tuple]:
-    """The decoding loop on ``model``'s one-token stepper (:meth:`Stepper.steps
-    <seqlm.models.stepper.Stepper.steps>`: a row gather and one cell update per layer, rather
-    than a full ``forward`` call on a (B, 1) batch). A single float32 CPU stream steps in
-    numpy, and then tokens and logits are numpy arrays, else torch tensors on the model's
-    device. The knobs are not checked here (:func:`check_sampling` does that).
-
-    Args:
-        model: an :class:`seqlm.models.RNNLM`.
-        logits, state: from :func:`warm_up`; logits (B, V).
-        max_new_tokens, temperature, top_k, top_p: as :func:`generate`.
-        uniform: ``uniform(n)``, n numbers in [0, 1) for the draws
-            (:func:`seqlm.decoding.seeded_uniform`).
-
-    Yields:
-        ``(tokens (B,), logits (B, V))`` per new token, the logits it was picked from.
-    """
-    stepper = model.stepper(batch_size=logits.shape[0])
-    pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p, uniform=uniform)
-    return stepper.steps(logits, state, max_new_tokens, pick, greedy=temperature == 0)

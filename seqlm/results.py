@@ -10,14 +10,15 @@ k alternatives.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from seqlm.config import DEFAULT_TEMPERATURE
 from seqlm.decoding import (MAX_NEW_TOKENS, TextStream, check_count, check_sampling,
-                            encode_prefix, log_softmax, softmax)
+                            encode_prefix, generate_texts, log_softmax, make_pick,
+                            seeded_uniform, softmax)
 from seqlm.errors import ConfigError, field_error
 
 
@@ -80,6 +81,14 @@ class TextScore:
     def bits_per_token(self) -> float:
         """Mean NLL in bits (bits per character for a char tokenizer)."""
         return self.nll / float(np.log(2.0))
+
+
+SCORE_CHUNK = 4096  # tokens per forward call when scoring: bounds the (chunk, V) logits
+
+
+def host(array) -> np.ndarray:
+    """A numpy array of a backend's array (a torch tensor on any device, or numpy)."""
+    return np.asarray(array.cpu() if hasattr(array, "cpu") else array)
 
 
 def check_top(top: object) -> None:
@@ -150,7 +159,7 @@ def token_stream(tokenizer, prefix_ids: list[int], steps: Iterator[tuple], *,
         piece = text.push(token_id)
         if i + 1 == max_new_tokens:
             piece += text.flush()
-        probs = softmax(np.asarray(logits)[0])
+        probs = softmax(host(logits)[0])
         best = np.argsort(-probs, kind="stable")[:top]
         nonzero = probs[probs > 0]
         yield TokenStep(text=piece, id=token_id, prob=float(probs[token_id]),
@@ -161,23 +170,80 @@ def token_stream(tokenizer, prefix_ids: list[int], steps: Iterator[tuple], *,
 
 
 class TextModel(ABC):
-    """``stream``, ``score`` and ``perplexity`` of a loaded model, over the two hooks each
-    model class implements (:meth:`_decode`, :meth:`_logits`). Subclasses set ``tokenizer``.
+    """``generate``, ``generate_many``, ``stream``, ``score`` and ``perplexity`` of a loaded
+    model, over the hooks each model class implements: :meth:`_decode` (the backend of
+    :func:`seqlm.decoding.generate_texts`), :meth:`_start` and :meth:`_forward`. Subclasses
+    set ``tokenizer``.
     """
 
     tokenizer = None
 
     @abstractmethod
-    def _decode(self, prefix_ids: list[int], *, max_new_tokens: int, temperature: float,
-                top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[tuple]:
-        """The decoding loop of one row after the warm-up on ``prefix_ids``
-        (:func:`seqlm.decoding.decode_steps`), yielding ``(tokens (1,), logits (1, V))``
-        with numpy logits."""
+    def _decode(self, prefix_ids: list[int], n: int, max_new_tokens: int, pick: Callable,
+                greedy: bool) -> Iterator[tuple]:
+        """The warm-up on ``prefix_ids`` and the decoding loop of ``n`` rows
+        (:data:`seqlm.decoding.Decode`)."""
 
     @abstractmethod
-    def _logits(self, ids: np.ndarray) -> Iterator[tuple]:
-        """``(logits (n, V), targets (m,))`` chunks over ``ids`` (N,), as :func:`text_score`
-        takes them: the first row is the prediction generation starts from."""
+    def _start(self) -> tuple:
+        """``(logits (1, V), state)``: where generation starts with an empty prefix."""
+
+    @abstractmethod
+    def _forward(self, ids: np.ndarray, state) -> tuple:
+        """``(logits (n, V), state)`` after reading ``ids`` (n,) from ``state``."""
+
+    def _logits(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(logits (n, V), targets)`` chunks over ``ids`` (N,), as :func:`text_score` takes
+        them: the first row from where generation starts, the rest from :meth:`_forward` with
+        the state carried, :data:`SCORE_CHUNK` rows at a time."""
+        logits, state = self._start()
+        yield host(logits), ids[:1]
+        for start in range(0, len(ids) - 1, SCORE_CHUNK):
+            chunk = ids[start:start + SCORE_CHUNK]
+            logits, state = self._forward(chunk, state)
+            yield host(logits), ids[start + 1:start + 1 + len(chunk)]
+
+    def generate(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
+                 temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None,
+                 stop: str | None = None) -> str:
+        """Continue ``prefix``: :meth:`generate_many` with one sample.
+
+        Args:
+            prefix: text to continue ('' starts from ``<bos>`` or the zero state).
+            max_new_tokens: tokens to produce (≥ 1).
+            temperature: 0 is greedy; > 0 samples (default:
+                :data:`seqlm.config.DEFAULT_TEMPERATURE`).
+            top_k, top_p: keep only the k likeliest / the nucleus of mass p when sampling.
+            seed: the same seed gives the same text; None draws fresh entropy.
+            stop: end where this text appears; the result ends just before it.
+
+        Returns:
+            The prefix followed by the continuation.
+
+        Raises:
+            ConfigError: a knob out of range (the message names it).
+        """
+        return self.generate_many(prefix, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_k=top_k, top_p=top_p,
+                                  seed=seed, stop=stop)[0]
+
+    def generate_many(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
+                      temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
+                      top_p: float | None = None, num_samples: int = 1,
+                      seed: int | None = None, stop: str | None = None, strict: bool = False,
+                      on_text: Callable[[int, str], None] | None = None) -> list[str]:
+        """``num_samples`` continuations side by side, with the arguments of
+        :func:`seqlm.generate.generate` (a seed draws the same tokens on every backend).
+
+        Raises:
+            ConfigError: a bad knob or count, or (with ``strict``) unknown prefix tokens.
+        """
+        return generate_texts(self.tokenizer, prefix, self._decode,
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, num_samples=num_samples,
+                              uniform=seeded_uniform(seed), stop=stop, strict=strict,
+                              on_text=on_text)
 
     def stream(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
                temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
@@ -202,8 +268,9 @@ class TextModel(ABC):
         check_count("max_new_tokens", max_new_tokens)
         check_top(top)
         prefix_ids = encode_prefix(self.tokenizer, prefix)
-        steps = self._decode(prefix_ids, max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p,
+                         uniform=seeded_uniform(seed))
+        steps = self._decode(prefix_ids, 1, max_new_tokens, pick, temperature == 0)
         yield from token_stream(self.tokenizer, prefix_ids, steps,
                                 max_new_tokens=max_new_tokens, stop=stop, top=top)
 

@@ -124,7 +124,7 @@ def test_score_equals_the_evaluation_loss_on_the_same_ids(lm):
 
 def test_score_chunks_carry_the_state_and_list_alternatives(lm, monkeypatch):
     whole = lm.score(TEXT, top=3)
-    monkeypatch.setattr(seqlm.api, "SCORE_CHUNK", 7)
+    monkeypatch.setattr(seqlm.results, "SCORE_CHUNK", 7)
     chunked = lm.score(TEXT, top=3)
     np.testing.assert_allclose(chunked.logprobs, whole.logprobs, rtol=1e-6)
     assert chunked.top_ids.shape == (len(TEXT), 3)

@@ -1,51 +1,55 @@
-"""sample_next's knobs and the warm-up generation loop."""
+"""The pick's knobs (seqlm.decoding.make_pick, what every backend draws with) and the warm-up
+generation loop."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from seqlm.errors import ConfigError
-from seqlm.generate import OOVWarning, generate, sample_next
 from seqlm.config import ModelConfig
+from seqlm.decoding import check_sampling, make_pick, seeded_uniform
+from seqlm.errors import ConfigError
+from seqlm.generate import OOVWarning, generate
 from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer, WordTokenizer
 
 TEXT = "the time traveller (for so it will be convenient to speak of him) was expounding"
 
 
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
+def _pick(logits, seed=0, temperature=1.0, top_k=None, top_p=None):
+    pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p,
+                     uniform=seeded_uniform(seed))
+    return pick(np.asarray(logits, dtype=np.float32))
 
 
 def _draws(logits, n=4000, seed=0, **knobs):
-    return sample_next(logits.expand(n, -1), generator=_gen(seed), **knobs)
+    return _pick(np.repeat(np.asarray(logits), n, axis=0), seed, **knobs)
 
 
-# -- sample_next ---------------------------------------------------------------------------
+# -- the pick ----------------------------------------------------------------------------------
 def test_temperature_zero_is_argmax_and_tiny_temperature_agrees():
-    logits = torch.randn(64, 30, generator=_gen(1))
-    torch.testing.assert_close(sample_next(logits, temperature=0), logits.argmax(-1))
-    assert torch.equal(sample_next(logits, temperature=1e-4, generator=_gen(2)),
-                       logits.argmax(-1))
-    assert torch.equal(sample_next(logits, top_k=1, generator=_gen(3)), logits.argmax(-1))
+    logits = np.random.default_rng(1).normal(size=(64, 30))
+    np.testing.assert_array_equal(_pick(logits, temperature=0), logits.argmax(-1))
+    np.testing.assert_array_equal(_pick(logits, 2, temperature=1e-4), logits.argmax(-1))
+    np.testing.assert_array_equal(_pick(logits, 3, top_k=1), logits.argmax(-1))
 
 
 def test_temperature_one_follows_the_softmax():
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    counts = torch.bincount(_draws(logits, n=20000), minlength=4).float() / 20000
-    torch.testing.assert_close(counts, torch.softmax(logits[0], -1), atol=0.015, rtol=0)
+    logits = np.array([[2.0, 1.0, 0.0, -1.0]])
+    counts = np.bincount(_draws(logits, n=20000), minlength=4) / 20000
+    np.testing.assert_allclose(counts, np.exp(logits[0]) / np.exp(logits[0]).sum(), atol=0.015)
 
 
 def test_top_k_never_leaves_the_k_best():
-    logits = torch.randn(1, 50, generator=_gen(4)) * 0.1  # nearly flat: all tokens tempting
-    best = set(logits[0].topk(5).indices.tolist())
+    logits = np.random.default_rng(4).normal(size=(1, 50)) * 0.1  # nearly flat: all tempting
+    best = set(np.argsort(-logits[0])[:5].tolist())
     drawn = set(_draws(logits, top_k=5, temperature=2.0).tolist())
     assert drawn == best
 
 
 def test_top_p_keeps_the_smallest_nucleus():
-    logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]]))
+    logits = np.log([[0.05, 0.5, 0.15, 0.3]])
     assert set(_draws(logits, top_p=0.75).tolist()) == {1, 3}  # 0.5 + 0.3 reaches 0.75
     assert set(_draws(logits, top_p=0.81).tolist()) == {1, 3, 2}
     assert set(_draws(logits, top_p=0.4).tolist()) == {1}  # the best token always stays
@@ -53,17 +57,17 @@ def test_top_p_keeps_the_smallest_nucleus():
 
 
 def test_top_k_and_top_p_combine_per_row():
-    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]]))
-    out = sample_next(logits.repeat(2000, 1), top_k=3, top_p=0.6, generator=_gen(5))
+    logits = np.log([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    out = _pick(np.tile(logits, (2000, 1)), 5, top_k=3, top_p=0.6)
     assert set(out[0::2].tolist()) == {0, 1} and set(out[1::2].tolist()) == {3, 2}
 
 
-def test_same_generator_seed_reproduces_and_different_seed_differs():
-    logits = torch.zeros(200, 10)
-    a = sample_next(logits, generator=_gen(9))
-    assert torch.equal(a, sample_next(logits, generator=_gen(9)))
-    assert not torch.equal(a, sample_next(logits, generator=_gen(10)))
-    assert a.dtype == torch.int64 and a.shape == (200,)
+def test_same_seed_reproduces_and_different_seed_differs():
+    logits = np.zeros((200, 10))
+    a = _pick(logits, 9)
+    np.testing.assert_array_equal(a, _pick(logits, 9))
+    assert not np.array_equal(a, _pick(logits, 10))
+    assert a.dtype == np.int64 and a.shape == (200,)
 
 
 @pytest.mark.parametrize("knobs,match", [
@@ -76,7 +80,7 @@ def test_same_generator_seed_reproduces_and_different_seed_differs():
 ])
 def test_bad_knobs_raise(knobs, match):
     with pytest.raises(ConfigError, match=match):
-        sample_next(torch.zeros(1, 4), **knobs)
+        check_sampling(**knobs)
 
 
 # -- generate ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 pytest.importorskip("onnxruntime")
 
 import seqlm  # noqa: E402
+import seqlm.results  # noqa: E402
 import seqlm.runtime  # noqa: E402
 from seqlm.checkpoint import save_checkpoint  # noqa: E402
 from seqlm.cli import main  # noqa: E402
@@ -84,12 +85,12 @@ def test_score_equals_the_torch_model(pair):
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
     np.testing.assert_array_equal(got.top_ids, want.top_ids)
     assert rt.perplexity(TEXT) == pytest.approx(lm.perplexity(TEXT), rel=1e-5)
-    monkey = seqlm.runtime.SCORE_CHUNK
+    monkey = seqlm.results.SCORE_CHUNK
     try:
-        seqlm.runtime.SCORE_CHUNK = 5  # chunks carry the state
+        seqlm.results.SCORE_CHUNK = 5  # chunks carry the state
         np.testing.assert_allclose(rt.score(TEXT).logprobs, want.logprobs, atol=1e-5)
     finally:
-        seqlm.runtime.SCORE_CHUNK = monkey
+        seqlm.results.SCORE_CHUNK = monkey
 
 
 def test_sampling_draws_from_the_model_probabilities_and_a_seed_repeats(pair):

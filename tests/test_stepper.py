@@ -1,6 +1,7 @@
 """The generation steppers (seqlm.models.stepper): both backends equal forward, one token at a
 time, behind one interface."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,8 +66,9 @@ def test_numpy_stepper_takes_a_state_that_requires_grad_and_copies_the_weights()
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
-def test_run_is_the_decoding_loop_on_either_backend(backend):
-    """Stepper.run: greedy picks equal the argmax of stepping by hand; on_tokens can stop it."""
+def test_steps_is_the_decoding_loop_on_either_backend(backend):
+    """Stepper.steps: greedy picks equal the argmax of stepping by hand, in the backend's own
+    arrays; the caller can stop the loop early."""
     torch.manual_seed(0)
     model = RNNLM(ModelConfig(vocab_size=9, cell="gru", hidden_size=6)).eval()
     stepper = model.stepper(batch_size=1, backend=backend)
@@ -74,14 +76,18 @@ def test_run_is_the_decoding_loop_on_either_backend(backend):
     assert isinstance(stepper, NumpyStepper if backend == "numpy" else TorchStepper)
     state = model.begin_state(1)
     logits = model.next_logits(state)
-    got = stepper.run(logits, state, 7, lambda x: x.argmax(-1), greedy=True)
+    steps = list(stepper.steps(logits, state, 7, lambda x: x.argmax(-1), greedy=True))
+    assert all(isinstance(t, np.ndarray if backend == "numpy" else torch.Tensor)
+               for t, _ in steps)
     want, l, s = [], logits, state
     for _ in range(7):
         token = l.argmax(-1)
         want.append(int(token))
         l, s = stepper(token, s)
-    assert got == [want]
-    seen = []
-    stopped = stepper.run(logits, state, 7, lambda x: x.argmax(-1),
-                          on_tokens=lambda ids: seen.append(ids) or len(seen) == 3)
-    assert stopped == [want[:3]] and seen == [[t] for t in want[:3]]
+    assert [int(t[0]) for t, _ in steps] == want
+    first = []
+    for token, _ in stepper.steps(logits, state, 7, lambda x: x.argmax(-1), greedy=True):
+        first.append(int(token[0]))
+        if len(first) == 3:
+            break
+    assert first == want[:3]

@@ -17,7 +17,6 @@ is the ``output='auto'`` rule (both measured in docs/quality.md).
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 HEAD_COVERAGE = 0.9  # the head holds the ids that make up this share of the training tokens

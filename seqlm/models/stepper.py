@@ -9,9 +9,8 @@ the decoder reads the top h. No dropout, no autograd; the weights are read when 
 built (make a new one after changing them).
 
 Both backends implement :class:`Stepper`: ``step(tokens, state) -> (logits, state)`` on torch
-tensors, and :meth:`Stepper.steps` / :meth:`Stepper.run`, the decoding loop
-(:func:`seqlm.decoding.decode_steps`), which keeps ids, logits and state in the backend's own
-arrays between tokens. :class:`NumpyStepper` runs the cells' equations in numpy:
+tensors, and :meth:`Stepper.steps`, the decoding loop (:func:`seqlm.decoding.decode_steps`),
+which keeps ids, logits and state in the backend's own arrays between tokens. :class:`NumpyStepper` runs the cells' equations in numpy:
 generating one stream is a chain of matrix-vector products and a few element-wise operations on
 a few hundred numbers, where call overhead dominates, and numpy's (OpenBLAS) product and
 element-wise calls cost about half of torch's there (docs/performance.md). :func:`make_stepper`
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqlm.decoding import collect, decode_steps
+from seqlm.decoding import decode_steps
 from seqlm.cores import MIN_CELLS
 from seqlm.errors import ConfigError, check_choice
 from seqlm.models.gates import KEEPS_HIDDEN_BIAS, gate_slice, input_bias, layer_weights
@@ -112,13 +111,6 @@ class Stepper:
         return decode_steps(self._advance, logits, state, steps,
                             partial(self._pick, pick, greedy))
 
-    def run(self, logits: Tensor, state: State, steps: int, pick: Pick, *, greedy: bool = False,
-            on_tokens: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
-        """:meth:`steps` to the end: B lists of the new ids, each ``steps`` long unless
-        ``on_tokens`` (called with each step's ids as a list) returned True to stop."""
-        tokens = collect(self.steps(logits, state, steps, pick, greedy=greedy), on_tokens)
-        return self._stack(tokens).tolist()
-
     # The loop's backend hooks; torch tensors throughout by default.
     def _native(self, logits, state):
         return logits, state
@@ -130,9 +122,6 @@ class Stepper:
 
     def _advance(self, tokens, state):
         return self(tokens, state)
-
-    def _stack(self, tokens):
-        return torch.stack(tokens, dim=1)
 
 
 class TorchStepper(Stepper):
@@ -206,7 +195,7 @@ class NumpyStepper(Stepper):
     """The numpy backend, for float32 weights on the CPU (copied when it is built).
 
     Its ``__call__`` takes and returns torch tensors like the torch backend (the returned ones
-    share memory with numpy arrays made for the step); :meth:`run` stays in numpy throughout.
+    share memory with numpy arrays made for the step); :meth:`steps` stays in numpy throughout.
     """
 
     def __init__(self, model) -> None:
@@ -243,9 +232,6 @@ class NumpyStepper(Stepper):
 
     def _pick(self, pick: Pick, greedy: bool, logits: np.ndarray) -> np.ndarray:
         return np.argmax(logits, axis=-1) if greedy else pick(logits)
-
-    def _stack(self, tokens):
-        return np.stack(tokens, axis=1)
 
     def _advance(self, ids: np.ndarray, state: tuple[np.ndarray, ...]):
         """One step on numpy arrays: ``ids`` (B,), ``state`` ``(h,)`` or ``(h, c)``, each

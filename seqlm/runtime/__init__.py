@@ -7,11 +7,12 @@ vocabulary.
     lm = seqlm.runtime.load("exported/")        # written by: seqlm export RUN --out exported
     print(lm.generate("time traveller", max_new_tokens=50))
 
-:func:`load` returns an :class:`OnnxLanguageModel` with the ``generate``, ``stream``, ``score``
-and ``perplexity`` of :class:`seqlm.api.LanguageModel`, built on the same torch-free pieces:
-the warm-up rule, the sampling distribution (:func:`seqlm.decoding.next_token_probs`, which
-``seqlm.generate.sample_next`` also draws from), the decoding loop and the text stream of
-:mod:`seqlm.decoding`, and the result types of :mod:`seqlm.results`. Greedy decoding gives the
+:func:`load` returns an :class:`OnnxLanguageModel` with the ``generate``, ``generate_many``,
+``stream``, ``score`` and ``perplexity`` of :class:`seqlm.api.LanguageModel`: both are
+:class:`seqlm.results.TextModel`, whose generation driver (:func:`seqlm.decoding.generate_texts`:
+the warm-up rule, the sampling distribution, the decoding loop, the text stream) and scoring
+are the same code; this class supplies only the graphs' warm-up, step and forward pass.
+Greedy decoding gives the
 torch model's text, and a seed draws the same uniform numbers as there
 (:func:`seqlm.decoding.seeded_uniform`), so sampling gives the torch model's samples too,
 unless a draw falls within float32 rounding (about 1e-7) of a boundary between two tokens.
@@ -27,17 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from seqlm.config import DEFAULT_TEMPERATURE
-from seqlm.decoding import (MAX_NEW_TOKENS, TextStream, check_count, check_sampling, collect,
-                            decode_steps, encode_prefix, flush_all, make_pick, push_all,
-                            seeded_uniform, warm_up_ids)
+from seqlm.decoding import decode_steps, warm_up_ids
 from seqlm.errors import ExportError, SeqlmError
 from seqlm.results import TextModel, TextScore, TokenStep
 from seqlm.runtime.format import FILES, TOKENS, read_config
 from seqlm.tokenize import tokenizer_from_state
 
 __all__ = ["OnnxLanguageModel", "TextScore", "TokenStep", "load", "onnx_session"]
-SCORE_CHUNK = 4096  # tokens per forward run when scoring: bounds the (chunk, V) logits
 
 
 def onnx_session(path: str | Path, *, threads: int | None = None):
@@ -101,8 +98,8 @@ class OnnxLanguageModel(TextModel):
         self.tokenizer = _read_tokenizer(self.path, self.config["files"])
         self._step = onnx_session(self.path / FILES["step"],
                                   threads=1 if threads is None else threads)
-        self._forward = onnx_session(self.path / FILES["forward"], threads=threads)
-        self._start = np.load(self.path / FILES["start_logits"], allow_pickle=False)
+        self._forward_graph = onnx_session(self.path / FILES["forward"], threads=threads)
+        self._start_logits = np.load(self.path / FILES["start_logits"], allow_pickle=False)
         self._state_names = list(self.config["state"])
         model = self.config["model"]
         self._state_shape = (model["num_layers"], model["hidden_size"])
@@ -111,49 +108,6 @@ class OnnxLanguageModel(TextModel):
         m = self.config["model"]
         return (f"OnnxLanguageModel({self.name!r}, {m['cell']} x{m['num_layers']} "
                 f"H={m['hidden_size']}, vocab {self.vocab_size}, {self.tokenizer.kind} tokens)")
-
-    def generate(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
-                 temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None,
-                 stop: str | None = None) -> str:
-        """Continue ``prefix``, as :meth:`seqlm.api.LanguageModel.generate` does.
-
-        Returns:
-            The prefix followed by the continuation.
-
-        Raises:
-            ConfigError: a knob out of range (the message names it).
-        """
-        return self.generate_many(prefix, max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_k=top_k, top_p=top_p,
-                                  seed=seed, stop=stop)[0]
-
-    def generate_many(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
-                      temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
-                      top_p: float | None = None, num_samples: int = 1,
-                      seed: int | None = None, stop: str | None = None, strict: bool = False,
-                      on_text: Callable[[int, str], None] | None = None) -> list[str]:
-        """``num_samples`` continuations side by side, with the arguments of
-        :func:`seqlm.generate.generate` (a seed draws as it does there).
-
-        Raises:
-            ConfigError: a bad knob or count, or (with ``strict``) unknown prefix tokens.
-        """
-        check_sampling(temperature, top_k, top_p)
-        check_count("max_new_tokens", max_new_tokens)
-        check_count("num_samples", num_samples)
-        prefix_ids = encode_prefix(self.tokenizer, prefix, strict=strict)
-        streams = [TextStream(self.tokenizer, prefix_ids, stop) for _ in range(num_samples)]
-        steps = self._decode(prefix_ids, num_samples, max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        on_tokens = partial(push_all, streams, on_text=on_text) if (stop or on_text) else None
-        tokens = collect(steps, on_tokens)
-        if on_tokens is not None and on_text is not None:
-            flush_all(streams, on_text)
-        rows = np.stack(tokens, axis=1).tolist()
-        if stop is None:
-            return [self.tokenizer.decode(prefix_ids + row) for row in rows]
-        return [s.prefix_text + s.generated for s in streams]
 
     # -- the graphs ------------------------------------------------------------------------
     def _run(self, session, tokens: np.ndarray, state: tuple[np.ndarray, ...]):
@@ -168,29 +122,23 @@ class OnnxLanguageModel(TextModel):
         L, H = self._state_shape
         state = tuple(np.zeros((L, n, H), np.float32) for _ in self._state_names)
         if not ids:
-            return np.tile(self._start, (n, 1)), state
-        logits, state = self._run(self._forward, np.tile(np.asarray(ids), (n, 1)), state)
+            return np.tile(self._start_logits, (n, 1)), state
+        logits, state = self._run(self._forward_graph, np.tile(np.asarray(ids), (n, 1)), state)
         return logits[:, -1], state
 
-    def _decode(self, prefix_ids: list[int], n: int = 1, *, max_new_tokens: int,
-                temperature: float, top_k: int | None, top_p: float | None,
-                seed: int | None) -> Iterator[tuple]:
+    def _decode(self, prefix_ids: list[int], n: int, max_new_tokens: int, pick: Callable,
+                greedy: bool) -> Iterator[tuple]:
         """:func:`seqlm.decoding.decode_steps` on ``step.onnx`` for ``n`` rows after the
-        warm-up; draws from :func:`seqlm.decoding.seeded_uniform` ``(seed)``."""
+        warm-up (``greedy`` needs nothing apart: ``pick`` is the argmax then)."""
         logits, state = self._warm_up(prefix_ids, n)
-        pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p,
-                         uniform=seeded_uniform(seed))
-        advance = partial(self._run, self._step)
-        return decode_steps(advance, logits, state, max_new_tokens, pick)
+        return decode_steps(partial(self._run, self._step), logits, state, max_new_tokens, pick)
 
-    def _logits(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(logits (n, V), targets)`` chunk by chunk, as the torch model's scoring."""
-        logits, state = self._warm_up([], 1)
-        yield logits, ids[:1]
-        for start in range(0, len(ids) - 1, SCORE_CHUNK):
-            chunk = ids[start:start + SCORE_CHUNK]
-            logits, state = self._run(self._forward, chunk[None], state)
-            yield logits[0], ids[start + 1:start + 1 + len(chunk)]
+    def _start(self) -> tuple:
+        return self._warm_up([], 1)
+
+    def _forward(self, ids: np.ndarray, state) -> tuple:
+        logits, state = self._run(self._forward_graph, ids[None], state)
+        return logits[0], state
 
 
 def _read_tokenizer(directory: Path, files: dict):
