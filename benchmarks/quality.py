@@ -19,7 +19,7 @@ the other in one process.
   ``:key=value,...`` overrides), trained by :class:`seqlm.trainer.Trainer` through
   :class:`seqlm.run.RunSession`; evaluated by ``Trainer.validate`` (state carried along
   ``batch_size`` rows of the split).
-* Peers (benchmarks/quality_peers.py): ``transformer``, nanoGPT's CPU recipe, and ``wlm``,
+* Peers (benchmarks/quality_peers.py): ``transformer``, nanoGPT's CPU settings, and ``wlm``,
   pytorch/examples' word_language_model LSTM, both with ``:key=value,...`` overrides.
 
 Usage::

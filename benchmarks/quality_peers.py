@@ -1,11 +1,11 @@
 """The peers benchmarks/quality.py measures seqlm against, written plainly, and the timed loop
 they share (the budget is training time: evaluations are taken off the clock).
 
-* ``transformer``: a decoder-only transformer with nanoGPT's published CPU recipe (4 layers,
+* ``transformer``: a decoder-only transformer with nanoGPT's published CPU settings (4 layers,
   4 heads, width 128, context 64, batch 12, AdamW lr 1e-3, betas 0.9/0.99, weight decay 0.1 on
   matrices, 100 warm-up steps, cosine to 1e-4 following the time budget, clip 1, no dropout,
   no biases, tied embeddings); evaluated on consecutive non-overlapping 64-token blocks.
-* ``wlm``: pytorch/examples' word_language_model recipe (embedding 200, LSTM 2 x 200, dropout
+* ``wlm``: pytorch/examples' word_language_model defaults (embedding 200, LSTM 2 x 200, dropout
   0.2 on the embeddings, between the layers and before the decoder, an untied decoder, weights
   U(-0.1, 0.1), plain SGD lr 20, clip 0.25, 20 rows x 35 steps cut sequentially with the state
   carried and detached, the lr divided by 4 whenever an evaluation does not improve on the
@@ -78,7 +78,7 @@ def _n_params(model: nn.Module) -> int:
 
 @dataclass
 class GPTConfig:
-    """The peer's architecture and recipe (nanoGPT's CPU settings for Tiny Shakespeare)."""
+    """The peer's architecture and training settings (nanoGPT's CPU settings for Tiny Shakespeare)."""
 
     n_layer: int = 4
     n_head: int = 4

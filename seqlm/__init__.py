@@ -13,7 +13,7 @@ writes ONNX graphs, which :mod:`seqlm.runtime` runs with numpy and onnxruntime, 
 importing torch.
 """
 
-__version__ = "0.1.0"
+from seqlm.version import __version__
 
 _API = ("load", "LanguageModel", "TextScore", "TokenStep")
 

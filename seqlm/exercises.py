@@ -26,7 +26,8 @@ from seqlm.metrics import perplexity
 from seqlm.models import RNNLM
 from seqlm.settings import resolve
 from seqlm.errors import TrainingDiverged
-from seqlm.trainer import Hooks, Trainer, evaluate
+from seqlm.evaluation import evaluate
+from seqlm.trainer import Hooks, Trainer
 
 PRESET = "d2l-scratch"
 EXERCISE_LR = 2.0  # twice the book's lr: the first steps' gradients then exceed the clip

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from seqlm import __version__, distributed, recipe, settings
+from seqlm import distributed, recipe, settings
 from seqlm.batches import check_validation
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from seqlm.data import Corpus, is_prepared, load_corpus
@@ -27,6 +27,7 @@ from seqlm.metrics import ngram_baselines
 from seqlm.rundir import RunDir
 from seqlm.settings import Settings
 from seqlm.trainer import Hooks, Trainer
+from seqlm.version import __version__
 
 
 class RunSession:

@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from seqlm.config import DataConfig, TrainConfig
-from seqlm.batches import SAMPLERS, check_fits, eval_batches, min_batches_per_epoch
+from seqlm.batches import SAMPLERS, check_fits, min_batches_per_epoch
 from seqlm.data import Corpus
 from seqlm.distributed import Dist
+from seqlm.evaluation import evaluate
 from seqlm.guard import Guard, Recovery, diverged
 from seqlm.metrics import LossMeter, summary
 from seqlm.resume import Position, Progress, ResumeState
@@ -47,35 +47,6 @@ class Hooks:
     on_recovery: Callable[[dict], None] = lambda record: None
     should_stop: Callable[[], bool] = lambda: False
     save: Callable[[str, "Trainer"], None] = lambda kind, trainer: None
-
-
-@torch.inference_mode()
-def evaluate(model: RNNLM, tokens: np.ndarray, *, batch_size: int = 32, num_steps: int = 35,
-             device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
-             dist: Dist | None = None) -> LossMeter:
-    """Token-weighted NLL of ``model`` on ``tokens``, every token predicted once with the
-    hidden state carried through each row. With ``dist``, only this rank's share of the rows
-    (the caller sums the meters over the ranks)."""
-    was_training = model.training
-    model.eval()
-    meter = LossMeter()
-    state = None
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    for X, Y in eval_batches(tokens, batch_size, num_steps):
-        if dist is not None:
-            rows = dist.part(len(X))
-            X, Y = X[rows], Y[rows]
-        if not len(X):
-            break  # this rank has no rows of a split shorter than one row per rank
-        X, Y = X.to(device), Y.to(device)
-        with autocast():
-            nll, state = model.loss(X, Y, state)
-        total += nll.double()
-        count += Y.numel()
-    meter.add(float(total), count)
-    model.train(was_training)
-    return meter
 
 
 class _Window:

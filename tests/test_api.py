@@ -22,7 +22,7 @@ from seqlm.config import ModelConfig
 from seqlm.generate import generate
 from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer, WordTokenizer
-from seqlm.trainer import evaluate
+from seqlm.evaluation import evaluate
 
 TEXT = "the time traveller (for so it will be convenient to speak of him) was expounding"
 REPO = Path(__file__).resolve().parents[1]

@@ -69,22 +69,28 @@ def test_the_import_graph_has_no_cycle():
 def test_dependencies_point_one_way():
     graph = _graph()
     below_models = ("seqlm.trainer", "seqlm.run", "seqlm.checkpoint", "seqlm.generate",
-                    "seqlm.cli", "seqlm.bench")
+                    "seqlm.evaluation", "seqlm.settings", "seqlm.cli", "seqlm.bench")
     for name, deps in graph.items():
         if name.startswith("seqlm.models"):
             assert not _reaches(graph, name, below_models), name
-        if name in ("seqlm.config", "seqlm.errors", "seqlm.atomic", "seqlm.text",
-                    "seqlm.vocab", "seqlm.tokenize", "seqlm.data", "seqlm.batches"):
+        if name in ("seqlm.config", "seqlm.cores", "seqlm.settings", "seqlm.presets",
+                    "seqlm.errors", "seqlm.atomic", "seqlm.text", "seqlm.vocab",
+                    "seqlm.tokenize", "seqlm.data", "seqlm.batches"):
             assert not _reaches(graph, name, ("seqlm.models", "seqlm.trainer", "seqlm.run")), name
         if not name.startswith("seqlm.cli") and name != "seqlm.__main__":
             assert not _reaches(graph, name, ("seqlm.cli",)), name
 
 
+MODULE_LINES = 420  # a reader holds about this much in their head
+HEADROOM = 40  # what a module keeps free below the limit when it lands
+
+
 def test_modules_and_functions_stay_readable():
-    """No module over ~400 lines, no function over ~60 (docstrings included)."""
+    """No module over ~400 lines (each with room to grow), no function over ~60 (docstrings
+    included)."""
     for path in ROOT.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
-        assert text.count("\n") <= 420, path
+        assert text.count("\n") <= MODULE_LINES - HEADROOM, path
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno < 64, f"{path}:{node.lineno} {node.name}"

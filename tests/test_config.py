@@ -3,7 +3,7 @@ import math
 import pytest
 
 from seqlm import settings
-from seqlm.config import DataConfig, ModelConfig, TrainConfig
+from seqlm.config import DataConfig, TrainConfig
 from seqlm.presets import PRESETS, preset
 from seqlm.settings import read_toml, route
 from seqlm.errors import ConfigError

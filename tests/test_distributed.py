@@ -35,7 +35,8 @@ from seqlm.data import build_corpus
 from seqlm.distributed import Dist, DistributedError, from_env
 from seqlm.errors import ConfigError
 from seqlm.models import RNNLM
-from seqlm.trainer import Trainer, evaluate
+from seqlm.evaluation import evaluate
+from seqlm.trainer import Trainer
 
 # ---- in one process ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from seqlm.errors import ConfigError
 from seqlm.models import RNNLM
 from seqlm.models.output import MIN_CLUSTER, choose_cutoffs, wants_adaptive
 from seqlm.tokenize import WordTokenizer
-from seqlm.trainer import evaluate
+from seqlm.evaluation import evaluate
 
 V = 900
 

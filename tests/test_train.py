@@ -13,7 +13,8 @@ from seqlm.run import RunSession
 from seqlm.settings import Settings
 from seqlm.schedule import lr_factor
 from seqlm.errors import TrainingDiverged
-from seqlm.trainer import Hooks, Trainer, evaluate
+from seqlm.evaluation import evaluate
+from seqlm.trainer import Hooks, Trainer
 
 from conftest import TINY_TEXT
 

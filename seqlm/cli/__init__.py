@@ -31,7 +31,7 @@ def build_parser() -> Parser:
 
 
 def _version() -> str:
-    from seqlm import __version__
+    from seqlm.version import __version__
 
     return f"seqlm {__version__}"
 

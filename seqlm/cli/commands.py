@@ -165,7 +165,7 @@ def cmd_evaluate(args) -> int:
     from seqlm import settings
     from seqlm.data import load_corpus
     from seqlm.devices import resolve_device
-    from seqlm.trainer import evaluate
+    from seqlm.evaluation import evaluate
 
     for name in ("batch_size", "num_steps"):
         if getattr(args, name) is not None:

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from seqlm import __version__
+from seqlm.version import __version__
 from seqlm.errors import SeqlmError
 from seqlm.serve.analysis import sampling_plans
 from seqlm.serve.limits import Busy, Gate, Limits
