@@ -68,7 +68,6 @@ from seqlm.errors import SeqlmError
 from seqlm.generate import generate
 from seqlm.metrics import LN2, bigram_nll
 from seqlm.run import RunSession
-from seqlm.trainer import Hooks
 
 # How the harness turns text into ids: the same for every model of a run.
 STREAMS = {
@@ -159,8 +158,15 @@ def train_rnn(spec: str, corpus_name: str, tokenizer: str, budget: float, eval_e
         point({"loss": record["val_loss"], "tokens": record["val_tokens"]}, trainer.progress,
               True)
 
+    def on_event(record: dict) -> None:  # the recipe started the run again: a new model
+        nonlocal trainer
+        if record.get("restart"):
+            trainer = session.trainer
+            curve.clear()
+            state.update(next=eval_every, eval_s=0.0)
+
     start = time.perf_counter()
-    trainer.run(Hooks(on_step=on_step, on_eval=on_eval))
+    session.fit(on_step=on_step, on_eval=on_eval, on_event=on_event)
     final_s = time.perf_counter() - start - trainer.progress.elapsed - state["eval_s"]
     p = trainer.progress
     n_params = sum(q.numel() for q in trainer.model.parameters())

@@ -6,7 +6,7 @@ The pipeline, one module per stage: :mod:`seqlm.text` (read and clean corpora) â
 :mod:`seqlm.run` â†’ :mod:`seqlm.generate`, with :mod:`seqlm.checkpoint` the only code that knows
 the on-disk format and :mod:`seqlm.cli` the only code that parses arguments.
 
-From Python: ``seqlm.train(corpus, **settings)`` (:func:`seqlm.run.train`) trains as ``seqlm
+From Python: ``seqlm.train(corpus, **settings)`` (:func:`seqlm.session.train`) trains as ``seqlm
 train`` does and returns the model; ``seqlm.load(run_or_checkpoint)`` (:mod:`seqlm.api`) gives
 a model object that generates, streams, scores and reads hidden states; :mod:`seqlm.export`
 writes ONNX graphs, which :mod:`seqlm.runtime` runs with numpy and onnxruntime, never
@@ -23,7 +23,7 @@ def __getattr__(name: str):
     use so that ``import seqlm`` (and the torch-free :mod:`seqlm.runtime`) never loads
     torch."""
     if name == "train":
-        from seqlm.run import train
+        from seqlm.session import train
 
         return train
     if name in _API:

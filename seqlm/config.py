@@ -21,7 +21,7 @@ from seqlm.errors import ConfigError, check_choice, check_positive_int, field_er
 REQUIRED = dataclasses.MISSING  # opt(REQUIRED, ...): a field without a default
 
 OUTPUTS = ("auto", "full", "adaptive")
-ADAPTABLE = ("dropout", "embedding_dim", "eval_every", "num_layers")  # seqlm.recipe chooses
+ADAPTABLE = ("dropout", "embedding_dim", "eval_every", "num_layers", "threads")  # the recipe's
 BUDGETS = ("epochs", "max_steps", "time_budget")  # one given replaces all of a preset's
 # Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
 # varies; 0 is the book's greedy argmax, which soon repeats itself.

@@ -37,7 +37,7 @@ PRESETS["cpu-fast"] = {
     "num_steps": 32, "truncation": "window", "optimizer": "adam", "lr": 5e-3,
     "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 50, "min_lr_ratio": 0.1,
     "clip": 1.0, "time_budget": 95.0, "eval_every": 250,
-    "adapt": "dropout,embedding_dim,eval_every,num_layers",  # seqlm.recipe chooses these
+    "adapt": "dropout,embedding_dim,eval_every,num_layers,threads",  # seqlm.recipe chooses these
 }
 PRESETS["cpu-quality"] = {**PRESETS["cpu-fast"], "hidden_size": 512, "dropout": 0.2,
                           "optimizer": "adamw", "weight_decay": 0.3, "min_lr_ratio": 0.01,

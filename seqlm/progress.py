@@ -35,7 +35,7 @@ class Reporter:
     def callbacks(self) -> dict:
         """The keyword arguments of :meth:`seqlm.run.RunSession.fit` this reporter fills."""
         return {"on_step": self.step, "on_log": self.log, "on_eval": self.eval,
-                "on_recovery": self.recovery}
+                "on_recovery": self.recovery, "on_event": self.event}
 
     def step(self, progress) -> None:
         if self.bar is not None:
@@ -59,6 +59,19 @@ class Reporter:
         self.write(f"step {r['step']:>6} | diverging: {r['reason']}; back to step "
                    f"{r['restored_step']} at lr {r['lr']:.3g} (recovery {r['recovery']} of "
                    f"{r['retries']})")
+
+    def event(self, r: dict) -> None:
+        """One line per change the recipe's followers make (a thread count, a new plan), even
+        when quiet."""
+        if r.get("kind") == "threads":
+            times = ", ".join(f"{k}: {1000 * v:.0f} ms" for k, v in r["step_seconds"].items())
+            self.write(f"step {r['step']:>6} | threads {r['previous']} -> {r['threads']} "
+                       f"({r['reason']}; step time at each count {times})")
+        elif r.get("kind") == "replan":
+            chosen = ", ".join(f"{k} {v}" for k, v in r["chosen"].items()) or "no change"
+            again = "; starting again" if r.get("restart") else ""
+            self.write(f"step {r['step']:>6} | recipe: {r['tokens_per_s']:,.0f} tokens/s "
+                       f"({r['reason']}): {chosen}{again}")
 
     def write(self, text: str) -> None:
         if self.bar is not None:

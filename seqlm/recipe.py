@@ -34,11 +34,12 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
 
+from seqlm import threads
 from seqlm.batches import check_fits
 from seqlm.config import DataConfig, ModelConfig, TrainConfig
 from seqlm.errors import ConfigError
@@ -55,8 +56,10 @@ EVALS_PER_BUDGET = 12
 MIN_EVAL_EVERY = 50
 MIN_OCCURRENCES = 4  # mean training occurrences per vocabulary id below which ids cannot train
 EVAL_SHARE = 0.5  # one evaluation may take at most this share of the time budget
-REVISION = 3  # raise when a rule's code, not a constant above, changes what a run chooses
-# (2: the probe took the median step, which read Chinese 16 % fast; 3: back to the mean)
+PROBE_ROUNDS = 3  # timed bursts of each thread count, interleaved; the best one counts
+REVISION = 4  # raise when a rule's code, not a constant above, changes what a run chooses
+# (2: the probe took the median step, which read Chinese 16 % fast; 3: back to the mean;
+# 4: the best of interleaved bursts at each thread count, and choices that follow the run)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ class Measurement:
     max_epochs: int | None = None
     max_steps: int | None = None
     unseen_bigrams: float = 0.0  # see unseen_bigrams()
+    thread_rates: dict | None = None  # training tokens/s at each thread count tried
+
+    @classmethod
+    def from_record(cls, measured: dict) -> Measurement:
+        """The measurement a recipe record (``config.json``'s ``"recipe"``) saved."""
+        return cls(**{f.name: measured[f.name] for f in fields(cls) if f.name in measured})
 
     @property
     def epochs(self) -> float | None:
@@ -181,13 +190,15 @@ def adapt(names: tuple[str, ...], model: ModelConfig, train: TrainConfig,
     measurement and the choices (saved with the run)."""
     chosen: dict = {}
     epochs, steps = m.effective_epochs, m.steps
+    if "threads" in names and m.thread_rates:
+        chosen["threads"] = int(max(m.thread_rates, key=m.thread_rates.get))
     if "num_layers" in names:
         chosen["num_layers"] = model.num_layers  # build_model chose it, measuring both depths
     if "dropout" in names and epochs is not None:
         chosen["dropout"] = dropout_for(epochs, m.epochs)
     if "embedding_dim" in names and model.embedding_dim is not None and not model.tie_weights:
         chosen["embedding_dim"] = embedding_for(m.vocab_size, model.hidden_size)
-    model = replace(model, **chosen)
+    model = replace(model, **{k: v for k, v in chosen.items() if k != "threads"})
     if "eval_every" in names and steps is not None and train.eval_every:
         chosen["eval_every"] = eval_every_for(steps)
         train = replace(train, eval_every=chosen["eval_every"])
@@ -215,10 +226,17 @@ def _eval_speed(model, X: torch.Tensor, Y: torch.Tensor, seconds: float) -> floa
 
 
 def probe(model, train: np.ndarray, batch_size: int, num_steps: int, *, clip: float,
-          device: torch.device, seconds: float = 1.0) -> tuple[float, float]:
+          device: torch.device, seconds: float = 1.0, counts: tuple[int, ...] = ()
+          ) -> tuple[float, float, dict[int, float]]:
     """Training and evaluation tokens per second of ``model`` on (batch_size, num_steps)
-    windows of ``train``, each timed for about ``seconds`` after one warm-up step. Runs on a
-    copy with its own optimizer: the model and the random streams are left as they were.
+    windows of ``train``. Training is timed in short bursts, the best of each thread count in
+    ``counts`` kept (:func:`seqlm.threads.rates`; torch's count is left at the fastest), so a
+    busy moment lowers a burst rather than the reading; with no ``counts``, at torch's count.
+    Runs on a copy with its own optimizer: the model and the random streams are left as they
+    were.
+
+    Returns:
+        ``(train tokens/s, eval tokens/s, train tokens/s of each thread count tried)``.
     """
     twin = copy.deepcopy(model).to(device).train()
     rows = min(batch_size, max(1, (len(train) - 1) // num_steps))
@@ -228,23 +246,24 @@ def probe(model, train: np.ndarray, batch_size: int, num_steps: int, *, clip: fl
     opt = torch.optim.Adam(twin.parameters(), lr=1e-9)
     rng = torch.get_rng_state()  # the probe's dropout must not move the run's streams
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    done, start = -1, 0.0
-    while done < 0 or _clock(device) - start < seconds:
+
+    def step() -> int:
         nll, _ = twin.loss(X, Y)
         opt.zero_grad(set_to_none=True)
         (nll / Y.numel()).backward()
         torch.nn.utils.clip_grad_norm_(twin.parameters(), clip or math.inf)
         opt.step()
-        if done < 0:  # the first step warms caches and allocators: not timed
-            done, start = 0, _clock(device)
-        else:
-            done += Y.numel()
-    train_speed = done / (_clock(device) - start)
+        _clock(device)
+        return Y.numel()
+
+    counts = counts or (torch.get_num_threads(),)
+    speeds = threads.rates(step, counts, seconds=seconds / (PROBE_ROUNDS * len(counts)),
+                           rounds=PROBE_ROUNDS)
     eval_speed = _eval_speed(twin, X, Y, seconds / 2)
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state(cuda_rng, device)
-    return train_speed, eval_speed
+    return max(speeds.values()), eval_speed, speeds
 
 
 def build_model(cfg: ModelConfig, splits: dict[str, np.ndarray], data: DataConfig,
@@ -275,32 +294,47 @@ def build_model(cfg: ModelConfig, splits: dict[str, np.ndarray], data: DataConfi
         return model, train, None
     first = model.config
     sparsity = unseen_bigrams(tokens) if "dropout" in names else 0.0  # only dropout reads it
+    # Threads are chosen on the CPU for one process (under torchrun each rank has its own).
+    counts = threads.candidates() if ("threads" in names and train.threads is None
+                                      and device.type == "cpu" and not dist.enabled) else ()
 
     def measure(candidate: RNNLM) -> Measurement:
-        speeds = dist.sum(*probe(candidate, tokens, data.batch_size, data.num_steps,
-                                 clip=train.clip, device=device))
+        train_speed, eval_speed, rates = probe(candidate, tokens, data.batch_size,
+                                               data.num_steps, clip=train.clip, device=device,
+                                               counts=counts)
+        speeds = dist.sum(train_speed, eval_speed)
         return Measurement(
             train_tokens=len(tokens), val_tokens=len(splits.get("val", ())),
             vocab_size=cfg.vocab_size, tokens_per_step=data.batch_size * data.num_steps,
             train_tokens_per_s=speeds[0], eval_tokens_per_s=speeds[1],
             budget=train.time_budget, max_epochs=train.epochs, max_steps=train.max_steps,
-            unseen_bigrams=sparsity)
+            unseen_bigrams=sparsity,
+            thread_rates={str(k): round(v, 1) for k, v in rates.items()} if counts else None)
 
     measured = measure(model)
     if "num_layers" in names and wants_depth(first, measured):
-        rng = torch.get_rng_state()  # a twin that is not kept must not move the run's stream
-        deep = RNNLM(replace(first, num_layers=2)).to(device)
-        torch.set_rng_state(rng)
+        deep = twin(first, 2, device)
         deep_measured = measure(deep)
         if (deep_measured.steps or 0) >= DEEP_STEPS:
             model, measured = deep, deep_measured
     check_budget(measured)
     adapted, train, record = adapt(names, model.config, train, measured)
     train = replace(train, adapt="")
+    if "threads" in record["chosen"]:
+        torch.set_num_threads(record["chosen"]["threads"])  # the deep probe may have moved it
     if adapted != first:
         torch.manual_seed(train.seed)  # the same init as a run given these settings
         model = RNNLM(adapted).to(device)
-    return model, train, record
+    return model, train, {**record, "adapted": list(names)}
+
+
+def twin(cfg: ModelConfig, num_layers: int, device: torch.device) -> RNNLM:
+    """A model of ``cfg`` with ``num_layers`` layers to probe, built without moving the run's
+    random stream (it is not kept)."""
+    rng = torch.get_rng_state()
+    model = RNNLM(replace(cfg, num_layers=num_layers)).to(device)
+    torch.set_rng_state(rng)
+    return model
 
 
 def rules() -> dict:

@@ -1,5 +1,6 @@
-"""A training run, owned by the library: :func:`train` (``seqlm.train``), the one call that
-trains from Python, and :class:`RunSession`, which ``seqlm train`` drives as well.
+"""A training run, owned by the library: :class:`RunSession` builds it from its settings,
+trains it (:meth:`RunSession.fit`), saves it and returns its summary; ``seqlm train`` and
+:func:`seqlm.train` (:mod:`seqlm.session`) both drive it.
 
 A run's files are :class:`~seqlm.rundir.RunDir`'s; its settings come from
 :mod:`seqlm.settings`; the loop is :class:`~seqlm.trainer.Trainer`'s.
@@ -7,11 +8,8 @@ A run's files are :class:`~seqlm.rundir.RunDir`'s; its settings come from
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from seqlm.generate import generate
 from seqlm.metrics import ngram_baselines
 from seqlm.rundir import RunDir
 from seqlm.settings import Settings
+from seqlm.models import RNNLM
+from seqlm.replan import Restart, followers
 from seqlm.trainer import Hooks, Trainer
 from seqlm.version import __version__
 
@@ -55,8 +55,10 @@ class RunSession:
             self.corpus.splits, data, train, self.device, self.dist)
         self.model_cfg = model.config  # with the output layer decided
         self.dist.reseed(train.seed, step=0)  # ranks > 0 draw their own dropout masks
+        governor, planner = followers(self.recipe, model, self.train_cfg, data,
+                                      self.corpus.splits["train"], self.device)
         self.trainer = Trainer(model, self.corpus, data, self.train_cfg, self.device,
-                               dist=self.dist)
+                               dist=self.dist, governor=governor, planner=planner)
         if not is_prepared(data.corpus):  # a prepared corpus keeps the split it was made with
             check_validation(self.corpus.splits.get("val", ()), data.split_fractions()[1],
                              data.num_steps)
@@ -98,6 +100,9 @@ class RunSession:
                       preset=configs.get("preset"))
         session.run = run
         session.recipe = configs.get("recipe")  # what the first start measured and chose
+        session.trainer.governor = followers(session.recipe, session.trainer.model,
+                                             session.train_cfg, session.data, (),
+                                             session.device, plan=False)[0]
         session.resume()
         if is_main:
             run.write_config(session.configs())
@@ -170,13 +175,17 @@ class RunSession:
 
     def fit(self, *, on_step: Callable | None = None, on_log: Callable | None = None,
             on_eval: Callable | None = None, on_recovery: Callable | None = None,
+            on_event: Callable | None = None,
             should_stop: Callable[[], bool] | None = None) -> dict:
         """Trains until a budget is spent, patience runs out or ``should_stop()``; writes the
         metrics, samples, checkpoints and ``curves.png`` as it goes; returns the summary.
 
         The callbacks (a :class:`seqlm.progress.Reporter`'s, or the caller's) see each step's
-        progress, each log, evaluation and recovery record after it is written (in a
-        multi-process run on rank 0 only).
+        progress, each log, evaluation and recovery record after it is written, and each
+        ``"threads"`` and ``"replan"`` record of the recipe's followers (in a multi-process
+        run on rank 0 only). When the recipe's first check changes the depth, the run starts
+        again with the other model (:class:`seqlm.replan.Restart`): its files are cleared but
+        for that record, and the new model gets the whole budget.
 
         Returns:
             The run's summary: ``run``, ``stop_reason`` (``'interrupted'`` after
@@ -191,21 +200,46 @@ class RunSession:
             DistributedError: another process of the run died.
         """
         hooks = self._hooks(on_log=on_log, on_eval=on_eval, on_step=on_step,
-                            should_stop=should_stop, on_recovery=on_recovery)
+                            should_stop=should_stop, on_recovery=on_recovery,
+                            on_event=on_event)
         start = time.perf_counter()
-        try:
-            self.trainer.run(hooks)
-        except RuntimeError as exc:  # a collective failed: another rank died
-            lost = self.dist.lost_peer(exc)
-            if lost is None:
-                raise
-            raise lost from None
+        while True:
+            try:
+                self.trainer.run(hooks)
+                break
+            except Restart as restart:
+                self._restart(restart)
+                hooks.on_event(restart.record)
+            except RuntimeError as exc:  # a collective failed: another rank died
+                lost = self.dist.lost_peer(exc)
+                if lost is None:
+                    raise
+                raise lost from None
         return self._summary(time.perf_counter() - start)
 
+    def _restart(self, restart: Restart) -> None:
+        """A new model of ``restart.model`` (initialised as a run given those settings), a new
+        trainer keeping the governor, and the run's files cleared."""
+        old = self.trainer
+        torch.manual_seed(self.train_cfg.seed)
+        model = RNNLM(restart.model).to(self.device)
+        self.model_cfg = model.config
+        self.train_cfg.eval_every = restart.record["chosen"].get("eval_every",
+                                                                 self.train_cfg.eval_every)
+        planner = old.planner
+        planner.model, planner.eval_every = model.config, self.train_cfg.eval_every
+        self.trainer = Trainer(model, self.corpus, self.data, self.train_cfg, self.device,
+                               dist=self.dist, governor=old.governor, planner=planner)
+        self.samples = []
+        if self.run is not None:
+            self.run.clear()
+            self.run.write_config(self.configs())
+
     def _hooks(self, *, on_log=None, on_eval=None, on_step=None, should_stop=None,
-               on_recovery=None) -> Hooks:
-        """Hooks that write metrics, samples and checkpoints, then call the caller's (in a
-        multi-process run, on rank 0 only; the other ranks only join the saves)."""
+               on_recovery=None, on_event=None) -> Hooks:
+        """Hooks that write metrics, samples and checkpoints (when the session has a run
+        directory), then call the caller's (in a multi-process run, on rank 0 only; the other
+        ranks only join the saves)."""
         idle = (lambda record: None)
         on_step, should_stop = on_step or idle, should_stop or (lambda: False)
         if not self.dist.is_main:
@@ -213,28 +247,40 @@ class RunSession:
 
         def then(report: Callable | None, sample: bool = False) -> Callable[[dict], None]:
             def record(r: dict) -> None:
-                if sample and self.train_cfg.sample_tokens:
-                    r["sample"] = self.sample(r["step"])
-                self.run.append("metrics.jsonl", r)
+                if r.get("kind") == "replan":
+                    self._replanned(r)
+                if self.run is not None:
+                    if sample and self.train_cfg.sample_tokens:
+                        r["sample"] = self.sample(r["step"])
+                    self.run.append("metrics.jsonl", r)
                 (report or idle)(r)
             return record
 
         return Hooks(on_log=then(on_log), on_eval=then(on_eval, sample=True), on_step=on_step,
-                     should_stop=should_stop, save=self.save, on_recovery=then(on_recovery))
+                     should_stop=should_stop, save=self.save if self.run else Hooks.save,
+                     on_recovery=then(on_recovery), on_event=then(on_event))
+
+    def _replanned(self, record: dict) -> None:
+        """Keeps the run's saved settings and recipe record in step with a new plan."""
+        self.model_cfg = self.trainer.model.config
+        if self.recipe is not None:
+            self.recipe.setdefault("replans", []).append(record)
+        if self.run is not None:
+            self.run.write_config(self.configs())
 
     def _summary(self, wall: float) -> dict:
         """Writes ``curves.png`` and returns the run's summary (see :meth:`fit`)."""
         from seqlm.plots import plot_curves
 
-        history = self.run.records()
-        if self.dist.is_main:
+        history = self.run.records() if self.run is not None else self.trainer.history
+        if self.dist.is_main and self.run is not None:
             plot_curves(history, self.baselines, self.run.path / "curves.png")
         train = [r for r in history if r.get("kind") == "train"]
         evals = [r for r in history if r.get("kind") == "eval" and "val_loss" in r]
         p = self.trainer.progress
         final_train = train[-1] if train else {}
         return {
-            "run": str(self.run.path), "stop_reason": p.stop_reason, "steps": p.step,
+            "run": str(self.run.path) if self.run else None, "stop_reason": p.stop_reason, "steps": p.step,
             "epochs": p.epoch, "tokens": p.tokens, "wall_s": wall,
             "train": {k: final_train.get(k) for k in ("loss", "ppl", "bits")} if train else None,
             "val": {k: evals[-1][f"val_{k}"] for k in ("loss", "ppl", "bits")} if evals else None,
@@ -254,117 +300,3 @@ def _best(evals: list[dict], step: int) -> dict | None:
     if best is None:
         return None
     return {"step": step, **{k: best[f"val_{k}"] for k in ("loss", "ppl", "bits")}}
-
-
-def open_session(corpus: str | None = None, *, preset: str | None = None,
-                 config: str | Path | None = None, out: str | Path | None = None,
-                 name: str | None = None, resume: str | Path | None = None,
-                 overwrite: bool = False, is_main: bool = True, **choices) -> RunSession:
-    """A new run (in ``out``, else ``runs/<name>``, else ``runs/<preset or cell>-<time>``) or,
-    with ``resume``, a saved one; the arguments are :func:`train`'s.
-
-    Raises:
-        ConfigError: a bad setting, ``out`` taken, or a resume that changes more than budgets.
-        CorpusError, CheckpointError: the corpus or the resumed run cannot be read.
-    """
-    if corpus is not None:
-        choices["corpus"] = str(corpus)
-    if resume is not None:
-        return RunSession.reopen(resume, choices, is_main=is_main)
-    chosen = settings.resolve(preset, config, choices)
-    return RunSession.start(out or default_out(name, preset, chosen.model.get("cell", "rnn")),
-                            chosen, preset=preset, overwrite=overwrite, is_main=is_main)
-
-
-def default_out(name: str | None, preset: str | None, cell: str) -> Path:
-    """``runs/<name>``, else ``runs/<preset or cell>-<date>-<time>``."""
-    return Path("runs") / (name or f"{preset or cell}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-@contextmanager
-def stop_requests(signals=(signal.SIGINT,), *, immediate: bool = True
-                  ) -> Iterator[Callable[[], int | None]]:
-    """Turns ``signals`` into a request to stop after the current step while the block runs;
-    yields ``received()``, the first signal's number (None while none came). A second
-    signal raises KeyboardInterrupt at once when ``immediate`` (under torchrun the second is
-    torchrun forwarding the first, so the command line passes False there). Outside the main
-    thread, where Python cannot take signals, nothing is installed.
-    """
-    caught: list[int] = []
-
-    def on_signal(signum, frame):
-        if caught and immediate:
-            raise KeyboardInterrupt
-        caught.append(signum)
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, on_signal) for s in signals} if main else {}
-    try:
-        yield lambda: caught[0] if caught else None
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def train(corpus: str | Path | None = None, *, preset: str | None = None,
-          config: str | Path | None = None, out: str | Path | None = None,
-          name: str | None = None, resume: str | Path | None = None, overwrite: bool = False,
-          progress: bool = True, **settings_):
-    """Train a language model in one call, as ``seqlm train`` does: the same settings, preset,
-    recipe, run directory, checkpoints, divergence guard and summary.
-
-    ::
-
-        import seqlm
-        lm = seqlm.train("my_book.txt", time_budget=60)
-        print(lm.generate("It was", max_new_tokens=100), lm.summary["best_val"]["ppl"])
-
-    Args:
-        corpus: a text file, a directory of ``.txt`` files, a prepared corpus or a name
-            (``builtin``, ``timemachine``, ...); None keeps the preset's (``builtin``).
-        preset: a named preset (:data:`seqlm.presets.PRESETS`); None is ``cpu-fast``.
-        config: a TOML settings file.
-        out: the run directory (default ``runs/<name>``, else ``runs/<preset>-<time>``).
-        name: the run's name under ``runs/``.
-        resume: a run directory to continue from its ``checkpoints/last``; only the budgets
-            (``epochs``, ``max_steps``, ``time_budget``, ``early_stopping``) may change.
-        overwrite: replace an existing run in ``out``.
-        progress: show a progress bar (tqdm's notebook bar in Jupyter, when ipywidgets is
-            installed) and the run's opening, evaluation and closing lines; False shows
-            nothing (recoveries from a divergence still come as lines).
-        **settings_: any field of :class:`~seqlm.config.DataConfig`,
-            :class:`~seqlm.config.ModelConfig` (but ``vocab_size``) or
-            :class:`~seqlm.config.TrainConfig`, e.g. ``time_budget=60, cell="lstm"``;
-            they override the preset and the file.
-
-    Returns:
-        The trained :class:`~seqlm.api.LanguageModel` (checkpoints/best, as :func:`seqlm.load`
-        gives it), with the run's summary as ``lm.summary`` (see
-        :meth:`RunSession.fit`). Ctrl-C (or the notebook's interrupt) ends the run after the
-        current step, saves checkpoints/last and returns the model trained so far
-        (``lm.summary["stop_reason"] == "interrupted"``); a second Ctrl-C stops at once.
-
-    Raises:
-        ConfigError: a bad setting (the message names it), or ``out`` is taken.
-        CorpusError: the corpus cannot be read or is too short.
-        CheckpointError: ``resume`` names no resumable run.
-        TrainingDiverged: the divergence guard could not recover.
-    """
-    from seqlm.api import load
-    from seqlm.progress import Reporter, start_lines, summary_lines
-
-    session = open_session(corpus, preset=preset, config=config, out=out, name=name,
-                           resume=resume, overwrite=overwrite, **settings_)
-    reporter = Reporter(quiet=not progress, total=session.trainer.total_steps, notebook=True)
-    for line in start_lines(session) if progress else ():
-        reporter.write(line)
-    try:
-        with stop_requests() as received:
-            summary = session.fit(**reporter.callbacks(), should_stop=lambda: bool(received()))
-    finally:
-        reporter.close()
-    for line in summary_lines(summary) if progress else ():
-        reporter.write(line)
-    lm = load(session.run.path)
-    lm.summary = summary
-    return lm

@@ -160,6 +160,23 @@ class RunDir:
                                       "remove that line to use the run")
         return out
 
+    def clear(self) -> None:
+        """Removes what training wrote (checkpoints, metrics, samples, curves), keeping the
+        directory and config.json: a run that starts again with another model.
+
+        Raises:
+            CheckpointError: a file cannot be removed.
+        """
+        try:
+            shutil.rmtree(self.checkpoints, ignore_errors=False)
+            for name in (self.metrics, self.path / "samples.txt", self.path / "curves.png"):
+                name.unlink(missing_ok=True)
+            self.checkpoints.mkdir()
+        except FileNotFoundError:
+            self.checkpoints.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise self._write_error(self.checkpoints, exc) from None
+
     def truncate_metrics(self, step: int) -> None:
         """Drops records written after ``step`` (by a run killed after its last checkpoint);
         a recovery counts at the step it went back to."""

@@ -31,9 +31,11 @@ from seqlm.data import Corpus
 from seqlm.distributed import Dist
 from seqlm.evaluation import evaluate
 from seqlm.guard import Guard, Recovery, diverged
-from seqlm.metrics import LossMeter, summary
+from seqlm.metrics import LossMeter, StepWindow, summary
+from seqlm.replan import Planner
 from seqlm.resume import Position, Progress, ResumeState
 from seqlm.schedule import lr_factor, make_optimizer
+from seqlm.threads import ThreadGovernor
 from seqlm.models import LossOf, RNNLM, detach_state
 
 
@@ -45,25 +47,9 @@ class Hooks:
     on_eval: Callable[[dict], None] = lambda record: None
     on_step: Callable[[Progress], None] = lambda progress: None
     on_recovery: Callable[[dict], None] = lambda record: None
+    on_event: Callable[[dict], None] = lambda record: None  # a thread change or a new plan
     should_stop: Callable[[], bool] = lambda: False
     save: Callable[[str, "Trainer"], None] = lambda kind, trainer: None
-
-
-class _Window:
-    """The sums of one log interval, kept on the device until the interval ends."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.norm = torch.zeros((), dtype=torch.float64, device=device)
-        self.norm_max = torch.zeros((), dtype=torch.float64, device=device)
-        self.steps, self.tokens, self.start = 0, 0, time.perf_counter()
-
-    def add(self, nll: torch.Tensor, norm: torch.Tensor, tokens: int) -> None:
-        self.loss += nll
-        self.norm += norm
-        torch.maximum(self.norm_max, norm.double(), out=self.norm_max)
-        self.steps += 1
-        self.tokens += tokens
 
 
 @dataclass
@@ -79,6 +65,8 @@ class Trainer:
     device: torch.device
     progress: Progress = field(default_factory=Progress)
     dist: Dist = field(default_factory=Dist)
+    governor: ThreadGovernor | None = None  # follows the fastest thread count (CPU)
+    planner: Planner | None = None  # plans dropout and the evaluation cadence again
 
     def __post_init__(self) -> None:
         """Raises:
@@ -193,15 +181,20 @@ class Trainer:
         self.model.train()
         if self.guard.enabled and self.guard.snapshot is None:
             self.recovery.keep(p.step)
-        sums = _Window(self.device)
+        sums = StepWindow(self.device)
         tick, clock = time.perf_counter(), 0.0
         p.stop_reason = self.done()
         while not p.stop_reason:
             for X, Y in self.batches():
                 lr = self.set_lr()
+                started = time.perf_counter()
                 nll, norm = self.step(X, Y)
+                took = time.perf_counter() - started
                 self.guard.observe(p.step + 1, nll, norm, Y.numel())
                 sums.add(nll, norm, Y.numel())
+                sums.step_s += took
+                if self.governor is not None:
+                    self._event(hooks, self.governor.after_step(took, p.step + 1))
                 p.step += 1
                 p.batch_in_epoch += 1
                 p.tokens += Y.numel()
@@ -213,11 +206,11 @@ class Trainer:
                 hooks.on_step(p)
                 evaluate_now = cfg.eval_every and p.step % cfg.eval_every == 0
                 if (p.step % cfg.log_every == 0 or evaluate_now) and self._guard_check(hooks):
-                    sums = _Window(self.device)
+                    sums = StepWindow(self.device)
                     break  # the restored epoch's batches, from the restored position
                 if p.step % cfg.log_every == 0:
                     self._log(hooks, sums, lr)
-                    sums = _Window(self.device)
+                    sums = StepWindow(self.device)
                 if evaluate_now:
                     self._evaluate(hooks)
                 stop = self.done() or self._interrupted(hooks)
@@ -231,14 +224,14 @@ class Trainer:
         self._finish(hooks, sums)
         return p
 
-    def _finish(self, hooks: Hooks, sums: _Window) -> None:
+    def _finish(self, hooks: Hooks, sums: StepWindow) -> None:
         """The last log record, the final evaluation and the last save. An interrupted run
         leaves the guard's window open (its resume closes it where an uninterrupted run
         would) unless that window saw a NaN."""
         p = self.progress
         pending_nan = self.dist.first_step(self.guard.bad_step) >= 0
         if (p.stop_reason != "interrupted" or pending_nan) and self._guard_check(hooks):
-            sums = _Window(self.device)
+            sums = StepWindow(self.device)
         if sums.steps:
             self._log(hooks, sums, self.set_lr())
         last_eval = next((r["step"] for r in reversed(self.history) if r["kind"] == "eval"), -1)
@@ -270,7 +263,7 @@ class Trainer:
         self.epoch_generator_state = self.generator.get_state()
         self.state = None  # the chapter: a fresh state at the start of every epoch
 
-    def _log(self, hooks: Hooks, sums: _Window, lr: float) -> None:
+    def _log(self, hooks: Hooks, sums: StepWindow, lr: float) -> None:
         p = self.progress
         seconds = max(time.perf_counter() - sums.start, 1e-9)
         loss = float(self.dist.all_reduce_(sums.loss)) / max(sums.tokens, 1)  # global
@@ -278,9 +271,24 @@ class Trainer:
                   **{k: v for k, v in summary(loss, sums.tokens).items() if k != "tokens"},
                   "grad_norm": float(sums.norm) / max(sums.steps, 1),
                   "grad_norm_max": float(sums.norm_max), "lr": lr,
-                  "tokens_per_s": sums.tokens / seconds, "elapsed": p.elapsed}
+                  "tokens_per_s": sums.tokens / seconds, "elapsed": p.elapsed,
+                  "train_tokens_per_s": sums.tokens / max(sums.step_s, 1e-9),
+                  "threads": torch.get_num_threads()}
         self.history.append(record)
         hooks.on_log(record)
+        if self.planner is not None:
+            plan = self.planner.observe(record["train_tokens_per_s"], p.step, p.tokens,
+                                        p.elapsed)
+            if plan is not None:
+                if "dropout" in plan["chosen"]:
+                    self.model.set_dropout(plan["chosen"]["dropout"])
+                self.cfg.eval_every = plan["chosen"].get("eval_every", self.cfg.eval_every)
+            self._event(hooks, plan)
+
+    def _event(self, hooks: Hooks, record: dict | None) -> None:
+        if record is not None:
+            self.history.append(record)
+            hooks.on_event(record)
 
     def _evaluate(self, hooks: Hooks, *, final: bool = False) -> None:
         p = self.progress

@@ -73,9 +73,10 @@ def test_the_probe_leaves_model_and_random_streams_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     tokens = np.random.default_rng(0).integers(0, 30, 5000)
-    train, evaluate = recipe.probe(model, tokens, 8, 10, clip=1.0, device=torch.device("cpu"),
-                                   seconds=0.05)
-    assert train > 0 and evaluate > 0
+    threads = torch.get_num_threads()
+    train, evaluate, rates = recipe.probe(model, tokens, 8, 10, clip=1.0,
+                                          device=torch.device("cpu"), seconds=0.05)
+    assert train > 0 and evaluate > 0 and rates == {threads: train}
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -118,7 +119,8 @@ def test_depth_is_measured_only_where_the_text_limits_the_model():
 def test_build_model_keeps_two_layers_only_with_steps_to_train_them(monkeypatch, deep_speed,
                                                                     layers):
     def fake_probe(model, *args, **kw):  # 1 layer 20 k tokens/s; 2 layers deep_speed
-        return (20_000.0 if model.config.num_layers == 1 else deep_speed), 60_000.0
+        speed = 20_000.0 if model.config.num_layers == 1 else deep_speed
+        return speed, 60_000.0, {1: speed}
 
     class Alone:
         @staticmethod

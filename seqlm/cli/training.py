@@ -54,7 +54,7 @@ def _settings(args) -> dict:
 
 
 def _open(args, is_main: bool = True):
-    from seqlm.run import open_session
+    from seqlm.session import open_session
 
     return open_session(preset=args.preset, config=args.config, out=args.out, name=args.name,
                         resume=args.resume, overwrite=args.overwrite, is_main=is_main,
@@ -64,7 +64,7 @@ def _open(args, is_main: bool = True):
 def cmd_train(args) -> int:
     from seqlm import distributed
     from seqlm.progress import Reporter, start_lines, summary_lines
-    from seqlm.run import stop_requests
+    from seqlm.session import stop_requests
 
     if args.resume and args.preset:
         raise ConfigError("--resume continues a run with its own settings; drop --preset")
@@ -108,7 +108,7 @@ def _launch(args) -> int:
     ``--nproc`` under torchrun; a failed rank becomes one DistributedError."""
     from seqlm import settings
     from seqlm.distributed import Dist, launch
-    from seqlm.run import default_out
+    from seqlm.session import default_out
     from seqlm.rundir import RunDir
 
     if args.resume:
@@ -144,7 +144,7 @@ def _rank_flags(args, out: Path) -> list[str]:
 
 def cmd_reproduce(args) -> int:
     from seqlm.progress import Reporter
-    from seqlm.run import open_session, stop_requests
+    from seqlm.session import open_session, stop_requests
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be a positive integer, got {args.epochs}")

@@ -89,6 +89,19 @@ class RNNLM(nn.Module):
         return c if (output, cutoffs) == (c.output, c.cutoffs) else replace(
             c, output=output, cutoffs=cutoffs)
 
+    def set_dropout(self, p: float) -> None:
+        """Changes the dropout probability (on embeddings, between layers, before the decoder)
+        of this model, as if it had been built with ``dropout=p``; the recipe's plan of a run
+        may change it while it trains.
+
+        Raises:
+            ConfigError: ``p`` is not in [0, 1).
+        """
+        self.config = replace(self.config, dropout=p)  # validates p
+        self.drop.p = p
+        if self.config.num_layers > 1:  # torch's fused cores warn about dropout on one layer
+            self.core.dropout = p
+
     @property
     def adaptive(self) -> bool:
         return isinstance(self.decoder, AdaptiveDecoder)

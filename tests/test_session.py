@@ -1,4 +1,4 @@
-"""seqlm.train, the one call that trains from Python, and the run it owns (seqlm.run)."""
+"""seqlm.train, the one call that trains from Python, and the run it opens (seqlm.session)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import seqlm
 from seqlm.cli import main
 from seqlm.errors import ConfigError
-from seqlm.run import stop_requests
+from seqlm.session import open_session, stop_requests
 
 ROOT = str(Path(seqlm.__file__).resolve().parents[1])
 TINY = {"max_steps": 6, "eval_every": 3, "hidden_size": 16, "embedding_dim": 8,
@@ -68,9 +68,7 @@ def test_an_interrupt_saves_last_and_returns_what_was_trained(tiny_corpus, tmp_p
         if progress.step == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    from seqlm import run
-
-    session = run.open_session(tiny_corpus, out=tmp_path / "run", **{**TINY, "max_steps": 50})
+    session = open_session(tiny_corpus, out=tmp_path / "run", **{**TINY, "max_steps": 50})
     with stop_requests() as received:
         summary = session.fit(on_step=interrupt, should_stop=lambda: bool(received()))
     assert summary["stop_reason"] == "interrupted" and 2 <= summary["steps"] < 50
