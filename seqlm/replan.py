@@ -8,12 +8,15 @@ log window, training steps only):
 * **What can change mid-run** (dropout, the evaluation cadence) is planned again from the
   passes the budget will really make (the tokens trained so far plus the recent rate for the
   time left): at the first check (:data:`CHECK_SHARE` of the budget), and whenever the recent
-  rate (median of :data:`SUSTAIN` windows) moves :data:`CHANGE` times away from the rate of
-  the last plan.
+  rate (the median window of the last :data:`RECENT_SHARE` of the budget) has moved
+  :data:`CHANGE` times away from the rate of the last plan, at least :data:`GAP_SHARE` of the
+  budget after it and before :data:`LATE_SHARE` of it.
 * **What cannot** (the depth) is checked once, at the first check, against the fastest
-  window so far (what the machine can do: a busy start lowers some windows, not all of them).
-  When that rate gives the other depth, the run starts again with it (:class:`Restart`): the
-  new model gets the whole budget, and the seconds spent before are reported.
+  stretch so far (the best median of :data:`SUSTAIN` windows in a row: what the machine can
+  do, since a busy start lowers some windows, not all of them). When that rate is
+  :data:`CHANGE` times off the probe's and gives the other depth, the run starts again with
+  it (:class:`Restart`): the new model gets the whole budget, and the seconds spent before
+  are reported.
 
 Each new plan is a ``"kind": "replan"`` record in ``metrics.jsonl`` and a line on the terminal.
 """
@@ -32,8 +35,10 @@ from seqlm.recipe import (DEEP_STEPS, Measurement, dropout_for, eval_every_for, 
 from seqlm.threads import ThreadGovernor, candidates
 
 CHECK_SHARE = 0.1  # the first check, after this share of the time budget
-MIN_WINDOWS = 3  # log windows seen before the first check
-SUSTAIN = 5  # windows whose median is the recent rate
+RECENT_SHARE = 0.05  # the recent rate: the median window of this last share of the budget
+GAP_SHARE = 0.1  # at least this share of the budget between two plans
+LATE_SHARE = 0.8  # no new plan after this share: the passes left barely move
+SUSTAIN = 5  # windows at least in a median (the recent rate, the fastest stretch)
 CHANGE = 1.5  # the recent rate this many times off the plan's: plan again
 
 
@@ -63,9 +68,10 @@ class Planner:
                  eval_every: int, deep_speed: Callable[[int], float]) -> None:
         self.names, self.planned, self.model = set(names), measurement, model
         self.eval_every, self.deep_speed = eval_every, deep_speed
-        self.windows: list[float] = []
+        self.windows: list[tuple[float, float]] = []  # (elapsed, tokens/s) of each window
         self.checked = False
         self.rate = measurement.train_tokens_per_s  # the speed the last plan expects ahead
+        self.last = 0.0  # when the last plan was made
 
     def observe(self, rate: float, step: int, tokens: int, elapsed: float) -> dict | None:
         """Takes one log window's training tokens per second at ``step`` (``tokens`` trained,
@@ -78,28 +84,44 @@ class Planner:
         budget = self.planned.budget
         if not budget or rate <= 0:
             return None
-        self.windows.append(rate)
-        recent = statistics.median(self.windows[-SUSTAIN:])
+        self.windows.append((elapsed, rate))
         if not self.checked:
-            if elapsed < CHECK_SHARE * budget or len(self.windows) < MIN_WINDOWS:
+            if elapsed < CHECK_SHARE * budget or len(self.windows) < SUSTAIN:
                 return None
             self.checked = True
             self._check_depth(step, tokens, elapsed)
             reason = "the first check"
         else:
-            if len(self.windows) < SUSTAIN or max(recent / self.rate,
-                                                  self.rate / recent) < CHANGE:
+            recent = self._recent(elapsed)
+            due = GAP_SHARE * budget <= elapsed - self.last <= elapsed <= LATE_SHARE * budget
+            if not due or max(recent / self.rate, self.rate / recent) < CHANGE:
                 return None
             reason = "the speed changed"
+        recent = self._recent(elapsed)
         m = self._projected(recent, tokens, elapsed)
         chosen = {k: v for k, v in self._choices(m).items()
                   if v != (self.eval_every if k == "eval_every" else self.model.dropout)}
-        was, self.rate, self.planned = self.rate, recent, m
+        was, self.rate, self.planned, self.last = self.rate, recent, m, elapsed
         self.model = replace(self.model, **{k: v for k, v in chosen.items() if k == "dropout"})
         self.eval_every = chosen.get("eval_every", self.eval_every)
         return {"kind": "replan", "step": step, "elapsed": elapsed, "reason": reason,
                 "tokens_per_s": round(recent, 1), "planned_tokens_per_s": round(was, 1),
                 "epochs": m.epochs, "chosen": chosen}
+
+    def _recent(self, elapsed: float) -> float:
+        """The median window of the last :data:`RECENT_SHARE` of the budget (at least
+        :data:`SUSTAIN` windows)."""
+        since = elapsed - RECENT_SHARE * self.planned.budget
+        rates = [r for t, r in self.windows if t >= since]
+        if len(rates) < SUSTAIN:
+            rates = [r for _, r in self.windows[-SUSTAIN:]]
+        return statistics.median_low(rates)  # a rate some window had, not a blend of two
+
+    def _fastest(self) -> float:
+        """The best median of :data:`SUSTAIN` windows in a row so far."""
+        rates = [r for _, r in self.windows]
+        return max(statistics.median(rates[i:i + SUSTAIN])
+                   for i in range(max(1, len(rates) - SUSTAIN + 1)))
 
     def _projected(self, rate: float, tokens: int, elapsed: float) -> Measurement:
         """The plan's measurement at the speed the run will average: what it trained so far,
@@ -122,7 +144,9 @@ class Planner:
         still make :data:`~seqlm.recipe.DEEP_STEPS` steps.)"""
         if "num_layers" not in self.names or self.model.cell not in ("gru", "lstm"):
             return
-        fastest = max(self.windows)
+        fastest, probed = self._fastest(), self.planned.train_tokens_per_s
+        if max(fastest / probed, probed / fastest) < CHANGE:
+            return  # the probe read the machine right: its depth stands
         if self.model.num_layers == 1:
             shallow = replace(self.planned, train_tokens_per_s=fastest)
             if not wants_depth(self.model, shallow):

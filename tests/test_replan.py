@@ -39,13 +39,14 @@ def _planner(rate: float, layers: int, dropout: float) -> Planner:
                    deep_speed=lambda layers: DEEP if layers == 2 else QUIET)
 
 
-def _feed(planner: Planner, rates: list[float], *, start: float = 0.0, window: float = 2.0):
-    """One log window every ``window`` seconds at each rate; returns the plans made."""
-    plans, elapsed, tokens = [], start, 0
-    for step, rate in enumerate(rates, 1):
-        elapsed += window
-        tokens += int(rate * window)
-        plan = planner.observe(rate, step * 20, tokens, elapsed)
+def _feed(planner: Planner, rates: list[float], *, window: float = 2.0):
+    """One log window every ``window`` seconds at each rate, going on from the windows fed
+    before; returns the plans made."""
+    plans = []
+    for rate in rates:
+        elapsed, tokens = getattr(planner, "_fed", (0.0, 0))
+        planner._fed = (elapsed + window, tokens + int(rate * window))
+        plan = planner.observe(rate, len(planner.windows) * 20, planner._fed[1], planner._fed[0])
         if plan:
             plans.append(plan)
     return plans
@@ -78,15 +79,62 @@ def test_a_neighbour_arriving_half_way_lowers_dropout_and_spaces_the_evaluations
     depth, dropout, eval_every = _quiet_choice()
     planner = _planner(DEEP, depth, dropout)
     first = _feed(planner, [DEEP] * 135)  # 270 s quiet
-    slow = _feed(planner, [DEEP / 3] * 20, start=270.0)
+    slow = _feed(planner, [DEEP / 3] * 20)
     assert [p["reason"] for p in first] == ["the first check"]
     assert len(slow) == 1 and slow[0]["reason"] == "the speed changed"
     assert slow[0]["chosen"]["dropout"] < dropout  # fewer passes than planned: less dropout
     assert slow[0]["chosen"]["eval_every"] < eval_every  # fewer steps: the same dozen evals
-    assert _feed(planner, [DEEP / 3] * 20, start=310.0) == []  # no new plan while it holds
+    assert slow[0]["epochs"] == pytest.approx((270 * DEEP + 270 * DEEP / 3) / 1e6, rel=0.05)
+    assert _feed(planner, [DEEP / 3] * 40) == []  # no new plan while the speed holds
 
 
 def test_nothing_is_planned_without_a_time_budget():
     planner = _planner(QUIET, 1, 0.0)
     planner.planned = replace(planner.planned, budget=None)
     assert _feed(planner, [QUIET / 10] * 50) == []
+
+
+# -- a real run beside a busy start --------------------------------------------------------
+SPIN = ("import sys, time\nend = time.perf_counter() + float(sys.argv[1])\n"
+        "while time.perf_counter() < end:\n    pass\n")
+
+
+def _spin(seconds: float, cores: int = 2):
+    """Processes that keep ``cores`` cores busy for ``seconds`` (a neighbour's start-up)."""
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)]) for _ in range(cores)]
+
+
+def _deep_run(tmp_path, name: str, corpus) -> dict:
+    import json
+
+    from seqlm.cli import main
+
+    out = tmp_path / name
+    code = main(["train", "--corpus", str(corpus), "--out", str(out), "--time-budget", "20",
+                 "--hidden-size", "32", "--batch-size", "8", "--num-steps", "16",
+                 "--sample-tokens", "0", "--quiet", "--json"])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    return {"layers": config["model"]["num_layers"], "dropout": config["model"]["dropout"],
+            "restarted": any(r.get("restart") for r in config["recipe"].get("replans", []))}
+
+
+@pytest.mark.slow
+def test_a_run_whose_first_seconds_are_busy_chooses_as_a_quiet_run(tmp_path, tiny_corpus,
+                                                                     capsys):
+    """cpu-fast on a small text: quietly the recipe goes to 2 layers with dropout; a run
+    started beside two spinning processes probes too slow, then starts again at its first
+    check with the quiet run's depth and about its dropout."""
+    quiet = _deep_run(tmp_path, "quiet", tiny_corpus)
+    spinners = _spin(2.5)
+    try:
+        busy = _deep_run(tmp_path, "busy", tiny_corpus)
+    finally:
+        for p in spinners:
+            p.wait()
+    assert quiet["layers"] == 2 and quiet["dropout"] > 0
+    assert busy["layers"] == quiet["layers"]
+    assert busy["dropout"] == pytest.approx(quiet["dropout"], abs=0.1)
