@@ -54,6 +54,7 @@ import torch.nn.functional as F
 if str(Path(__file__).resolve().parent) not in sys.path:  # the peers and the matrix beside us
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import quality_busy  # noqa: E402
 import quality_matrix  # noqa: E402
 from quality_peers import (GPTConfig, WLMConfig, gpt_sample, train_gpt,  # noqa: E402
                            train_wlm, wlm_sample)
@@ -127,8 +128,8 @@ def rnn_settings(spec: str, corpus: str, tokenizer: str, budget: float, threads:
     base, overrides = parse_spec(spec)
     chosen = {**typed(overrides, (DataConfig, ModelConfig, TrainConfig)), "time_budget": budget}
     fixed = {"corpus": corpus, **stream(tokenizer, clean), "max_tokens": None,
-             "eval_every": 0, "early_stopping": None, "threads": threads, "device": "cpu",
-             "sample_tokens": 0}
+             "eval_every": 0, "early_stopping": None, "device": "cpu", "sample_tokens": 0,
+             **({"threads": threads} if threads else {})}  # 0: the recipe chooses
     return settings.resolve(base, choices=chosen, fixed=fixed)
 
 
@@ -158,9 +159,12 @@ def train_rnn(spec: str, corpus_name: str, tokenizer: str, budget: float, eval_e
         point({"loss": record["val_loss"], "tokens": record["val_tokens"]}, trainer.progress,
               True)
 
-    def on_event(record: dict) -> None:  # the recipe started the run again: a new model
+    events: list[dict] = []
+
+    def on_event(record: dict) -> None:  # a thread change or a new plan
         nonlocal trainer
-        if record.get("restart"):
+        events.append(record)
+        if record.get("restart"):  # the recipe started the run again: a new model
             trainer = session.trainer
             curve.clear()
             state.update(next=eval_every, eval_s=0.0)
@@ -172,7 +176,7 @@ def train_rnn(spec: str, corpus_name: str, tokenizer: str, budget: float, eval_e
     n_params = sum(q.numel() for q in trainer.model.parameters())
     return {"kind": "rnn", "config": session.configs(), "params": n_params, "steps": p.step,
             "tokens": p.tokens, "train_s": p.elapsed, "eval_s": state["eval_s"],
-            "final_eval_s": final_s, "curve": curve}, session
+            "final_eval_s": final_s, "curve": curve, "events": events}, session
 
 
 # ---- the comparison ------------------------------------------------------------------------
@@ -213,7 +217,8 @@ def setup(models: list[str], tokenizer: str, clean: str | None = None) -> dict:
 
 
 def run(args) -> dict:
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     corpus = stream_corpus(args.corpus, args.tokenizer, args.clean)
     val = corpus.splits["val"]
     prefix = args.prefix or corpus.tokenizer.decode(val[:24])
@@ -360,8 +365,9 @@ def plot(results: list[dict], path: Path) -> None:
                 pts = r["curve"]
                 ax.plot([p["elapsed"] for p in pts], [p["loss"] for p in pts],
                         "o-" if res["budget"] == longest else "s--", ms=3,
-                        label=f"{spec} ({res['budget']:g} s, {res['threads']} thread"
-                        f"{'s' if res['threads'] > 1 else ''})")
+                        label=f"{spec} ({res['budget']:g} s, "
+                        f"{res['threads'] or 'chosen'} thread"
+                        f"{'s' if res['threads'] != 1 else ''})")
         ax.axhline(res["bigram_loss"], color="grey", ls="--", label="bigram (add-0.1)")
         ax.set_title(f"{name}: validation loss vs training time")
         ax.set_xlabel("training wall time, evaluations off the clock (s)")
@@ -392,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                    "overrides: "
                    "cpu-fast:hidden_size=768,lr=0.002")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per model (default 1 with --parallel, else 2)")
+                   help="torch CPU threads per model (default 1 with --parallel, else 2; 0: "
+                   "a preset that adapts threads chooses them)")
     p.add_argument("--parallel", action="store_true",
                    help="train the models at the same time, one process each")
     p.add_argument("--prefix", default=None, help="sample prefix (default: start of val)")
@@ -411,12 +418,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--table", action="store_true", help="also print the markdown table")
     quality_matrix.add_parser(sub)
+    quality_busy.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "matrix":
         return quality_matrix.main(args, run=run, setup=setup, plot=plot)
+    if args.command == "busy":
+        return quality_busy.main(args, run=run, setup=setup)
     if args.command == "run":
         args.eval_every = args.eval_every or args.budget / 12
-        args.threads = args.threads or (1 if args.parallel else 2)
+        if args.threads is None:
+            args.threads = 1 if args.parallel else 2
         try:
             results = run(args)
         except SeqlmError as exc:  # a setting or corpus seqlm cannot use: one line
