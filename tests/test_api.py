@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import seqlm
+from conftest import TINY_TEXT
 from seqlm.checkpoint import save_checkpoint
 from seqlm.cli import main
 from seqlm.errors import CheckpointError, ConfigError
@@ -201,7 +202,7 @@ def test_stream_leaves_grad_mode_alone_between_steps(lm):
 
 def _readme_python_blocks() -> list[str]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("\n## Python: use a trained model\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split("\n## Python: train and use a model\n", 1)[1].split("\n## ", 1)[0]
     return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
 
 
@@ -215,10 +216,24 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert text.startswith("time traveller") and float(ppl) > 1
 
 
+@pytest.mark.slow
+def test_readme_training_example_runs(tmp_path, monkeypatch, capsys):
+    block = _readme_python_blocks()[1]
+    assert 'seqlm.train("my_book.txt", time_budget=60)' in block
+    (tmp_path / "my_book.txt").write_text("It was " + TINY_TEXT, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    small = ('max_steps=6, eval_every=3, hidden_size=16, embedding_dim=8, batch_size=4, '
+             'num_steps=8, split="0.8,0.2,0", adapt="", progress=False')
+    exec(compile(block.replace("time_budget=60", small), "README.md", "exec"), {})
+    text, ppl = capsys.readouterr().out.rsplit(" ", 1)
+    assert text.startswith("It was") and 1 < float(ppl) < 100
+    assert (tmp_path / "runs").is_dir()
+
+
 @pytest.mark.slow  # a fresh interpreter
 def test_readme_runtime_example_runs_without_torch(tmp_path):
     pytest.importorskip("onnxruntime")
-    block = _readme_python_blocks()[1]
+    block = _readme_python_blocks()[2]
     run = tmp_path / "runs" / "timemachine"
     _save(run / "checkpoints" / "best")
     assert main(["export", str(run), "--no-check", "--json"]) == 0
