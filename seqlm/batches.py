@@ -161,8 +161,8 @@ def random_start_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
     That is the chapter's example: ``random_start_batches(np.arange(10), 1, 4,
     generator=torch.Generator().manual_seed(64))`` (:data:`CHAPTER_EXAMPLE_SEED`) yields exactly
     these two minibatches (an epoch is as many windows as :func:`random_batches` cuts at
-    offset 0: here two). Minibatches are independent
-    (``contiguous = False``): a trainer resets the hidden state for every one.
+    offset 0: here two). Minibatches are independent (``contiguous = False``): a trainer
+    resets the hidden state for every one.
 
     Args and yields as :func:`random_batches`; the generator draws every start.
 
