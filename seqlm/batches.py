@@ -1,11 +1,15 @@
-"""Minibatches of a token array: the chapter's two sampling strategies, and evaluation's pass.
+"""Minibatches of a token array: the chapter's sampling strategies, and evaluation's pass.
 
 Every minibatch is a pair ``(X, Y)`` of int64 tensors of shape ``(batch_size, num_steps)``
 with ``Y`` the tokens that follow ``X``: ``Y[b, t] == tokens[s_b + t + 1]`` when
-``X[b, t] == tokens[s_b + t]``. The two strategies differ in where the windows start:
+``X[b, t] == tokens[s_b + t]``. The strategies differ in where the windows start:
 
-* :func:`random_batches` (random sampling): windows from a random offset, shuffled,
-  each used at most once per epoch, minibatches independent (``contiguous = False``).
+* :func:`random_batches` (random sampling as d2l's code does it): windows from a random
+  offset, shuffled, each used at most once per epoch, minibatches independent
+  (``contiguous = False``).
+* :func:`random_start_batches` (random sampling as the chapter's text says it): every
+  window's start drawn anew from every valid position, so windows may overlap
+  (``contiguous = False``).
 * :func:`sequential_batches` (sequential partitioning): the stream cut into ``batch_size``
   rows; row ``i`` of minibatch ``k+1`` continues row ``i`` of minibatch ``k``
   (``contiguous = True``), so a trainer may carry the hidden state across minibatches.
@@ -88,6 +92,17 @@ def random_plan(n_tokens: int, batch_size: int, num_steps: int,
     return starts.reshape(num_batches, batch_size)
 
 
+def random_start_plan(n_tokens: int, batch_size: int, num_steps: int,
+                      generator: torch.Generator | None = None) -> np.ndarray:
+    """The window starts of one epoch of random-start sampling, shape ``(num_batches,
+    batch_size)``: each independent and uniform on ``[0, n_tokens - num_steps - 1]``, as many
+    windows as :func:`random_plan` cuts at offset 0 (``(n_tokens - 1) // num_steps``), whole
+    minibatches only."""
+    num_batches = (n_tokens - 1) // num_steps // batch_size
+    shape = (num_batches, batch_size)
+    return torch.randint(n_tokens - num_steps, shape, generator=generator).numpy()
+
+
 def sequential_plan(n_tokens: int, batch_size: int, num_steps: int,
                     generator: torch.Generator | None = None) -> np.ndarray:
     """The row starts of each minibatch of one epoch of sequential partitioning."""
@@ -130,6 +145,35 @@ def random_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
         yield _gather(tokens, starts, num_steps)
 
 
+def random_start_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
+                         generator: torch.Generator | None = None, start: int = 0
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Random-start sampling, the chapter's words taken literally: "each time, take a window of
+    ``num_steps`` tokens from any position". Every start is drawn independently and uniformly
+    from all ``len(tokens) - num_steps`` valid positions (the last one still leaves a target
+    for the window's last input), so windows may overlap and a token may be read twice or never
+    in an epoch::
+
+        tokens   0 1 2 3 4 5 6 7 8 9      T = 4: valid starts 0 … 5
+        X1           2 3 4 5              Y1 = 3 4 5 6
+        X2       0 1 2 3                  Y2 = 1 2 3 4   (overlaps X1)
+
+    That is the chapter's example: ``random_start_batches(np.arange(10), 1, 4,
+    generator=torch.Generator().manual_seed(64))`` (:data:`CHAPTER_EXAMPLE_SEED`) yields exactly
+    these two minibatches (an epoch is as many windows as :func:`random_batches` cuts at
+    offset 0: here two). Minibatches are independent (``contiguous = False``): a trainer
+    resets the hidden state for every one.
+
+    Args and yields as :func:`random_batches`; the generator draws every start.
+
+    Raises:
+        CorpusError: fewer tokens than one minibatch needs.
+    """
+    check_fits(tokens, batch_size, num_steps)
+    for starts in random_start_plan(len(tokens), batch_size, num_steps, generator)[start:]:
+        yield _gather(tokens, starts, num_steps)
+
+
 def sequential_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
                        generator: torch.Generator | None = None, start: int = 0
                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -154,13 +198,18 @@ def sequential_batches(tokens: np.ndarray, batch_size: int, num_steps: int, *,
 
 
 random_batches.contiguous = False
+random_start_batches.contiguous = False
 sequential_batches.contiguous = True
-SAMPLERS = {"random": random_batches, "sequential": sequential_batches}
+SAMPLERS = {"random": random_batches, "random-start": random_start_batches,
+            "sequential": sequential_batches}
+# The seed under which random_start_batches(np.arange(10), 1, 4) starts with the chapter's
+# two windows [2, 3, 4, 5] and [0, 1, 2, 3] (found by trying seeds 0, 1, 2, ... in order).
+CHAPTER_EXAMPLE_SEED = 64
 
 
 def min_batches_per_epoch(n_tokens: int, batch_size: int, num_steps: int) -> int:
-    """Minibatches in an epoch of either strategy at the largest offset (``num_steps - 1``);
-    an epoch never has fewer."""
+    """Minibatches in an epoch of the partitions at the largest offset (``num_steps - 1``);
+    an epoch of any strategy never has fewer."""
     usable = max(n_tokens - num_steps, 0)
     return usable // (num_steps * batch_size)
 

@@ -67,8 +67,8 @@ class DataConfig:
     split: str = opt("0.9,0.05,0.05", "train,validation,test fractions of the text (contiguous)")
     max_tokens: int | None = opt(None, "keep only the first N tokens of the training split "
                                  "(the book trains on the first 10000 characters)")
-    sampler: str = opt("sequential", "minibatch strategy: sequential partitioning carries the "
-                       "hidden state; random sampling resets it", ("sequential", "random"))
+    sampler: str = opt("sequential", "sequential partitioning carries the hidden state; d2l's "
+                       "random, random-start reset it", ("sequential", "random", "random-start"))
     batch_size: int = opt(32, "rows per minibatch")
     num_steps: int = opt(35, "time steps per row (the BPTT window)")
 

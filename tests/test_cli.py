@@ -69,6 +69,18 @@ def test_train_generate_evaluate_round_trip(tmp_path):
     assert streamed.stdout.startswith("the zzz") and "warning" in streamed.stderr
 
 
+def test_train_with_the_chapters_random_start_sampling_and_resume_it(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TINY_TEXT)
+    run = tmp_path / "run"
+    summary = json.loads(seqlm("train", "--corpus", corpus, "--out", run, *TINY_TRAIN,
+                               "--sampler", "random-start", "--json").stdout)
+    assert summary["steps"] == 12 and math.isfinite(summary["val"]["ppl"])
+    assert json.loads((run / "config.json").read_text())["data"]["sampler"] == "random-start"
+    resumed = json.loads(seqlm("train", "--resume", run, "--max-steps", "15", "--json").stdout)
+    assert resumed["steps"] == 15  # the saved config's sampler loads back
+
+
 def test_existing_run_is_not_overwritten_and_resume_continues(tmp_path):
     corpus = tmp_path / "tiny.txt"
     corpus.write_text(TINY_TEXT)

@@ -223,7 +223,7 @@ CASES = [
     case("unknown-tokenizer", ["train", "--tokenizer", "sentencepiece"],
          r"argument --tokenizer: invalid choice: 'sentencepiece' \(choose from .*'bpe'\)"),
     case("unknown-sampler", ["train", "--sampler", "shuffled"],
-         r"argument --sampler: invalid choice: 'shuffled' \(choose from .*'random'\)"),
+         r"argument --sampler: invalid choice: 'shuffled' \(choose from .*'random-start'\)"),
     case("unknown-truncation", ["train", "--truncation", "sometimes"],
          r"truncation 'sometimes' is not understood; use 'window', 'full'"),
     case("unknown-preset", ["train", "--preset", "huge"],

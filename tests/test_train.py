@@ -56,8 +56,9 @@ def test_sequential_carries_detached_state_and_resets_each_epoch(cell):
     assert all(t.grad_fn is None and not t.requires_grad for t in leaves)
 
 
-def test_random_sampling_starts_every_minibatch_fresh():
-    trainer = _trainer("random", max_steps=6)
+@pytest.mark.parametrize("sampler", ["random", "random-start"])
+def test_random_sampling_starts_every_minibatch_fresh(sampler):
+    trainer = _trainer(sampler, max_steps=6)
     spy = StateSpy(trainer.model)
     trainer.model = spy
     trainer.run(Hooks())
