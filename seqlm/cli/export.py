@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from seqlm.runtime.format import RUN_EXPORT
+
 FORMATS = ("onnx",)
 
 
@@ -26,7 +28,7 @@ def default_out(checkpoint: str | Path) -> Path:
     """Where an export goes without --out: inside a run, beside a checkpoint directory."""
     path = Path(checkpoint)
     if (path / "checkpoints").is_dir():
-        return path / "onnx"
+        return path / RUN_EXPORT
     return path.with_name(f"{path.resolve().name}-onnx")
 
 
@@ -43,5 +45,5 @@ def cmd_export(args) -> int:
     checked = ", ".join(f"{k} {v:.1e}" for k, v in report.max_abs_diff.items())
     print(f"exported {args.checkpoint} to {report.out}: {', '.join(report.files)}"
           + (f"; onnxruntime vs torch, max |logits difference|: {checked}" if checked else ""))
-    print(f"generate without torch: seqlm generate {report.out} --backend onnx")
+    print(f"generate without torch: seqlm generate {report.out}")
     return 0

@@ -25,6 +25,7 @@ from seqlm.errors import ExportError
 
 FORMAT, FORMAT_VERSION = "seqlm-onnx", 1
 CONFIG_FILE = "config.json"
+RUN_EXPORT = "onnx"  # where `seqlm export RUN` writes, inside the run directory
 FILES = {"step": "step.onnx", "forward": "forward.onnx", "start_logits": "start_logits.npy"}
 TOKENS, LOGITS = "tokens", "logits"
 
@@ -47,6 +48,16 @@ def is_export(directory: str | Path) -> bool:
         return False
 
 
+def find_export(path: str | Path) -> Path | None:
+    """The export ``path`` names: ``path`` itself when it is one, else the run's
+    ``path/onnx`` (where ``seqlm export RUN`` writes) when that is one, else None."""
+    path = Path(path)
+    for candidate in (path, path / RUN_EXPORT):
+        if is_export(candidate):
+            return candidate
+    return None
+
+
 def read_config(directory: str | Path) -> dict:
     """The config.json of an exported directory, checked.
 
@@ -56,9 +67,9 @@ def read_config(directory: str | Path) -> dict:
     """
     directory = Path(directory)
     if not is_export(directory):
-        raise ExportError(f"{directory} is not an exported seqlm model (no {CONFIG_FILE} with "
-                          f"format {FORMAT!r}); create one with: seqlm export RUN --out "
-                          f"{directory}")
+        raise ExportError(f"{directory} is not an exported seqlm model, nor a run holding one "
+                          f"in {RUN_EXPORT}/; export a run or checkpoint with: seqlm export "
+                          f"RUN (it writes RUN/{RUN_EXPORT})")
     config = json.loads((directory / CONFIG_FILE).read_text("utf-8"))
     if config.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{directory / CONFIG_FILE}: format_version "
