@@ -30,7 +30,7 @@ from seqlm.data import build_corpus  # noqa: E402
 from seqlm.metrics import bigram_nll, unigram_nll  # noqa: E402
 from seqlm.models import RNNLM  # noqa: E402
 from seqlm.serve import Limits, create_app, load_runs  # noqa: E402
-from seqlm.serve.analysis import text_features  # noqa: E402
+from seqlm.serve.units import text_features  # noqa: E402
 from seqlm.serve.baseline import Bigram  # noqa: E402
 from seqlm.serve.limits import Busy, Gate  # noqa: E402
 
@@ -215,6 +215,16 @@ def test_text_features():
     assert f["inside brackets"].tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0]
     assert f["position in line"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
     assert f["after a space"].tolist() == [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert f["punctuation"].tolist() == [0, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0]
+
+
+def test_text_features_read_chinese():
+    f = text_features(list("他说：「你好（朋友）。」我笑了。"))
+    assert f["inside quotes"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    assert f["inside brackets"].tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert f["position in sentence"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2,
+                                                  3, 4]
+    assert "after a space" not in f and "position in line" not in f  # meaningless here
 
 
 def test_gradients_per_lag_on_the_text_s_last_tokens(client):

@@ -18,6 +18,7 @@ with ``_out``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -48,11 +49,28 @@ def is_export(directory: str | Path) -> bool:
         return False
 
 
-def find_export(path: str | Path) -> Path | None:
-    """The export ``path`` names: ``path`` itself when it is one, else the run's
-    ``path/onnx`` (where ``seqlm export RUN`` writes) when that is one, else None."""
+def export_dir(path: str | Path) -> Path:
+    """Where ``seqlm export PATH`` writes without ``--out``: inside a run (``RUN/onnx``),
+    beside a checkpoint directory (``CHECKPOINT-onnx``)."""
     path = Path(path)
-    for candidate in (path, path / RUN_EXPORT):
+    if (path / "checkpoints").is_dir():
+        return path / RUN_EXPORT
+    return path.with_name(f"{path.resolve().name}-{RUN_EXPORT}")
+
+
+def default_backend(path: str | Path) -> str:
+    """The backend that reads ``path`` when none is named: ``'onnx'`` for an export
+    directory, or where torch is not installed (the torch-free install); else ``'torch'``."""
+    if is_export(path) or importlib.util.find_spec("torch") is None:
+        return "onnx"
+    return "torch"
+
+
+def find_export(path: str | Path) -> Path | None:
+    """The export ``path`` names: ``path`` itself when it is one, else the export of the run
+    or checkpoint ``path`` where ``seqlm export`` writes it (:func:`export_dir`), else None."""
+    path = Path(path)
+    for candidate in (path, export_dir(path)):
         if is_export(candidate):
             return candidate
     return None
@@ -67,9 +85,9 @@ def read_config(directory: str | Path) -> dict:
     """
     directory = Path(directory)
     if not is_export(directory):
-        raise ExportError(f"{directory} is not an exported seqlm model, nor a run holding one "
-                          f"in {RUN_EXPORT}/; export a run or checkpoint with: seqlm export "
-                          f"RUN (it writes RUN/{RUN_EXPORT})")
+        raise ExportError(f"{directory} is not an exported seqlm model and has none where "
+                          f"seqlm export writes one; export it with: seqlm export {directory} "
+                          f"(it writes {export_dir(directory)})")
     config = json.loads((directory / CONFIG_FILE).read_text("utf-8"))
     if config.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{directory / CONFIG_FILE}: format_version "

@@ -18,6 +18,7 @@ import numpy as np
 from seqlm.errors import ConfigError, SeqlmError
 from seqlm.results import TextScore, TokenStep
 from seqlm.serve.schemas import FieldError
+from seqlm.serve.units import rank_units
 
 LN2 = math.log(2.0)
 TOP = 10  # alternatives reported per step
@@ -128,8 +129,6 @@ def states_answer(run, text: str, max_tokens: int) -> dict:
     Raises:
         FieldError: the text has no tokens, or more than ``max_tokens``.
     """
-    from seqlm.serve.analysis import rank_units
-
     ids = run.tokenizer.encode(text)
     if len(ids) > max_tokens:
         raise FieldError("text", f"`text` has {len(ids):,} tokens; hidden states are served "

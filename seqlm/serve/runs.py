@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from seqlm.errors import CheckpointError, ConfigError, SeqlmError, check_choice
-from seqlm.runtime.format import RUN_EXPORT, is_export
+from seqlm.runtime.format import RUN_EXPORT, default_backend, is_export
 
 SAMPLE_HEADER = re.compile(r"^--- step (\d+)$")
 BACKENDS = ("torch", "onnx")
@@ -117,8 +117,8 @@ def load_runs(paths: list[str | Path], *, device: str = "cpu",
         paths: the directories.
         device: the torch backend's device.
         backend: ``'torch'`` (:func:`seqlm.load`), ``'onnx'`` (:func:`seqlm.runtime.load`:
-            an export, or a run's ``onnx/``; torch is never imported), or None: ``'onnx'``
-            for an export directory, ``'torch'`` otherwise.
+            an export, or a run's ``onnx/``; torch is never imported), or None
+            (:func:`seqlm.runtime.format.default_backend`).
 
     Raises:
         CheckpointError: a path is not a readable run or checkpoint (the message names it).
@@ -135,7 +135,7 @@ def load_runs(paths: list[str | Path], *, device: str = "cpu",
         if not path.exists():
             raise CheckpointError(f"{path} does not exist; give a run directory written by "
                                   "seqlm train (or one of its checkpoints, or an export)")
-        chosen = backend or ("onnx" if is_export(path) else "torch")
+        chosen = backend or default_backend(path)
         lm = _load(path, chosen, device)
         name = _unique_name(lm.path if chosen == "onnx" else path, runs)
         runs[name] = ServedRun(name, Path(lm.path) if chosen == "onnx" else path, lm, chosen)
