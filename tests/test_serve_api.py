@@ -228,6 +228,15 @@ def test_a_lone_surrogate_in_an_unknown_run_name_is_answered_not_crashed(client)
     assert client.put("/api/score").status_code == 405
 
 
+def test_the_sampling_view_without_torch_is_501_not_500(client, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails, as without it
+    monkeypatch.delitem(sys.modules, "seqlm.serve.analysis", raising=False)
+    monkeypatch.delitem(sys.modules, "seqlm.batches", raising=False)
+    assert "torch" in _refused(client.get("/api/sampling"), 501, None)
+
+
 def test_the_server_answers_normally_after_all_of_it(client):
     response = client.post("/api/generate", json={"prefix": "the ", "max_new_tokens": 5,
                                                   "seed": MAX_SEED})

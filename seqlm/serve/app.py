@@ -4,9 +4,9 @@ description at ``/docs``.
 Every answer is JSON (the page, the static files and the generation stream aside), errors
 included: ``{"error": message, "field": name or null}`` with 400 for a Host header naming
 another machine, 404 for an unknown run or path, 413 for a body larger than the text limit
-allows, 422 for a bad field (named), 429 when the model's queue is full. A failure of the
-server's own would be a 500 after which it goes on serving; no request should cause one
-(``tests/test_serve_fuzz.py`` looks for one).
+allows, 422 for a bad field (named), 429 when the model's queue is full, 501 for the sampling
+view where torch is not installed. A failure of the server's own would be a 500 after which
+it goes on serving; no request should cause one (``tests/test_serve_fuzz.py`` looks for one).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from seqlm.serve.schemas import FieldError, plain_message
 
 STATIC = Path(__file__).parent / "static"
 MAX_SAMPLING_TOKENS = 200  # the strategies tab draws every token of its example corpus
+NO_TORCH = {501: {"model": ErrorBody, "description": "torch is not installed here"}}
 log = logging.getLogger("seqlm.serve")
 
 
@@ -96,13 +97,19 @@ def info_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRo
         """The run's training records (metrics.jsonl) and samples, as on disk now."""
         return run_history(pick_run(runs, name))
 
-    @router.get("/sampling")
+    @router.get("/sampling", responses=NO_TORCH)
     def sampling(n_tokens: int = Query(35, ge=1, le=MAX_SAMPLING_TOKENS),
                  batch_size: int = Query(2, ge=1, le=MAX_SAMPLING_TOKENS),
                  num_steps: int = Query(5, ge=1, le=MAX_SAMPLING_TOKENS),
                  seed: int = Query(0, ge=0, le=MAX_SEED)) -> dict:
         """One epoch of random sampling and of sequential partitioning on 0..n_tokens-1."""
-        from seqlm.serve.analysis import sampling_plans
+        try:
+            from seqlm.serve.analysis import sampling_plans
+        except ModuleNotFoundError as exc:  # a torch-free install serving exports
+            if exc.name != "torch":
+                raise
+            return error(501, "the sampling view draws with training's own torch generator, "
+                         "and torch is not installed here")
 
         try:
             plans = sampling_plans(n_tokens, batch_size, num_steps, seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 
+from seqlm.serve.engine import finite
 from seqlm.serve.runs import ServedRun, read_records, run_root
 
 BUDGET_FIELDS = ("time_budget", "max_steps", "epochs")  # the train config's budgets
@@ -64,8 +65,8 @@ def _best(records: list[dict]) -> dict | None:
 
 def _baselines(facts) -> dict:
     b = facts.baselines
-    return {"split": b["split"], "unigram": b["unigram"]["ppl"], "bigram": b["bigram"]["ppl"],
-            "bigram_k": b["bigram"]["k"]}
+    return {"split": b["split"], "unigram": finite(b["unigram"]["ppl"]),
+            "bigram": finite(b["bigram"]["ppl"]), "bigram_k": b["bigram"]["k"]}
 
 
 def _sample_examples(records: list[dict]) -> dict | None:

@@ -138,6 +138,9 @@ def states_answer(run, text: str, max_tokens: int) -> dict:
         c = run.lm.states(text, cell=True) if run.cell == "lstm" else None
     except SeqlmError as exc:
         raise FieldError("text", str(exc)) from None
+    # A diverged model's NaN or inf would not be JSON: shown as 0 and ±1e6.
+    h = np.nan_to_num(h, nan=0.0, posinf=1e6, neginf=-1e6)
+    c = None if c is None else np.nan_to_num(c, nan=0.0, posinf=1e6, neginf=-1e6)
     pieces = display_pieces(run.tokenizer, text, ids)
     out = {"run": run.name, "tokens": pieces,
            "unknown": (np.asarray(ids) == run.tokenizer.vocab.unk).tolist(),

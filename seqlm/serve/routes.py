@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from seqlm.errors import SeqlmError
 from seqlm.serve import engine
+from seqlm.serve.answers import GradientsAnswer, ScoreAnswer, StatesAnswer
 from seqlm.serve.limits import Gate, Limits
 from seqlm.serve.runs import ServedRun, pick_run
 from seqlm.serve.schemas import FieldError, request_models
@@ -143,7 +144,7 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
         await gate.enter()  # a full queue is a 429 now, before the answer starts
         return NDJSONStream(ndjson_stream(run, req, request), on_close=gate.leave)
 
-    @router.post("/score", responses={**ERRORS, **BUSY})
+    @router.post("/score", response_model=ScoreAnswer, responses={**ERRORS, **BUSY})
     async def score(req: Text) -> dict:
         """Per-token log-probability, surprisal and entropy of ``text``, perplexity,
         bits/token, and the bigram baseline on the same tokens where the run's corpus is
@@ -151,14 +152,14 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
         run = pick_run(runs, req.run)
         return await in_worker(engine.score_answer, run, req.text)
 
-    @router.post("/states", responses={**ERRORS, **BUSY})
+    @router.post("/states", response_model=StatesAnswer, responses={**ERRORS, **BUSY})
     async def states(req: Text) -> dict:
         """Hidden state after every token, per layer (and an LSTM's cell state), and the
         units' rankings."""
         run = pick_run(runs, req.run)
         return await in_worker(engine.states_answer, run, req.text, limits.max_state_tokens)
 
-    @router.post("/gradients", responses={**ERRORS, **BUSY})
+    @router.post("/gradients", response_model=GradientsAnswer, responses={**ERRORS, **BUSY})
     async def gradients(req: Text) -> dict:
         """‖∂l_T/∂h_{T−k}‖ against the lag k on the text's last tokens."""
         run = pick_run(runs, req.run)
@@ -179,4 +180,8 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
 def _gradients(run: ServedRun, ids: list[int]) -> dict:
     from seqlm.serve.analysis import gradient_by_lag  # torch: only where a route needs it
 
-    return gradient_by_lag(run.model, ids)
+    out = gradient_by_lag(run.model, ids)
+    for key in ("grad_norm", "jacobian_norm"):  # an exploding model's inf is JSON's null
+        if out[key] is not None:
+            out[key] = [engine.finite(x) for x in out[key]]
+    return {**out, "growth": engine.finite(out["growth"]), "slope": engine.finite(out["slope"])}
