@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -59,9 +60,15 @@ def _run(args: list, *, timeout: float, **kw) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_a_torch_free_environment_generates_from_an_export(tmp_path):
-    wheels, venv = tmp_path / "wheels", tmp_path / "venv"
+    wheels, venv, source = tmp_path / "wheels", tmp_path / "venv", tmp_path / "source"
+    # The wheel is built from a copy, so that setuptools' build/ never lands in the checkout.
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "seqlm", source / "seqlm",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                  "-q", "-w", wheels, REPO], timeout=180)
+                  "-q", "-w", wheels, source], timeout=180)
     assert built.returncode == 0, built.stderr[-2000:]
     made = _run([sys.executable, "-m", "venv", venv], timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]

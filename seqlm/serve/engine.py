@@ -1,7 +1,7 @@
-"""The playground's numbers, from :class:`seqlm.api.LanguageModel` and nothing else.
+"""The playground's numbers, from the model object and nothing else.
 
 Generation, scoring and hidden states come from the same object a Python user gets from
-``seqlm.load``: :meth:`~seqlm.api.LanguageModel.stream` (one :class:`~seqlm.results.TokenStep`
+``seqlm.load`` (or, for an export, ``seqlm.runtime.load``, which has the same methods): :meth:`~seqlm.api.LanguageModel.stream` (one :class:`~seqlm.results.TokenStep`
 per token), :meth:`~seqlm.api.LanguageModel.score` (a :class:`~seqlm.results.TextScore`) and
 :meth:`~seqlm.api.LanguageModel.states` (L, N, H). This module only turns them into the
 API's JSON rows: probabilities as they are, entropies and surprisals in bits, and each token's

@@ -1,7 +1,7 @@
 """The runs a playground serves: loaded once at start, their files re-read on every request.
 
-A served run is a model loaded from a run or checkpoint directory given on the command line
-(the client never names a file). The model stays in memory as loaded; ``metrics.jsonl`` and
+A served run is a model loaded from a run, checkpoint or ONNX export directory given on the
+command line (the client never names a file), with torch or, for an export, onnxruntime. The model stays in memory as loaded; ``metrics.jsonl`` and
 ``samples.txt`` are re-read when asked for, tolerating a run that ``seqlm train`` is writing
 meanwhile (a half-written last line, a file being replaced) or that was removed.
 """
