@@ -43,6 +43,7 @@ TINY_TRAIN = ["--hidden-size", "24", "--embedding-dim", "8", "--batch-size", "8"
               "--sample-tokens", "20", "--split", "0.8,0.2,0", "--threads", "1"]  # a few s each
 TINY_TRAIN_EN = ["--cell", "gru", *TINY_TRAIN]
 TINY_TRAIN_ZH = ["--cell", "lstm", *TINY_TRAIN]  # an LSTM: the c view too
+EN, ZH = "english", "chinese"  # the runs' names on the page
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
 TABS = ("generate", "score", "state", "time", "training", "sampling")
 # Non-white pixels of a canvas, counted in the page.
@@ -88,9 +89,8 @@ def _train(root: Path, name: str, text: str, flags: list[str], given: str | None
 @pytest.fixture(scope="module")
 def run_dirs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("playground")
-    return (_train(root, "tiny", TINY_TEXT, TINY_TRAIN_EN,
-                   os.environ.get("SEQLM_PLAYGROUND_RUN")),
-            _train(root, "xiaomei", TINY_TEXT_ZH, TINY_TRAIN_ZH,
+    return (_train(root, EN, TINY_TEXT, TINY_TRAIN_EN, os.environ.get("SEQLM_PLAYGROUND_RUN")),
+            _train(root, ZH, TINY_TEXT_ZH, TINY_TRAIN_ZH,
                    os.environ.get("SEQLM_PLAYGROUND_RUN_ZH")))
 
 
@@ -254,8 +254,11 @@ def test_every_tab_in_a_real_browser(server, browser, run_dirs, tmp_path):
     d.execute_script("const r = document.getElementById('state-threshold'); r.value = 0.9;"
                      "r.dispatchEvent(new Event('input'));")
     assert d.find_elements(By.CSS_SELECTOR, "#state-tokens .tok.fires")
-    d.execute_script("window.scrollTo(0, 0)")
+    d.find_element(By.CSS_SELECTOR, '#state-scale option[value="global"]').click()
+    d.execute_script("document.getElementById('state-note').scrollIntoView()")
+    _hover_heatmap_cell(d, 6, 3)
     _shot(d, "state", tmp_path)
+    d.execute_script("window.scrollTo(0, 0)")
 
     # Through time: the per-lag gradient norms on a log scale, a labelled tick per decade.
     _tab(d, "time")
@@ -350,13 +353,13 @@ def test_each_run_in_each_language_fits_the_screen(server, browser, screen, tmp_
         d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     try:
         for lang in ("en", "zh"):
-            for run in ("tiny", "xiaomei"):
+            for run in (EN, ZH):
                 for tab in TABS:
                     wait = _visit(d, url, run, lang, tab)
                     label = d.find_element(By.CSS_SELECTOR, f'#tabs button[data-tab="{tab}"]')
                     assert bool(CJK.search(label.text)) == (lang == "zh"), label.text
                     text = d.find_element(By.ID, "state-text").get_attribute("value")
-                    assert bool(CJK.search(text)) == (run == "xiaomei"), text  # its own text
+                    assert bool(CJK.search(text)) == (run == ZH), text  # its own text
                     _exercise(d, wait, tab)
                     assert d.execute_script(OVERFLOW) <= 0, (screen, lang, run, tab)
                     if tab == "state":
@@ -366,9 +369,9 @@ def test_each_run_in_each_language_fits_the_screen(server, browser, screen, tmp_
                                              "'#state-tokens .tok')[2].textContent"),
                             ensure_ascii=False)
                         assert token in tip, (tip, token)
-                        if run == "xiaomei":  # an LSTM: c beside h
+                        if run == ZH:  # an LSTM: c beside h
                             assert d.find_element(By.ID, "cellmap").is_displayed()
-                    if lang == "zh" and run == "xiaomei":
+                    if lang == "zh" and run == ZH:
                         d.execute_script(SCROLL_TO, tab)
                         _shot(d, f"{'zh' if screen == 'desktop' else 'phone'}-{tab}", tmp_path)
                 _no_console_error(d)

@@ -91,9 +91,11 @@ function drawLabels(ctx, rows, n, cellW, cellH) {
   ctx.fillStyle = "#5d6874";
   ctx.textAlign = "right";
   const every = Math.max(1, Math.ceil(12 / cellH));
+  const pickedRow = chosen && chosen[0] === layer() ? rows.indexOf(chosen[1]) : -1;
   rows.forEach((u, r) => {
-    const picked = chosen && chosen[0] === layer() && chosen[1] === u;
-    if (r % every === 0 || picked) {
+    const picked = r === pickedRow;
+    const clear = pickedRow < 0 || Math.abs(r - pickedRow) * cellH >= 12;  // no overlap
+    if ((r % every === 0 && clear) || picked) {
       ctx.fillStyle = picked ? "#1d232b" : "#5d6874";
       ctx.fillText(String(u), LEFT - 4, TOP + (r + 0.5) * cellH);
     }
