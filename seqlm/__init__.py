@@ -13,7 +13,7 @@ writes ONNX graphs, which :mod:`seqlm.runtime` runs with numpy and onnxruntime, 
 importing torch.
 """
 
-from seqlm.version import __version__
+from seqlm.version import __version__  # noqa: F401 (seqlm.__version__)
 
 _API = ("load", "LanguageModel", "TextScore", "TokenStep")
 

@@ -12,6 +12,7 @@ runs. Arrays are numpy; nothing here imports torch.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -23,6 +24,7 @@ from seqlm.errors import ConfigError, field_error
 BOS = "<bos>"
 REPLACEMENT_CHAR = "\ufffd"  # a decoder's stand-in for an unfinished multi-byte character
 MAX_NEW_TOKENS = 200  # tokens a call produces unless told otherwise
+MAX_SEED = 2**63 - 1  # a seed fits a signed 64-bit integer (JSON clients, torch and numpy)
 
 
 class OOVWarning(UserWarning):
@@ -51,6 +53,14 @@ def check_count(name: str, value: object) -> None:
         raise field_error(name, value, "an integer >= 1")
 
 
+def check_seed(seed: object) -> None:
+    """Raise :class:`ConfigError` unless ``seed`` is None or an integer in [0, 2**63 - 1]."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed <= MAX_SEED):
+        raise field_error("seed", seed, "an integer from 0 to 2**63 - 1, or None for fresh "
+                          "entropy")
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """float64 softmax over the last axis; ``-inf`` scores get probability 0."""
     scores = np.asarray(logits, dtype=np.float64)
@@ -76,7 +86,7 @@ def next_token_probs(logits: np.ndarray, *, temperature: float, top_k: int | Non
 
     Args:
         logits: (N, V) unnormalised scores.
-        temperature, top_k, top_p: as :func:`seqlm.generate.sample_next`.
+        temperature, top_k, top_p: as :func:`seqlm.generate.generate`.
 
     Returns:
         (N, V) float64 probabilities; each row sums to 1.
@@ -119,7 +129,12 @@ def draw(probs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
 def seeded_uniform(seed: int | None = None) -> Callable[[int], np.ndarray]:
     """``uniform(n) -> (n,)`` float64 numbers in [0, 1) from numpy's PCG64 seeded with
     ``seed`` (None: fresh entropy): the random source a ``seed`` means on both backends, so
-    one seed draws the same tokens from the same probabilities."""
+    one seed draws the same tokens from the same probabilities.
+
+    Raises:
+        ConfigError: ``seed`` is not None or an integer in [0, 2**63 - 1] (:func:`check_seed`).
+    """
+    check_seed(seed)
     return np.random.default_rng(seed).random
 
 
@@ -145,14 +160,24 @@ def encode_prefix(tokenizer, prefix: str, *, strict: bool = False) -> list[int]:
     """
     known = tokenizer.vocab.token_to_idx
     unknown = list(dict.fromkeys(t for t in tokenizer.tokens(prefix) if t not in known))
+    if unknown and strict:
+        raise ConfigError(f"prefix {prefix!r} holds tokens outside the vocabulary: "
+                          f"{_listed(unknown)}; rephrase the prefix or drop strict to read "
+                          "them as <unk>")
     if unknown:
-        names = ", ".join(repr(t) for t in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        if strict:
-            raise ConfigError(f"prefix {prefix!r} holds tokens outside the vocabulary: {names}; "
-                              "rephrase the prefix or drop strict to read them as <unk>")
-        warnings.warn(f"prefix tokens outside the vocabulary are read as <unk>: {names}",
-                      OOVWarning, stacklevel=3)
+        warn_unknown("prefix", unknown, stacklevel=3)
     return [int(i) for i in tokenizer.encode(prefix)]
+
+
+def warn_unknown(what: str, unknown: list[str], *, stacklevel: int = 2) -> None:
+    """Warn (:class:`OOVWarning`) that ``what``'s tokens ``unknown`` are read as ``<unk>``;
+    ``stacklevel`` counts from the caller of this function, as in :func:`warnings.warn`."""
+    warnings.warn(f"{what} tokens outside the vocabulary are read as <unk>: "
+                  f"{_listed(unknown)}", OOVWarning, stacklevel=stacklevel + 1)
+
+
+def _listed(tokens: list[str]) -> str:
+    return ", ".join(repr(t) for t in tokens[:10]) + (" ..." if len(tokens) > 10 else "")
 
 
 def warm_up_ids(tokenizer, prefix_ids: list[int]) -> list[int]:

@@ -17,8 +17,8 @@ import numpy as np
 
 from seqlm.config import DEFAULT_TEMPERATURE
 from seqlm.decoding import (MAX_NEW_TOKENS, TextStream, check_count, check_sampling,
-                            encode_prefix, generate_texts, log_softmax, make_pick,
-                            seeded_uniform, softmax)
+                            check_seed, encode_prefix, generate_texts, log_softmax,
+                            make_pick, seeded_uniform, softmax, warn_unknown)
 from seqlm.errors import ConfigError, field_error
 
 
@@ -58,6 +58,8 @@ class TextScore:
         unknown: (N,) bool, the token is outside the vocabulary (scored as ``<unk>``).
         top_ids: (N, k) int64 the k most likely tokens at each position (k may be 0).
         top_logprobs: (N, k) float64 their log-probabilities.
+        entropy: (N,) float64 entropy in nats of the model's distribution at each position
+            (the one the token was drawn from; empty when built without it).
     """
 
     tokens: list[str]
@@ -66,6 +68,7 @@ class TextScore:
     unknown: np.ndarray
     top_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     top_logprobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def nll(self) -> float:
@@ -133,12 +136,13 @@ def text_score(tokenizer, text: str, ids: np.ndarray, chunks: Iterable[tuple],
     for logits, targets in chunks:
         logprobs = log_softmax(np.asarray(logits)[:len(targets)])
         best = np.argsort(-logprobs, axis=-1, kind="stable")[:, :top]
+        plogp = np.where(np.isfinite(logprobs), np.exp(logprobs) * logprobs, 0.0)
         parts.append((np.take_along_axis(logprobs, targets[:, None], -1)[:, 0], best,
-                      np.take_along_axis(logprobs, best, -1)))
-    logprobs, top_ids, top_logprobs = (np.concatenate(p) for p in zip(*parts))
+                      np.take_along_axis(logprobs, best, -1), -plogp.sum(-1)))
+    logprobs, top_ids, top_logprobs, entropy = (np.concatenate(p) for p in zip(*parts))
     return TextScore(tokens=token_texts(tokenizer, text, ids), ids=ids, logprobs=logprobs,
                      unknown=ids == tokenizer.vocab.unk, top_ids=top_ids.astype(np.int64),
-                     top_logprobs=top_logprobs)
+                     top_logprobs=top_logprobs, entropy=entropy)
 
 
 def token_stream(tokenizer, prefix_ids: list[int], steps: Iterator[tuple], *,
@@ -262,10 +266,11 @@ class TextModel(ABC):
             :class:`TokenStep`, until ``max_new_tokens`` or the stop string.
 
         Raises:
-            ConfigError: a knob out of range, or ``top`` < 0.
+            ConfigError: a knob or the seed out of range, or ``top`` < 0.
         """
         check_sampling(temperature, top_k, top_p)
         check_count("max_new_tokens", max_new_tokens)
+        check_seed(seed)
         check_top(top)
         prefix_ids = encode_prefix(self.tokenizer, prefix)
         pick = make_pick(temperature=temperature, top_k=top_k, top_p=top_p,
@@ -280,7 +285,9 @@ class TextModel(ABC):
         The first token is scored from where generation starts (the prediction after
         ``<bos>`` when the vocabulary has it, else the zero state's), then the text is read
         in one pass with the state carried, as the training loss and ``seqlm evaluate`` read
-        it.
+        it. Tokens outside the vocabulary are scored as ``<unk>``, with an
+        :class:`~seqlm.decoding.OOVWarning` naming them (the figure then says little about
+        the text: check ``unknown``).
 
         Args:
             text: the text to score.
@@ -294,10 +301,15 @@ class TextModel(ABC):
         """
         check_top(top)
         ids = text_ids(self.tokenizer, text)
-        return text_score(self.tokenizer, text, ids, self._logits(ids), top)
+        result = text_score(self.tokenizer, text, ids, self._logits(ids), top)
+        if result.unknown.any():
+            unknown = [t for t, u in zip(result.tokens, result.unknown) if u]
+            warn_unknown("text", list(dict.fromkeys(unknown)), stacklevel=2)
+        return result
 
     def perplexity(self, text: str) -> float:
-        """exp of the mean NLL of ``text``'s tokens (:meth:`score`'s ``perplexity``).
+        """exp of the mean NLL of ``text``'s tokens (:meth:`score`'s ``perplexity``; warns
+        as it does about tokens outside the vocabulary).
 
         Raises:
             ConfigError: the text has no tokens.

@@ -44,6 +44,19 @@ TINY_TEXT = (
 ) * 12
 
 
+# A short Chinese text written for these tests (not from any book): full-width brackets and
+# quotes, several sentences per line, for the playground's Chinese run.
+TINY_TEXT_ZH = (
+    "海边有一座白色的灯塔，守塔的老人每天傍晚都会爬上一百二十级台阶，把灯点亮。"
+    "他的孙女小梅问他：「爷爷，灯为什么要一直亮着？」老人笑着说：「因为夜里还有船在回家。」"
+    "小梅在笔记本上写下《灯塔日记》四个字，又在旁边画了一条小船（船上坐着一只猫）。"
+    "第二天早上起了大雾，渔船都停在港口里，谁也看不清远处的礁石。"
+    "老人说：“雾散之前，我们只能等。”小梅就坐在窗边数海鸥，一只、两只、三只……"
+    "中午的时候，风从北边吹来，雾慢慢变薄了，太阳像一枚铜钱挂在天上。"
+    "渔民们收拾好渔网，一艘接一艘地出海；小梅跑到礁石上挥手，喊着：「早点回来！」\n"
+) * 8
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path) -> Path:
     path = tmp_path / "tiny.txt"

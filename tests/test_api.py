@@ -20,6 +20,7 @@ from seqlm.checkpoint import save_checkpoint
 from seqlm.cli import main
 from seqlm.errors import CheckpointError, ConfigError
 from seqlm.config import ModelConfig
+from seqlm.decoding import MAX_SEED, OOVWarning
 from seqlm.generate import generate
 from seqlm.models import RNNLM
 from seqlm.tokenize import CharTokenizer, WordTokenizer
@@ -184,6 +185,31 @@ def test_word_model_tokens_and_oov_prefix(tmp_path):
     assert score.tokens == ["the", "zebra", "was"] and score.unknown.tolist() == [0, 1, 0]
     with pytest.warns(UserWarning, match="zebra"):
         assert lm.generate("the zebra", max_new_tokens=3).startswith("the <unk>")
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, 2**70, 1.5, True, "3"])
+def test_a_bad_seed_is_the_library_s_error_not_numpy_s(lm, seed):
+    with pytest.raises(ConfigError, match="`seed` must be an integer from 0 to 2\\*\\*63 - 1"):
+        lm.generate("the", max_new_tokens=2, seed=seed)
+    with pytest.raises(ConfigError, match="`seed`"):
+        next(lm.stream("the", max_new_tokens=2, seed=seed))
+
+
+def test_the_largest_seed_and_numpy_integers_are_seeds(lm):
+    text = lm.generate("the", max_new_tokens=8, seed=MAX_SEED)
+    assert text == lm.generate("the", max_new_tokens=8, seed=np.int64(MAX_SEED))
+
+
+def test_scoring_tokens_outside_the_vocabulary_warns(lm):
+    with pytest.warns(OOVWarning, match="text tokens outside the vocabulary.*'一'"):
+        assert lm.perplexity("一二三") > 1
+    with pytest.warns(OOVWarning, match="'Q'"):
+        assert lm.score("the Qime").unknown.sum() == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm.score("the time")  # every token known: silent
 
 
 @pytest.mark.slow  # a fresh interpreter

@@ -65,6 +65,30 @@ def test_greedy_generation_and_streaming_equal_the_torch_model(pair):
                                    rtol=1e-4)
     with pytest.raises(ConfigError, match="top_k"):
         rt.generate("the", top_k=0)
+    for seed in (-1, 2**63, True):  # the library's error, not numpy's bare ValueError
+        with pytest.raises(ConfigError, match="`seed`"):
+            rt.generate("the", seed=seed)
+        with pytest.raises(ConfigError, match="`seed`"):
+            next(rt.stream("the", seed=seed))
+
+
+def test_states_equal_the_torch_model(pair):
+    lm, rt = pair
+    np.testing.assert_allclose(rt.states(TEXT), lm.states(TEXT), atol=1e-5)
+    np.testing.assert_allclose(rt.states(TEXT, cell=True), lm.states(TEXT, cell=True),
+                               atol=1e-5)
+    assert rt.states("the").shape == (2, 3, 24)
+
+
+def test_load_finds_a_run_s_export_and_says_how_to_make_one(tmp_path):
+    run = tmp_path / "run"
+    _pair(tmp_path)
+    (run / "checkpoints").mkdir(parents=True)
+    (tmp_path / "ckpt").rename(run / "checkpoints" / "best")
+    with pytest.raises(ExportError, match=r"seqlm export .*run \(it writes .*run/onnx\)"):
+        seqlm.runtime.load(run)
+    (tmp_path / "onnx").rename(run / "onnx")
+    assert seqlm.runtime.load(run).path == run / "onnx"
 
 
 def test_an_adaptive_softmax_model_exports_and_scores_as_in_torch(tmp_path):
@@ -134,20 +158,35 @@ def test_word_model_with_bos(tmp_path):
 
 def test_cli_onnx_backend_equals_torch(tmp_path, capsys):
     lm, _ = _pair(tmp_path, cell="rnn", num_layers=2)
+    run = tmp_path / "run"  # a run directory with its export in RUN/onnx
+    (run / "checkpoints").mkdir(parents=True)
+    (tmp_path / "ckpt").rename(run / "checkpoints" / "best")
+    (tmp_path / "onnx").rename(run / "onnx")
     outputs = []
-    for target, backend in ((tmp_path / "ckpt", "torch"), (tmp_path / "ckpt", "onnx"),
-                            (tmp_path / "onnx", "onnx")):
-        assert main(["generate", str(target), "--backend", backend, "--prefix", "the ",
-                     "--temperature", "0", "--max-new-tokens", "25", "--json"]) == 0
-        outputs.append(json.loads(capsys.readouterr().out)["samples"])
+    for args in ([str(run)], [str(run), "--backend", "onnx"], [str(run / "onnx")],
+                 [str(run / "onnx"), "--backend", "onnx"]):
+        assert main(["generate", *args, "--prefix", "the ", "--temperature", "0",
+                     "--max-new-tokens", "25", "--json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
     greedy = lm.generate("the ", max_new_tokens=25, temperature=0)
-    assert outputs[0] == outputs[1] == outputs[2] == [greedy]
+    assert all(out["samples"] == [greedy] for out in outputs)
+    assert [out["checkpoint"] for out in outputs[1:]] == [str(run / "onnx")] * 3
     sampled = []
-    for backend in ("torch", "onnx"):
-        assert main(["generate", str(tmp_path / "ckpt"), "--backend", backend, "--prefix",
-                     "the ", "--max-new-tokens", "30", "--seed", "4", "--temperature", "1"]) == 0
+    for args in ([str(run)], [str(run / "onnx")]):
+        assert main(["generate", *args, "--prefix", "the ", "--max-new-tokens", "30",
+                     "--seed", "4", "--temperature", "1"]) == 0
         sampled.append(capsys.readouterr().out)
     assert sampled[0] == sampled[1] and sampled[0].startswith("the ")
+
+
+def test_cli_onnx_edges_are_one_line_errors(tmp_path, capsys):
+    _pair(tmp_path)
+    for args, words in (([str(tmp_path / "ckpt"), "--backend", "onnx"], "seqlm export"),
+                        ([str(tmp_path / "onnx"), "--backend", "torch"], "--backend onnx"),
+                        ([str(tmp_path / "onnx"), "--seed", "-1"], "--seed must be")):
+        assert main(["generate", *args, "--max-new-tokens", "3"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
 
 
 def test_not_an_export_is_one_line(tmp_path):
@@ -186,3 +225,41 @@ def test_bpe_model_carries_its_tokenizer_file(tmp_path):
             == lm.generate("the time", max_new_tokens=15, temperature=0))
     np.testing.assert_allclose(rt.score(TEXT).logprobs, lm.score(TEXT).logprobs, atol=1e-5)
     assert rt.score(TEXT).tokens == lm.score(TEXT).tokens
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_the_onnx_backend_never_imports_torch(tmp_path):
+    """seqlm generate and seqlm serve's app on an export, in a process that must not load
+    torch: the command line, the runtime and the playground's routes on onnxruntime."""
+    lm, _ = _pair(tmp_path, cell="lstm")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (tmp_path / "ckpt").rename(run / "checkpoints" / "best")
+    (tmp_path / "onnx").rename(run / "onnx")
+    code = f"""
+import sys
+from seqlm.cli import main
+for args in ([{str(run / "onnx")!r}], [{str(run)!r}, "--backend", "onnx"]):
+    assert main(["generate", *args, "--prefix", "the t", "--max-new-tokens", "12",
+                 "--temperature", "0"]) == 0
+from fastapi.testclient import TestClient
+from seqlm.serve import create_app, load_runs
+runs = load_runs([{str(run)!r}], backend="onnx")
+with TestClient(create_app(runs)) as c:
+    lines = c.post("/api/generate", json={{"prefix": "the", "max_new_tokens": 5}}).text
+    assert lines.count('"type":"token"') + lines.count('"type": "token"') == 5, lines
+    assert c.post("/api/score", json={{"text": "the time"}}).status_code == 200
+    states = c.post("/api/states", json={{"text": "the time"}}).json()
+    assert len(states["cells"][0]) == 8, states
+    gradients = c.post("/api/gradients", json={{"text": "the time"}})
+    assert gradients.status_code == 422 and gradients.json()["field"] == "run"
+    assert c.get("/api/runs").json()["runs"][0]["backend"] == "onnx"
+torch = sorted(m for m in sys.modules if m.split(".")[0] == "torch")
+assert not torch, torch[:5]
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    greedy = lm.generate("the t", max_new_tokens=12, temperature=0)
+    assert out.stdout.splitlines() == [greedy, greedy]

@@ -30,7 +30,7 @@ from seqlm.data import build_corpus  # noqa: E402
 from seqlm.metrics import bigram_nll, unigram_nll  # noqa: E402
 from seqlm.models import RNNLM  # noqa: E402
 from seqlm.serve import Limits, create_app, load_runs  # noqa: E402
-from seqlm.serve.analysis import text_features  # noqa: E402
+from seqlm.serve.units import text_features  # noqa: E402
 from seqlm.serve.baseline import Bigram  # noqa: E402
 from seqlm.serve.limits import Busy, Gate  # noqa: E402
 
@@ -160,8 +160,13 @@ def test_score_equals_the_library_and_marks_unknown_tokens(client, runs):
     for row, lp in zip(out["tokens"], lib.logprobs):
         assert row["logprob"] == pytest.approx(lp)
         assert row["surprisal"] == pytest.approx(-lp / math.log(2))
-    assert out["tokens"][0]["bigram_logprob"] is None
-    assert all(t["bigram_logprob"] < 0 for t in out["tokens"][1:])
+    assert all(t["bigram_logprob"] < 0 for t in out["tokens"])
+    vocab = len(runs["tiny"].lm.tokenizer.vocab)
+    for row, nats in zip(out["tokens"], lib.entropy):  # the model's, in bits
+        assert row["entropy"] == pytest.approx(nats / math.log(2))
+        assert 0 < row["entropy"] <= math.log2(vocab) + 1e-9
+    base = [t["bigram_logprob"] for t in out["tokens"]]  # the same tokens as the model's
+    assert out["baseline"]["perplexity"] == pytest.approx(math.exp(-np.mean(base)))
     assert out["baseline"]["name"].endswith("bigram") and out["baseline"]["perplexity"] > 1
 
 
@@ -187,8 +192,8 @@ def test_bigram_per_token_agrees_with_the_training_baseline():
     rng = np.random.default_rng(0)
     train, test = rng.integers(0, 7, 500), rng.integers(0, 7, 60)
     lp = Bigram(train, 7, 0.1).logprobs(test)
-    first = unigram_nll(train, test[:1], 7)  # the baseline scores the first token by unigram
-    assert -np.nansum(lp) == pytest.approx(bigram_nll(train, test, 7, 0.1) * 60 - first)
+    assert -lp[0] == pytest.approx(unigram_nll(train, test[:1], 7))  # no context: unigram
+    assert -lp.sum() == pytest.approx(bigram_nll(train, test, 7, 0.1) * 60)
 
 
 def test_states_are_the_library_s_with_ranked_units(client, runs):
@@ -210,6 +215,16 @@ def test_text_features():
     assert f["inside brackets"].tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0]
     assert f["position in line"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
     assert f["after a space"].tolist() == [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert f["punctuation"].tolist() == [0, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0]
+
+
+def test_text_features_read_chinese():
+    f = text_features(list("他说：「你好（朋友）。」我笑了。"))
+    assert f["inside quotes"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    assert f["inside brackets"].tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert f["position in sentence"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2,
+                                                  3, 4]
+    assert "after a space" not in f and "position in line" not in f  # meaningless here
 
 
 def test_gradients_per_lag_on_the_text_s_last_tokens(client):

@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         except SeqlmError as exc:
             print(f"seqlm {args.command}: error: {as_flags(str(exc))}", file=sys.stderr)
             return EXIT_USAGE
+        except ModuleNotFoundError as exc:
+            if exc.name != "torch":
+                raise
+            print(f"seqlm {args.command}: error: this command needs torch, which is not "
+                  "installed; without torch, seqlm generate and seqlm serve read ONNX exports "
+                  "(written by seqlm export where torch is)", file=sys.stderr)
+            return EXIT_USAGE
         except KeyboardInterrupt:
             print(f"seqlm {args.command}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

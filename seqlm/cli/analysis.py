@@ -7,12 +7,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from seqlm.cli.commands import _refuse_existing
 from seqlm.cli.flags import add_config_flags, given
 from seqlm.config import DataConfig, ModelConfig
-from seqlm.exercises import CLIPPING_STEPS, EXERCISE_LR, clipping_exercise
 from seqlm.errors import ConfigError
 from seqlm.settings import FROM_CORPUS
 
@@ -31,10 +29,14 @@ def register(sub) -> None:
                    "behind identity, tanh and relu; W_hh = 1.5 I; gru and lstm")
     p.add_argument("--clipping", action="store_true", help="the book's exercise: train the "
                    "d2l-scratch preset without and with gradient clipping, side by side")
-    p.add_argument("--clipping-steps", type=int, default=CLIPPING_STEPS,
-                   help="steps of each --clipping run (about 0.1 s each)")
-    p.add_argument("--clipping-lr", type=float, default=EXERCISE_LR,
-                   help="SGD learning rate of the --clipping runs (the book's is 1)")
+    # Defaults left to seqlm.exercises (read when the command runs: it imports torch, which
+    # building the parser must not, so that `seqlm generate --backend onnx` never does).
+    p.add_argument("--clipping-steps", type=int, default=None,
+                   help="steps of each --clipping run (default: the exercise's; about 0.1 s "
+                   "each)")
+    p.add_argument("--clipping-lr", type=float, default=None,
+                   help="SGD learning rate of the --clipping runs (default: the exercise's; "
+                   "the book's is 1)")
     p.add_argument("--truncation-error", action="store_true",
                    help="error of the tau-truncated gradient against the full one as tau grows")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh model and the data")
@@ -63,6 +65,8 @@ def _data_flags(args) -> dict:
 def _model_and_tokens(args):
     """The model (trained or fresh) and a (B, T+1) token batch from its corpus (the whole of
     it: every split, encoded by the model's tokenizer or one fitted on the training split)."""
+    import torch
+
     from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
     from seqlm.data import load_corpus
     from seqlm.models import RNNLM
@@ -89,10 +93,11 @@ def _model_and_tokens(args):
 
 def cmd_bptt(args) -> int:
     from seqlm import diagnostics
+    from seqlm.exercises import clipping_exercise
 
     if args.steps < 2 or args.batch_size < 1:
         raise ConfigError("--steps must be >= 2 and --batch-size >= 1")
-    if args.clipping_steps < 1:
+    if args.clipping_steps is not None and args.clipping_steps < 1:
         raise ConfigError(f"--clipping-steps must be >= 1, got {args.clipping_steps}")
     model, batch, _ = _model_and_tokens(args)
     report: dict = {"model": vars(model.config), "steps": args.steps,
@@ -101,8 +106,9 @@ def cmd_bptt(args) -> int:
         model, batch, with_sweep=args.sweep, with_truncation_error=args.truncation_error,
         seed=args.seed))
     if args.clipping:
-        report["clipping"] = clipping_exercise(
-            steps=args.clipping_steps, lr=args.clipping_lr, overrides=_data_flags(args))
+        knobs = {k: v for k, v in (("steps", args.clipping_steps), ("lr", args.clipping_lr))
+                 if v is not None}
+        report["clipping"] = clipping_exercise(**knobs, overrides=_data_flags(args))
     plot = Path(args.plot) if args.plot else (
         Path(args.checkpoint) if args.checkpoint and Path(args.checkpoint).is_dir()
         else Path(".")) / "gradient-flow.png"

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from seqlm.cli.flags import add_config_flags, given
 from seqlm.config import DEFAULT_TEMPERATURE, DataConfig
@@ -73,9 +72,11 @@ def register(sub) -> None:
     p.add_argument("--strict", action="store_true", help="unknown prefix tokens are an error")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (torch "
                    "backend; onnx runs on the CPU)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="onnx: "
-                   "onnxruntime on an exported directory, or on the run exported on the fly "
-                   "(the same text as torch, greedy or with the same --seed)")
+    p.add_argument("--backend", default=None, choices=["torch", "onnx"], help="onnx: "
+                   "onnxruntime on an export (seqlm export; RUN/onnx for a run), never "
+                   "importing torch, with the same text as torch (greedy or the same --seed); "
+                   "default: onnx for an export directory or without torch installed, else "
+                   "torch")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_generate)
 
@@ -197,32 +198,47 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _generator(args):
+    """``(generate_texts(prefix, **knobs), source, step)`` of the backend asked for: onnx for
+    an export, for ``--backend onnx`` (a run's export in RUN/onnx) and where torch is not
+    installed, without importing torch; else torch on the checkpoint."""
+    from seqlm.runtime.format import default_backend, export_dir, find_export, is_export
+
+    path = Path(args.checkpoint)
+    backend = args.backend or default_backend(path)
+    if backend == "onnx":
+        from seqlm import runtime
+
+        if args.last:
+            raise ConfigError("--last picks a run's checkpoint; --backend onnx reads an "
+                              "exported model: drop one of them")
+        found = find_export(path)
+        if found is None:
+            raise ConfigError(f"{path} holds no ONNX export; write one with: seqlm export "
+                              f"{path} (it goes to {export_dir(path)}), or drop --backend onnx")
+        return runtime.load(found).generate_many, str(found), None
+    if is_export(path):
+        raise ConfigError(f"{path} is an ONNX export: generate from it with --backend onnx (the "
+                          "default for an export), or give the run it came from")
+    from seqlm.devices import resolve_device
+    from seqlm.generate import generate
+
+    ckpt, step = _load(args, resolve_device(args.device))
+
+    def generate_texts(prefix, **kw):
+        return generate(ckpt.model, ckpt.tokenizer, prefix, **kw)
+
+    return generate_texts, str(ckpt.path), step
+
+
 def cmd_generate(args) -> int:
     check_positive_int("num_samples", args.num_samples)
     stream = not args.json and args.num_samples == 1
     knobs = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
              "top_k": args.top_k, "top_p": args.top_p, "num_samples": args.num_samples,
-             "seed": args.seed if args.seed is not None else torch.seed() % 2**31,
-             "stop": args.stop, "strict": args.strict,
+             "seed": args.seed, "stop": args.stop, "strict": args.strict,
              "on_text": (lambda i, piece: print(piece, end="", flush=True)) if stream else None}
-    if args.backend == "onnx":
-        from seqlm.export import load_onnx
-
-        if args.last:
-            raise ConfigError("--last picks a run's checkpoint; --backend onnx reads an "
-                              "exported model: drop one of them")
-        lm = load_onnx(args.checkpoint)
-        source, step = args.checkpoint, None
-        generate_texts = lm.generate_many
-    else:
-        from seqlm.devices import resolve_device
-        from seqlm.generate import generate
-
-        ckpt, step = _load(args, resolve_device(args.device))
-        source = str(ckpt.path)
-
-        def generate_texts(prefix, **kw):
-            return generate(ckpt.model, ckpt.tokenizer, prefix, **kw)
+    generate_texts, source, step = _generator(args)
     if stream:
         print(args.prefix, end="", flush=True)
     texts = generate_texts(args.prefix, **knobs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from seqlm.runtime.format import export_dir
+
 FORMATS = ("onnx",)
 
 
@@ -22,18 +24,10 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_export)
 
 
-def default_out(checkpoint: str | Path) -> Path:
-    """Where an export goes without --out: inside a run, beside a checkpoint directory."""
-    path = Path(checkpoint)
-    if (path / "checkpoints").is_dir():
-        return path / "onnx"
-    return path.with_name(f"{path.resolve().name}-onnx")
-
-
 def cmd_export(args) -> int:
     from seqlm.export import export_onnx
 
-    out = Path(args.out) if args.out else default_out(args.checkpoint)
+    out = Path(args.out) if args.out else export_dir(args.checkpoint)
     report = export_onnx(args.checkpoint, out, overwrite=args.overwrite,
                          check=not args.no_check)
     if args.json:
@@ -43,5 +37,5 @@ def cmd_export(args) -> int:
     checked = ", ".join(f"{k} {v:.1e}" for k, v in report.max_abs_diff.items())
     print(f"exported {args.checkpoint} to {report.out}: {', '.join(report.files)}"
           + (f"; onnxruntime vs torch, max |logits difference|: {checked}" if checked else ""))
-    print(f"generate without torch: seqlm generate {report.out} --backend onnx")
+    print(f"generate without torch: seqlm generate {report.out}")
     return 0

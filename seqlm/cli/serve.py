@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import warnings
 
 from seqlm.cli.flags import add_config_flags, given, warn
+from seqlm.decoding import OOVWarning
 from seqlm.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -19,7 +21,11 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but "
                    "loopback exposes the models to the network")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (torch)")
+    p.add_argument("--backend", default=None, choices=["torch", "onnx"], help="onnx: serve "
+                   "each run's export (RUN/onnx, or an export directory) with onnxruntime, "
+                   "never importing torch (no gradient view); default: onnx for an export "
+                   "directory or without torch installed, else torch")
     add_config_flags(p, Limits, title="limits")
     p.set_defaults(handler=cmd_serve)
 
@@ -58,7 +64,9 @@ def cmd_serve(args) -> int:
     from seqlm.serve.runs import load_runs
 
     limits = Limits(**given(args, Limits))
-    runs = load_runs(args.runs, device=args.device)
+    runs = load_runs(args.runs, device=args.device, backend=args.backend)
+    # The page marks tokens outside the vocabulary; a warning per request would flood stderr.
+    warnings.filterwarnings("ignore", category=OOVWarning)
     exposed = args.host not in LOOPBACK
     sock = _bind(args.host, args.port)
     port = sock.getsockname()[1]

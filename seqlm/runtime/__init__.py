@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from seqlm.decoding import decode_steps, warm_up_ids
-from seqlm.errors import ExportError, SeqlmError
-from seqlm.results import TextModel, TextScore, TokenStep
-from seqlm.runtime.format import FILES, TOKENS, read_config
+from seqlm.errors import ConfigError, ExportError, SeqlmError
+from seqlm.results import TextModel, TextScore, TokenStep, text_ids
+from seqlm.runtime.format import FILES, TOKENS, find_export, read_config
 from seqlm.tokenize import tokenizer_from_state
 
 __all__ = ["OnnxLanguageModel", "TextScore", "TokenStep", "load", "onnx_session"]
@@ -64,7 +64,8 @@ def load(directory: str | Path, *, threads: int | None = None) -> OnnxLanguageMo
     """Load a directory written by ``seqlm export`` (:func:`seqlm.export.export_onnx`).
 
     Args:
-        directory: the export directory.
+        directory: the export directory, or a run directory holding one in ``onnx/`` (where
+            ``seqlm export RUN`` writes).
         threads: onnxruntime's intra-op threads for both graphs; 0 is onnxruntime's default
             (one per core). None: one thread for ``step.onnx`` and the default for
             ``forward.onnx``, because a one-row step is a few matrix-vector products,
@@ -92,7 +93,7 @@ class OnnxLanguageModel(TextModel):
     """
 
     def __init__(self, directory: str | Path, *, threads: int | None = None) -> None:
-        self.path = Path(directory)
+        self.path = find_export(directory) or Path(directory)
         self.config = read_config(self.path)
         self.name, self.vocab_size = self.path.resolve().name, self.config["model"]["vocab_size"]
         self.tokenizer = _read_tokenizer(self.path, self.config["files"])
@@ -108,6 +109,29 @@ class OnnxLanguageModel(TextModel):
         m = self.config["model"]
         return (f"OnnxLanguageModel({self.name!r}, {m['cell']} x{m['num_layers']} "
                 f"H={m['hidden_size']}, vocab {self.vocab_size}, {self.tokenizer.kind} tokens)")
+
+    def states(self, text: str, *, cell: bool = False) -> np.ndarray:
+        """Hidden states after each token of ``text``, every layer, as
+        :meth:`seqlm.api.LanguageModel.states` reads them (``step.onnx``, one token at a
+        time, from the state generation starts from).
+
+        Returns:
+            (L, N, H) float32 array: position n holds the state after token n (``cell``: an
+            LSTM's cell states c instead of h).
+
+        Raises:
+            ConfigError: the text has no tokens, or ``cell`` for a model that is not an LSTM.
+        """
+        if cell and len(self._state_names) < 2:
+            raise ConfigError(f"`cell` True needs an LSTM; this model's cell is "
+                              f"{self.config['model']['cell']!r}, whose state is h alone")
+        ids = text_ids(self.tokenizer, text)
+        state = self._warm_up([], 1)[1]
+        out = []
+        for token in ids:
+            _, state = self._run(self._step, np.asarray([token]), state)
+            out.append(state[1 if cell else 0][:, 0].copy())
+        return np.stack(out, axis=1)
 
     # -- the graphs ------------------------------------------------------------------------
     def _run(self, session, tokens: np.ndarray, state: tuple[np.ndarray, ...]):

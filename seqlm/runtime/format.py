@@ -18,6 +18,7 @@ with ``_out``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from seqlm.errors import ExportError
 
 FORMAT, FORMAT_VERSION = "seqlm-onnx", 1
 CONFIG_FILE = "config.json"
+RUN_EXPORT = "onnx"  # where `seqlm export RUN` writes, inside the run directory
 FILES = {"step": "step.onnx", "forward": "forward.onnx", "start_logits": "start_logits.npy"}
 TOKENS, LOGITS = "tokens", "logits"
 
@@ -47,6 +49,33 @@ def is_export(directory: str | Path) -> bool:
         return False
 
 
+def export_dir(path: str | Path) -> Path:
+    """Where ``seqlm export PATH`` writes without ``--out``: inside a run (``RUN/onnx``),
+    beside a checkpoint directory (``CHECKPOINT-onnx``)."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        return path / RUN_EXPORT
+    return path.with_name(f"{path.resolve().name}-{RUN_EXPORT}")
+
+
+def default_backend(path: str | Path) -> str:
+    """The backend that reads ``path`` when none is named: ``'onnx'`` for an export
+    directory, or where torch is not installed (the torch-free install); else ``'torch'``."""
+    if is_export(path) or importlib.util.find_spec("torch") is None:
+        return "onnx"
+    return "torch"
+
+
+def find_export(path: str | Path) -> Path | None:
+    """The export ``path`` names: ``path`` itself when it is one, else the export of the run
+    or checkpoint ``path`` where ``seqlm export`` writes it (:func:`export_dir`), else None."""
+    path = Path(path)
+    for candidate in (path, export_dir(path)):
+        if is_export(candidate):
+            return candidate
+    return None
+
+
 def read_config(directory: str | Path) -> dict:
     """The config.json of an exported directory, checked.
 
@@ -56,9 +85,9 @@ def read_config(directory: str | Path) -> dict:
     """
     directory = Path(directory)
     if not is_export(directory):
-        raise ExportError(f"{directory} is not an exported seqlm model (no {CONFIG_FILE} with "
-                          f"format {FORMAT!r}); create one with: seqlm export RUN --out "
-                          f"{directory}")
+        raise ExportError(f"{directory} is not an exported seqlm model and has none where "
+                          f"seqlm export writes one; export it with: seqlm export {directory} "
+                          f"(it writes {export_dir(directory)})")
     config = json.loads((directory / CONFIG_FILE).read_text("utf-8"))
     if config.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{directory / CONFIG_FILE}: format_version "

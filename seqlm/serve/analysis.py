@@ -1,6 +1,7 @@
-"""The playground's views that are computed, not just read: which hidden units are worth a
-look, how the gradient fades through time on a text, and how the two sampling strategies cut
-the chapter's example corpus.
+"""The playground's views that need torch: how the gradient fades through time on a text,
+and how the two sampling strategies cut the chapter's example corpus (with training's own
+torch generator). Imported only by the routes that draw them, so that a server of ONNX
+exports never loads torch.
 """
 
 from __future__ import annotations
@@ -12,65 +13,7 @@ from seqlm.batches import SAMPLERS, check_fits, random_plan, sequential_plan
 from seqlm.diagnostics import language_model_flow
 from seqlm.errors import ConfigError
 
-FEATURES = ("inside quotes", "inside brackets", "position in line", "after a space")
-QUOTES = "\"“”"
-OPEN, CLOSE = "([{", ")]}"
-RANKED = 12  # units listed per ranking
 JACOBIAN_MAX_STATE = 64  # above this state size the Jacobian norms take seconds: skipped
-
-
-def text_features(pieces: list[str]) -> dict[str, np.ndarray]:
-    """Simple per-token features of a text, each (N,) float: whether the token starts inside
-    double quotes or brackets, how many characters into its line it starts, and whether the
-    character before it is whitespace."""
-    quoted, depth, column, prev = False, 0, 0, "\n"
-    rows = []
-    for piece in pieces:
-        rows.append((quoted, depth > 0, column, prev.isspace()))
-        for ch in piece:
-            if ch in QUOTES:
-                quoted = not quoted if ch == '"' else ch == "“"
-            elif ch in OPEN:
-                depth += 1
-            elif ch in CLOSE:
-                depth = max(depth - 1, 0)
-            column = 0 if ch == "\n" else column + 1
-            prev = ch
-    table = np.array(rows, dtype=np.float64).reshape(-1, len(FEATURES))
-    return {name: table[:, i] for i, name in enumerate(FEATURES)}
-
-
-def rank_units(h: np.ndarray, pieces: list[str]) -> dict:
-    """Units ranked by variance over the text and by |correlation| with each feature.
-
-    Args:
-        h: (L, N, H) hidden states.
-        pieces: the N token texts.
-
-    Returns:
-        ``{"variance": [[layer, unit, var], ...], "correlation": {feature: [[layer, unit,
-        r], ...] or [] when the feature is constant on this text}}``, best first.
-    """
-    layers, _, hidden = h.shape
-    flat = h.transpose(0, 2, 1).reshape(layers * hidden, -1).astype(np.float64)  # (L·H, N)
-    var = flat.var(axis=1)
-
-    def top(values: np.ndarray) -> list[list]:
-        order = np.argsort(-np.abs(values), kind="stable")[:RANKED]
-        return [[int(i // hidden), int(i % hidden), float(values[i])] for i in order]
-
-    centred = flat - flat.mean(axis=1, keepdims=True)
-    norms = np.sqrt((centred ** 2).sum(axis=1))
-    out = {"variance": top(var), "correlation": {}}
-    for name, feature in text_features(pieces).items():
-        f = feature - feature.mean()
-        if not f.any():
-            out["correlation"][name] = []
-            continue
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = centred @ f / (norms * np.sqrt((f ** 2).sum()))
-        out["correlation"][name] = top(np.nan_to_num(r))
-    return out
 
 
 def gradient_by_lag(model, ids: list[int]) -> dict:

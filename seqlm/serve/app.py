@@ -1,10 +1,12 @@
 """The playground's web application: one page at ``/``, its API under ``/api``, the API's
 description at ``/docs``.
 
-Every answer is JSON (the page and the static files aside), errors included:
-``{"error": message, "field": name or null}`` with 404 for an unknown run, 422 for a bad
-field (named), 413 for a body larger than the text limit allows, 429 when the model's queue
-is full, 500 for a failure of the server's own (which then goes on serving).
+Every answer is JSON (the page, the static files and the generation stream aside), errors
+included: ``{"error": message, "field": name or null}`` with 400 for a Host header naming
+another machine, 404 for an unknown run or path, 413 for a body larger than the text limit
+allows, 422 for a bad field (named), 429 when the model's queue is full, 501 for the sampling
+view where torch is not installed. A failure of the server's own would be a 500 after which
+it goes on serving; no request should cause one (``tests/test_serve_fuzz.py`` looks for one).
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from seqlm.decoding import MAX_SEED
 from seqlm.version import __version__
 from seqlm.errors import SeqlmError
-from seqlm.serve.analysis import sampling_plans
 from seqlm.serve.limits import Busy, Gate, Limits
-from seqlm.serve.routes import model_routes
+from seqlm.serve.middleware import RequestGuard, safe_text
+from seqlm.serve.routes import ERRORS, ErrorBody, model_routes
+from seqlm.serve.card import run_card
 from seqlm.serve.runs import ServedRun, UnknownRun, pick_run, run_history
-from seqlm.serve.schemas import FieldError
+from seqlm.serve.schemas import FieldError, plain_message
 
 STATIC = Path(__file__).parent / "static"
 MAX_SAMPLING_TOKENS = 200  # the strategies tab draws every token of its example corpus
+NO_TORCH = {501: {"model": ErrorBody, "description": "torch is not installed here"}}
 log = logging.getLogger("seqlm.serve")
 
 
@@ -39,26 +43,16 @@ def create_app(runs: dict[str, ServedRun], *, limits: Limits | None = None,
     Args:
         runs: name → loaded run (see :func:`seqlm.serve.runs.load_runs`).
         limits: request limits (default :class:`Limits`).
-        allowed_hosts: Host header values to accept (guards a loopback server against DNS
+        allowed_hosts: Host names to accept (guards a loopback server against DNS
             rebinding); None accepts any.
     """
     limits = limits or Limits()
     app = FastAPI(title="seqlm playground", version=__version__, docs_url=None,
                   redoc_url=None, description="Look inside a trained seqlm language model.")
-    if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    max_body = 8 * limits.max_text + 4096  # UTF-8 text with JSON escapes, and the knobs
+    app.add_middleware(RequestGuard, max_body=max_body, allowed_hosts=allowed_hosts)
     app.state.runs, app.state.limits, app.state.gate = runs, limits, Gate(limits)
     _errors(app)
-    max_body = 8 * limits.max_text + 4096  # UTF-8 text with JSON escapes, and the knobs
-
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        size = request.headers.get("content-length", "")
-        if size.isdigit() and int(size) > max_body:
-            return error(413, f"the request body has {int(size):,} bytes; the server reads at "
-                         f"most {max_body:,} (seqlm serve --max-text)")
-        return await call_next(request)
-
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(page_routes())
     app.include_router(info_routes(runs, limits, app.state.gate))
@@ -83,7 +77,7 @@ def page_routes() -> APIRouter:
 
 def info_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRouter:
     """The routes that read files or compute without a model: runs, metrics, sampling."""
-    router = APIRouter(prefix="/api")
+    router = APIRouter(prefix="/api", responses=ERRORS)
 
     @router.get("/runs")
     def list_runs() -> dict:
@@ -91,22 +85,32 @@ def info_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRo
         return {"runs": [r.describe() for r in runs.values()], "limits": vars(limits),
                 "queue": gate.report()}
 
+    @router.get("/runs/{name:path}/card")
+    def card(name: str) -> dict:
+        """What the run is: its corpus, tokenizer, budget and time trained, best validation
+        perplexity against the unigram and bigram baselines, the recipe's choices, texts of
+        its validation split, and how to use it from Python and the command line."""
+        return run_card(pick_run(runs, name))
+
     @router.get("/runs/{name:path}/metrics")
     def metrics(name: str) -> dict:
         """The run's training records (metrics.jsonl) and samples, as on disk now."""
         return run_history(pick_run(runs, name))
 
-    @router.get("/sampling")
-    def sampling(n_tokens: int = Query(35), batch_size: int = Query(2),
-                 num_steps: int = Query(5), seed: int = Query(0)) -> dict:
+    @router.get("/sampling", responses=NO_TORCH)
+    def sampling(n_tokens: int = Query(35, ge=1, le=MAX_SAMPLING_TOKENS),
+                 batch_size: int = Query(2, ge=1, le=MAX_SAMPLING_TOKENS),
+                 num_steps: int = Query(5, ge=1, le=MAX_SAMPLING_TOKENS),
+                 seed: int = Query(0, ge=0, le=MAX_SEED)) -> dict:
         """One epoch of random sampling and of sequential partitioning on 0..n_tokens-1."""
-        for field, value in (("n_tokens", n_tokens), ("batch_size", batch_size),
-                             ("num_steps", num_steps)):
-            if value < 1:
-                raise FieldError(field, f"{field}={value} must be a positive integer")
-        if n_tokens > MAX_SAMPLING_TOKENS:
-            raise FieldError("n_tokens", f"n_tokens={n_tokens} is above the page's "
-                             f"{MAX_SAMPLING_TOKENS}")
+        try:
+            from seqlm.serve.analysis import sampling_plans
+        except ModuleNotFoundError as exc:  # a torch-free install serving exports
+            if exc.name != "torch":
+                raise
+            return error(501, "the sampling view draws with training's own torch generator, "
+                         "and torch is not installed here")
+
         try:
             plans = sampling_plans(n_tokens, batch_size, num_steps, seed)
         except SeqlmError as exc:
@@ -118,8 +122,8 @@ def info_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRo
 
 
 def error(status: int, message: str, field: str | None = None, **headers) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status,
-                        headers=headers or None)
+    return JSONResponse(ErrorBody(error=safe_text(message), field=field).model_dump(),
+                        status_code=status, headers=headers or None)
 
 
 def _errors(app: FastAPI) -> None:
@@ -128,10 +132,8 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         problems = exc.errors()
-        first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        field = ".".join(loc) or None
-        return error(422, f"{field}: {first['msg']}" if field else first["msg"], field)
+        field, message = plain_message(problems[0]) if problems else ("body", "invalid body")
+        return error(422, message, field)
 
     @app.exception_handler(FieldError)
     async def bad_field(request: Request, exc: FieldError):
@@ -146,11 +148,14 @@ def _errors(app: FastAPI) -> None:
         return error(429, str(exc), None, **{"Retry-After": "1"})
 
     @app.exception_handler(SeqlmError)
-    async def user_error(request: Request, exc: SeqlmError):
-        return error(400, str(exc))
+    async def user_error(request: Request, exc: SeqlmError):  # a rule no route named
+        return error(422, str(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8 JSON)
+            return error(422, "the body is not JSON text (UTF-8); send one JSON object",
+                         "body")
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)

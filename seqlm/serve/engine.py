@@ -1,7 +1,7 @@
-"""The playground's numbers, from :class:`seqlm.api.LanguageModel` and nothing else.
+"""The playground's numbers, from the model object and nothing else.
 
 Generation, scoring and hidden states come from the same object a Python user gets from
-``seqlm.load``: :meth:`~seqlm.api.LanguageModel.stream` (one :class:`~seqlm.results.TokenStep`
+``seqlm.load`` (or, for an export, ``seqlm.runtime.load``, which has the same methods): :meth:`~seqlm.api.LanguageModel.stream` (one :class:`~seqlm.results.TokenStep`
 per token), :meth:`~seqlm.api.LanguageModel.score` (a :class:`~seqlm.results.TextScore`) and
 :meth:`~seqlm.api.LanguageModel.states` (L, N, H). This module only turns them into the
 API's JSON rows: probabilities as they are, entropies and surprisals in bits, and each token's
@@ -15,8 +15,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from seqlm.errors import ConfigError
+from seqlm.errors import ConfigError, SeqlmError
 from seqlm.results import TextScore, TokenStep
+from seqlm.serve.schemas import FieldError
+from seqlm.serve.units import rank_units
 
 LN2 = math.log(2.0)
 TOP = 10  # alternatives reported per step
@@ -52,8 +54,10 @@ def display_pieces(tokenizer, text: str, ids: np.ndarray) -> list[str]:
 
 
 def score_rows(lm, text: str) -> tuple[TextScore, list[dict]]:
-    """Every token of ``text`` with its probability, surprisal (bits), the model's top
-    alternatives at that position and whether it is outside the vocabulary.
+    """Every token of ``text`` with its probability, surprisal (bits), the entropy (bits) of
+    the model's distribution there, its top alternatives and whether it is outside the
+    vocabulary. The first token is scored from where generation starts, as
+    :meth:`~seqlm.results.TextModel.score` scores it.
 
     Raises:
         ConfigError: the text has no tokens.
@@ -66,7 +70,8 @@ def score_rows(lm, text: str) -> tuple[TextScore, list[dict]]:
                for j, v in zip(result.top_ids[i], result.top_logprobs[i])]
         rows.append({"text": texts[i], "id": int(result.ids[i]), "prob": math.exp(lp),
                      "logprob": finite(lp), "surprisal": finite(-lp / LN2), "top": top,
-                     "entropy": None, "unknown": bool(result.unknown[i])})
+                     "entropy": finite(result.entropy[i] / LN2),
+                     "unknown": bool(result.unknown[i])})
     return result, rows
 
 
@@ -87,12 +92,61 @@ def stream(lm, prefix: str, *, max_new_tokens: int, temperature: float, top_k: i
     return warm, (step_row(s) for s in steps)
 
 
-def states(lm, text: str) -> tuple[np.ndarray, list[str]]:
-    """``(h (L, N, H), the N token texts)`` after every token of ``text``.
+def score_answer(run, text: str) -> dict:
+    """The ``/api/score`` answer for ``run`` (a :class:`~seqlm.serve.runs.ServedRun`).
+
+    The model and the bigram baseline are scored on the same N tokens: the model's first
+    token from where generation starts, the bigram's (which has no token before it) by the
+    unigram, as ``seqlm train``'s baseline scores it.
 
     Raises:
-        ConfigError: the text has no tokens.
+        FieldError: the text has no tokens.
     """
-    h = lm.states(text)
-    ids = lm.tokenizer.encode(text)
-    return h, display_pieces(lm.tokenizer, text, ids)
+    try:
+        result, rows = score_rows(run.lm, text)
+    except SeqlmError as exc:
+        raise FieldError("text", str(exc)) from None
+    out = {"run": run.name, "tokens": rows, "perplexity": finite(result.perplexity),
+           "bits_per_token": finite(result.bits_per_token),
+           "unknown": int(result.unknown.sum())}
+    bigram = run.bigram()
+    if isinstance(bigram, str):
+        out["baseline"] = {"unavailable": bigram}
+        return out
+    base = bigram.logprobs(result.ids)
+    for row, lp in zip(rows, base):
+        row["bigram_logprob"] = finite(float(lp))
+    nll = -float(np.mean(base))
+    out["baseline"] = {"name": f"add-{bigram.k:g} bigram", "bits_per_token": nll / LN2,
+                       "perplexity": finite(math.exp(min(nll, 700)))}
+    return out
+
+
+def states_answer(run, text: str, max_tokens: int) -> dict:
+    """The ``/api/states`` answer: h (and an LSTM's c) after every token, L × N × H, the
+    token texts, which are unknown, and the units' rankings (:func:`rank_units`).
+
+    Raises:
+        FieldError: the text has no tokens, or more than ``max_tokens``.
+    """
+    ids = run.tokenizer.encode(text)
+    if len(ids) > max_tokens:
+        raise FieldError("text", f"`text` has {len(ids):,} tokens; hidden states are served "
+                         f"for at most {max_tokens:,} (seqlm serve --max-state-tokens)")
+    try:
+        h = run.lm.states(text)
+        c = run.lm.states(text, cell=True) if run.cell == "lstm" else None
+    except SeqlmError as exc:
+        raise FieldError("text", str(exc)) from None
+    # A diverged model's NaN or inf would not be JSON: shown as 0 and ±1e6.
+    h = np.nan_to_num(h, nan=0.0, posinf=1e6, neginf=-1e6)
+    c = None if c is None else np.nan_to_num(c, nan=0.0, posinf=1e6, neginf=-1e6)
+    pieces = display_pieces(run.tokenizer, text, ids)
+    out = {"run": run.name, "tokens": pieces,
+           "unknown": (np.asarray(ids) == run.tokenizer.vocab.unk).tolist(),
+           "layers": int(h.shape[0]), "hidden_size": int(h.shape[2]),
+           "states": np.round(h, 4).tolist(), "ranking": rank_units(h, pieces),
+           "cells": None, "cell_ranking": None}
+    if c is not None:
+        out["cells"], out["cell_ranking"] = np.round(c, 4).tolist(), rank_units(c, pieces)
+    return out

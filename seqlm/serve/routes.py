@@ -1,8 +1,9 @@
 """The API routes that run the model: generate (streamed), score, states and gradients.
 
 Each passes the :class:`~seqlm.serve.limits.Gate` and runs the model in a worker thread,
-so the event loop keeps answering other requests. ``/api/generate`` answers NDJSON, one JSON
-object per line::
+so the event loop keeps answering other requests. ``/api/generate`` takes its slot before
+the answer starts (a full queue, or a wait past ``--queue-timeout``, is a 429 before any byte
+of the stream), then answers NDJSON, one JSON object per line::
 
     {"type": "prefix", "run": ..., "tokens": [step, ...]}     the warm-up, scored
     {"type": "token", "text": ..., "id": ..., "prob": ..., "top": [[text, p], ...],
@@ -13,27 +14,49 @@ Lines are flushed as soon as the first token exists, then in groups of whatever 
 within ``FLUSH_SECONDS``, so a fast model is not slowed by one network write per token.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the request bodies' types, made
+# per server in model_routes, from the signatures at run time.
 import json
-import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from seqlm.errors import SeqlmError
 from seqlm.serve import engine
-from seqlm.serve.engine import LN2, finite
-from seqlm.serve.analysis import gradient_by_lag, rank_units
-from seqlm.serve.limits import Busy, Gate, Limits
+from seqlm.serve.answers import GradientsAnswer, ScoreAnswer, StatesAnswer
+from seqlm.serve.limits import Gate, Limits
 from seqlm.serve.runs import ServedRun, pick_run
-from seqlm.serve.schemas import FieldError, GenerateRequest, TextRequest, check_text
+from seqlm.serve.schemas import FieldError, request_models
 
 FLUSH_SECONDS = 0.02
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str
+    field: str | None = None
+
+
+ERRORS = {
+    400: {"model": ErrorBody, "description": "the Host header names another machine"},
+    404: {"model": ErrorBody, "description": "no run of that name (field: run)"},
+    413: {"model": ErrorBody, "description": "a body larger than the text limit allows"},
+    422: {"model": ErrorBody, "description": "a field the server cannot use (named)"},
+}
+BUSY = {429: {"model": ErrorBody, "description": "the model's queue is full; retry after "
+              "the Retry-After seconds"}}
+STREAM = {200: {"description": "NDJSON lines: prefix, token..., end (or error)",
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+          # stated as JSON here: the route's own media type is the stream's
+          **{code: {"description": answer["description"], "content": {"application/json": {
+              "schema": ErrorBody.model_json_schema()}}}
+             for code, answer in {**ERRORS, **BUSY}.items()}}
 
 
 def _line(obj: dict) -> bytes:
@@ -51,31 +74,36 @@ def _take(steps: Iterator[dict], seconds: float) -> tuple[bytes, int, bool]:
     return b"".join(out), len(out), True
 
 
-class ClosingStream(StreamingResponse):
-    """A StreamingResponse that closes its generator however the answer ends.
+class NDJSONStream(StreamingResponse):
+    """The generation stream: closes its generator and gives the gate's slot back however
+    the answer ends.
 
     When a client goes away in the middle, the server's ``send`` fails and Starlette leaves
-    the generator suspended at a ``yield``; its ``finally`` (which gives the gate's slot
-    back) would wait for the garbage collector. Closing it here runs it at once.
+    the generator suspended at a ``yield``; its cleanup would wait for the garbage collector.
+    Closing it here runs it at once, and ``on_close`` (the gate's ``leave``) runs even when
+    the generator never started.
     """
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, content, *, on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type=self.media_type)
+        self._on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                self._on_close()
 
 
-async def ndjson_stream(gate: Gate, run: ServedRun, req: GenerateRequest, request: Request):
-    """The lines of one ``/api/generate`` answer (see the module docstring). The gate's slot
-    is taken when the stream starts and given back when it ends, fails or the client leaves;
-    a turn that never comes (the queue timed out) ends the stream with an error line."""
+async def ndjson_stream(run: ServedRun, req, request: Request):
+    """The lines of one ``/api/generate`` answer (see the module docstring); a failure
+    after the first line ends the stream with an error line."""
     t0, count = time.perf_counter(), 0
-    try:
-        await gate.enter()
-    except Busy as exc:
-        yield _line({"type": "error", "error": str(exc)})
-        return
     try:
         warm, steps = await anyio.to_thread.run_sync(lambda: engine.stream(
             run.lm, req.prefix, max_new_tokens=req.max_new_tokens,
@@ -93,13 +121,12 @@ async def ndjson_stream(gate: Gate, run: ServedRun, req: GenerateRequest, reques
         yield _line({"type": "end", "tokens": count, "seconds": time.perf_counter() - t0})
     except Exception as exc:  # a failure mid-stream ends the stream, not the server
         yield _line({"type": "error", "error": f"{type(exc).__name__}: {exc}"})
-    finally:
-        gate.leave()
 
 
 def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRouter:
     """The routes that run a model, each behind ``gate``."""
     router = APIRouter(prefix="/api")
+    Generate, Text = request_models(limits)
 
     async def in_worker(fn, *args):
         """Run ``fn(*args)`` in a thread while holding a slot of the gate."""
@@ -109,77 +136,52 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
         finally:
             gate.leave()
 
-    @router.post("/generate")
-    async def generate(req: GenerateRequest, request: Request):
+    @router.post("/generate", response_class=NDJSONStream, status_code=200, responses=STREAM)
+    async def generate(req: Generate, request: Request):
         """Stream a continuation of ``prefix`` as NDJSON (see the module docstring)."""
         run = pick_run(runs, req.run)
-        req.check(limits)
-        gate.check()  # a full queue is a 429 now; the stream takes its turn when it starts
-        return ClosingStream(ndjson_stream(gate, run, req, request),
-                             media_type="application/x-ndjson")
+        req.check()
+        await gate.enter()  # a full queue is a 429 now, before the answer starts
+        return NDJSONStream(ndjson_stream(run, req, request), on_close=gate.leave)
 
-    @router.post("/score")
-    async def score(req: TextRequest) -> dict:
-        """Per-token log-probability and surprisal of ``text``, perplexity, bits/token, the
-        bigram baseline's per-token log-probability where the run's corpus is readable."""
+    @router.post("/score", response_model=ScoreAnswer, responses={**ERRORS, **BUSY})
+    async def score(req: Text) -> dict:
+        """Per-token log-probability, surprisal and entropy of ``text``, perplexity,
+        bits/token, and the bigram baseline on the same tokens where the run's corpus is
+        readable."""
         run = pick_run(runs, req.run)
-        check_text("text", req.text, limits)
-        return await in_worker(_score, run, req.text)
+        return await in_worker(engine.score_answer, run, req.text)
 
-    @router.post("/states")
-    async def states(req: TextRequest) -> dict:
-        """Hidden state after every token, per layer, and the units worth a look."""
+    @router.post("/states", response_model=StatesAnswer, responses={**ERRORS, **BUSY})
+    async def states(req: Text) -> dict:
+        """Hidden state after every token, per layer (and an LSTM's cell state), and the
+        units' rankings."""
         run = pick_run(runs, req.run)
-        check_text("text", req.text, limits)
-        return await in_worker(_states, run, req.text, limits.max_state_tokens)
+        return await in_worker(engine.states_answer, run, req.text, limits.max_state_tokens)
 
-    @router.post("/gradients")
-    async def gradients(req: TextRequest) -> dict:
+    @router.post("/gradients", response_model=GradientsAnswer, responses={**ERRORS, **BUSY})
+    async def gradients(req: Text) -> dict:
         """‖∂l_T/∂h_{T−k}‖ against the lag k on the text's last tokens."""
         run = pick_run(runs, req.run)
-        check_text("text", req.text, limits)
+        if run.backend != "torch":
+            raise FieldError("run", f"run {run.name!r} is served from its ONNX export, which "
+                             "has no gradients; serve the run with --backend torch")
         ids = [int(i) for i in run.tokenizer.encode(req.text)][-limits.max_gradient_steps - 1:]
         try:
-            return {"run": run.name, **await in_worker(gradient_by_lag, run.model, ids)}
+            out = await in_worker(_gradients, run, ids)
         except SeqlmError as exc:
             raise FieldError("text", str(exc)) from None
+        unknown = int(np.sum(np.asarray(ids) == run.tokenizer.vocab.unk))
+        return {"run": run.name, "unknown": unknown, **out}
 
     return router
 
 
-def _score(run: ServedRun, text: str) -> dict:
-    try:
-        result, rows = engine.score_rows(run.lm, text)
-    except SeqlmError as exc:
-        raise FieldError("text", str(exc)) from None
-    bigram = run.bigram()
-    out = {"run": run.name, "tokens": rows, "perplexity": finite(result.perplexity),
-           "bits_per_token": finite(result.bits_per_token),
-           "unknown": int(result.unknown.sum())}
-    if isinstance(bigram, str):
-        out["baseline"] = {"unavailable": bigram}
-        return out
-    base = bigram.logprobs(result.ids)  # the first token has no bigram context: NaN
-    for row, lp in zip(rows, base):
-        row["bigram_logprob"] = finite(float(lp))
-    if len(base) > 1:
-        nll = -float(np.mean(base[1:]))
-        out["baseline"] = {"name": f"add-{bigram.k:g} bigram", "bits_per_token": nll / LN2,
-                           "perplexity": finite(math.exp(min(nll, 700)))}
-    else:
-        out["baseline"] = {"unavailable": "the bigram baseline needs two tokens"}
-    return out
+def _gradients(run: ServedRun, ids: list[int]) -> dict:
+    from seqlm.serve.analysis import gradient_by_lag  # torch: only where a route needs it
 
-
-def _states(run: ServedRun, text: str, max_tokens: int) -> dict:
-    ids = run.tokenizer.encode(text)
-    if len(ids) > max_tokens:
-        raise FieldError("text", f"text has {len(ids):,} tokens; hidden states are served for "
-                         f"at most {max_tokens:,} (seqlm serve --max-state-tokens)")
-    try:
-        h, texts = engine.states(run.lm, text)
-    except SeqlmError as exc:
-        raise FieldError("text", str(exc)) from None
-    return {"run": run.name, "tokens": texts, "layers": int(h.shape[0]),
-            "hidden_size": int(h.shape[2]), "states": np.round(h, 4).tolist(),
-            "ranking": rank_units(h, texts)}
+    out = gradient_by_lag(run.model, ids)
+    for key in ("grad_norm", "jacobian_norm"):  # an exploding model's inf is JSON's null
+        if out[key] is not None:
+            out[key] = [engine.finite(x) for x in out[key]]
+    return {**out, "growth": engine.finite(out["growth"]), "slope": engine.finite(out["slope"])}

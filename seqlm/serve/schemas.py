@@ -1,16 +1,21 @@
 """The JSON bodies the playground's API accepts, and how a bad one is answered.
 
-Types are checked by pydantic; the values of the sampling knobs by the library's own rules
+Types are strict (pydantic's strict mode: ``true`` is not an integer, ``"3"`` is not a
+number, ``NaN`` is not a temperature); unknown fields are refused, so a misspelt knob is never
+silently ignored. The schema carries the server's limits (:func:`request_models`), so
+``/openapi.json`` states them; the sampling knobs are then checked by the library's own rules
 (:func:`seqlm.decoding.check_sampling`), one knob at a time so that the 422 answer names the
-field. Unknown fields are refused, so a misspelt knob is never silently ignored.
+field. :func:`plain_message` turns pydantic's errors into one sentence naming the field.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import json
 
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from seqlm.decoding import MAX_NEW_TOKENS, MAX_SEED, check_sampling
 from seqlm.errors import ConfigError
-from seqlm.decoding import check_sampling
 from seqlm.serve.limits import Limits
 
 
@@ -22,33 +27,52 @@ class FieldError(Exception):
         self.field = field
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in ``text`` (a JSON ``"\\ud800"`` escape that
+    no other half follows: not a character, so no tokenizer can read it), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
-    run: str | None = None  # a name from GET /api/runs; None: the first run served
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    run: str | None = Field(None, description="a name from GET /api/runs; null or absent: "
+                            "the first run served")
+
+    @field_validator("*")
+    @classmethod
+    def _only_text(cls, value, info):
+        if isinstance(value, str) and (at := lone_surrogate(value)) is not None:
+            raise ValueError(f"`{info.field_name}` holds a lone surrogate (U+"
+                             f"{ord(value[at]):04X} at character {at}), which is not text; "
+                             "send UTF-8, or both halves of a \\ud83d\\ude00-style pair")
+        return value
 
 
 class GenerateRequest(_Body):
     """``POST /api/generate``: continue ``prefix`` token by token."""
 
-    prefix: str = ""
-    max_new_tokens: int = 200
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    greedy: bool = False  # the book's argmax decoding (temperature 0)
+    prefix: str = Field("", description="text read first (the warm-up); '' starts from <bos> "
+                        "or the zero state")
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="tokens to generate")
+    temperature: float = Field(1.0, ge=0, description="0 is greedy; below 1 sharpens")
+    top_k: int | None = Field(None, ge=1, description="sample among the k likeliest")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the same seed gives the "
+                             "same text (as seqlm.load(RUN).generate with that seed); null "
+                             "draws fresh entropy")
+    greedy: bool = Field(False, description="the book's argmax decoding (temperature 0)")
 
-    def check(self, limits: Limits) -> None:
+    def check(self) -> None:
         """Raises:
-            FieldError: a knob breaks the library's rules or a limit, naming it.
+            FieldError: a knob breaks the library's rules, naming it.
         """
-        check_text("prefix", self.prefix, limits, allow_empty=True)
-        if self.max_new_tokens < 1 or self.max_new_tokens > limits.max_new_tokens:
-            raise FieldError("max_new_tokens", f"max_new_tokens={self.max_new_tokens} must be "
-                             f"between 1 and {limits.max_new_tokens} (the server's limit)")
-        knobs = {"temperature": 0.0 if self.greedy else self.temperature,
-                 "top_k": self.top_k, "top_p": self.top_p}
+        knobs = {"temperature": self.effective_temperature, "top_k": self.top_k,
+                 "top_p": self.top_p}
         for name, value in knobs.items():
             try:
                 check_sampling(**{name: value})
@@ -63,15 +87,76 @@ class GenerateRequest(_Body):
 class TextRequest(_Body):
     """``POST /api/score``, ``/api/states`` and ``/api/gradients``: a text to look at."""
 
-    text: str
+    text: str = Field(min_length=1, description="the text to read")
 
 
-def check_text(name: str, text: str, limits: Limits, *, allow_empty: bool = False) -> None:
-    """Raises:
-        FieldError: the text is longer than ``limits.max_text`` or (unless allowed) empty.
-    """
-    if len(text) > limits.max_text:
-        raise FieldError(name, f"{name} has {len(text):,} characters; the server's limit is "
-                         f"{limits.max_text:,} (seqlm serve --max-text)")
-    if not allow_empty and not text:
-        raise FieldError(name, f"{name} is empty; give some text")
+def request_models(limits: Limits) -> tuple[type[GenerateRequest], type[TextRequest]]:
+    """The two request bodies with the server's limits in their schema."""
+    text_limit = {"max_length": limits.max_text}
+    generate = create_model(
+        "GenerateRequest", __base__=GenerateRequest, __module__=__name__,
+        prefix=(str, Field("", **text_limit, description=GenerateRequest.model_fields[
+            "prefix"].description)),
+        max_new_tokens=(int, Field(min(MAX_NEW_TOKENS, limits.max_new_tokens), ge=1,
+                                   le=limits.max_new_tokens, description="tokens to generate "
+                                   "(seqlm serve --max-new-tokens bounds it)")))
+    text = create_model("TextRequest", __base__=TextRequest, __module__=__name__,
+                        text=(str, Field(min_length=1, **text_limit,
+                                         description="the text to read")))
+    return generate, text
+
+
+def too_long(name: str, length: int, limit: int) -> str:
+    return (f"`{name}` has {length:,} characters; the server's limit is {limit:,} (seqlm "
+            "serve --max-text)")
+
+
+_KINDS = {"int": "an integer", "float": "a number", "string": "a string", "bool":
+          "true or false"}
+_BOUNDS = {"greater_than_equal": ("ge", ">="), "less_than_equal": ("le", "<="),
+           "greater_than": ("gt", ">"), "less_than": ("lt", "<")}
+
+
+def _shown(value: object) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def plain_message(error: dict) -> tuple[str | None, str]:
+    """``(field, one sentence)`` for one of pydantic's validation errors: the field named as
+    the library names settings (in backticks), the rule, and the value received."""
+    kind = error.get("type", "")
+    where = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(where) or None
+    value, ctx = error.get("input"), error.get("ctx") or {}
+    if kind == "json_invalid":
+        return "body", (f"the body is not valid JSON ({ctx.get('error', error.get('msg'))}); "
+                        "send one JSON object")
+    if field is None:
+        return "body", f"the body must be one JSON object of named fields, got {_shown(value)}"
+    name = f"`{field}`"
+    if kind == "missing":
+        return field, f"{name} is missing; it is required"
+    if kind == "extra_forbidden":
+        return field, f"{name} is not a field of this request (a misspelt name?)"
+    base = kind.removesuffix("_type").removesuffix("_parsing")
+    if base in _KINDS:
+        return field, f"{name} must be {_KINDS[base]}, got {_shown(value)}"
+    if kind in _BOUNDS:
+        key, sign = _BOUNDS[kind]
+        return field, f"{name} must be {sign} {ctx.get(key)}, got {_shown(value)}"
+    if kind == "finite_number":
+        return field, f"{name} must be a finite number, got {_shown(value)}"
+    if kind == "string_too_long" and isinstance(value, str):
+        return field, too_long(field, len(value), ctx.get("max_length", 0))
+    if kind == "string_unicode":  # how pydantic's JSON parser meets a lone surrogate
+        return field, (f"{name} is not text: it holds a lone surrogate (a \\udXXX escape "
+                       "without its other half); send UTF-8, or both halves of a pair")
+    if kind == "string_too_short":
+        return field, f"{name} is empty; give some text"
+    if kind == "value_error" and "error" in ctx:
+        return field, str(ctx["error"])
+    return field, f"{name}: {error.get('msg', 'invalid value')}"

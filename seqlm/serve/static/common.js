@@ -1,9 +1,10 @@
 // Shared pieces of the playground page: API calls, colours, token spans, the tooltip.
+import { t } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 
-// The state every tab reads: the selected run and the last text generated or scored.
-export const shared = { run: null, runs: [], lastText: "" };
+// The state every tab reads: the selected run, its card, the last text generated or scored.
+export const shared = { run: null, runs: [], card: null, lastText: "" };
 
 export class ApiError extends Error {}
 
@@ -15,7 +16,7 @@ export async function api(path, body) {
   try {
     response = await fetch(path, init);
   } catch (err) {
-    throw new ApiError(`the server did not answer (${err.message}); is seqlm serve still running?`);
+    throw new ApiError(t("err.server", { m: err.message }));
   }
   const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok) throw new ApiError(data.error || `HTTP ${response.status}`);
@@ -46,10 +47,25 @@ export function showError(id, err) {
   $(id).textContent = err ? (err.message || String(err)) : "";
 }
 
-// Probability 0..1 -> red (unlikely) .. yellow .. green (likely), pale enough to read on.
+// Colours. The probability scale runs orange (unlikely) .. pale .. purple (likely), the
+// ColorBrewer PuOr pair that reads the same to red-green colour-blind eyes; pale enough to
+// read text on.
+function mix(a, b, f) {
+  return a.map((x, i) => Math.round(x + (b[i] - x) * f));
+}
+
+function ramp(stops, x) {
+  const f = Math.max(0, Math.min(1, x)) * (stops.length - 1);
+  const i = Math.min(stops.length - 2, Math.floor(f));
+  const [r, g, b] = mix(stops[i], stops[i + 1], f - i);
+  return `rgb(${r}, ${g}, ${b})`;
+}
+
+const PU_OR = [[253, 184, 99], [254, 224, 182], [247, 247, 247], [216, 218, 235],
+               [178, 171, 210]];
+
 export function probColour(p) {
-  const hue = 120 * Math.max(0, Math.min(1, p));
-  return `hsl(${hue}, 75%, 80%)`;
+  return ramp(PU_OR, p);
 }
 
 // Surprisal in bits -> white (0) .. deep orange (max).
@@ -58,11 +74,18 @@ export function heatColour(bits, max) {
   return `hsl(${30 - 25 * t}, 90%, ${97 - 45 * t}%)`;
 }
 
-// Signed value in [-1, 1] -> blue .. white .. red.
+// Signed value in [-1, 1] -> blue .. white .. red (ColorBrewer RdBu: colour-blind safe).
+export const RD_BU = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130],
+                      [178, 24, 43]];
+
 export function divergingColour(v) {
-  const t = Math.max(-1, Math.min(1, v));
-  const light = 97 - 50 * Math.abs(t);
-  return t >= 0 ? `hsl(0, 80%, ${light}%)` : `hsl(215, 80%, ${light}%)`;
+  return ramp(RD_BU, (Math.max(-1, Math.min(1, v)) + 1) / 2);
+}
+
+export function divergingRgb(v) {
+  const f = ((Math.max(-1, Math.min(1, v)) + 1) / 2) * (RD_BU.length - 1);
+  const i = Math.min(RD_BU.length - 2, Math.floor(f));
+  return mix(RD_BU[i], RD_BU[i + 1], f - i);
 }
 
 export function gradientCss(fn, steps = 10) {
@@ -82,18 +105,20 @@ export function fmt(x, digits = 3) {
   return x.toFixed(digits);
 }
 
-// A span for one token; info(el) gives the tooltip's HTML when hovered or tapped.
-export function tokenSpan(text, colour, info, classes = []) {
+// A span for one token; info(el) gives the tooltip's HTML when hovered or tapped. Tokens
+// outside the vocabulary carry the dashed outline (class "unk") in every view.
+export function tokenSpan(text, colour, info, { classes = [], unknown = false } = {}) {
   const span = document.createElement("span");
-  span.className = ["tok", ...classes].join(" ");
+  span.className = ["tok", ...classes, ...(unknown ? ["unk"] : [])].join(" ");
   span.textContent = shown(text);
   span.style.background = colour;
   span.tooltip = info;
   return span;
 }
 
-function escapeHtml(s) {
-  return s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+export function escapeHtml(s) {
+  return String(s).replace(/[&<>"]/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 }
 
 // The top alternatives of one step as a small table.
@@ -108,41 +133,44 @@ export function topTable(top, chosen) {
 }
 
 export function stepInfo(step, extra = "") {
+  const name = escapeHtml(JSON.stringify(step.text));
+  const unknown = step.unknown ? `; ${t("tip.unknown")}` : "";
   const head = step.prob === null || step.prob === undefined
-    ? `<div class="head">${escapeHtml(JSON.stringify(step.text))}: nothing predicts the first token</div>`
-    : `<div class="head">${escapeHtml(JSON.stringify(step.text))}: p = ${(100 * step.prob).toFixed(2)}%` +
+    ? `<div class="head">${name}: ${t("tip.first")}${unknown}</div>`
+    : `<div class="head">${name}: p = ${(100 * step.prob).toFixed(2)}%` +
       (step.entropy === null || step.entropy === undefined ? ""
-        : `, entropy ${fmt(step.entropy, 2)} bits`) + `${extra}</div>`;
+        : `, ${t("tip.entropy", { h: fmt(step.entropy, 2) })}`) + `${extra}${unknown}</div>`;
   return head + (step.top && step.top.length ? topTable(step.top, step.text) : "");
 }
 
-// One tooltip for the whole page, following hover and taps on any .tok carrying one.
-export function installTooltip() {
+// One tooltip for the whole page: hover and taps on any .tok carrying one, and showTip for
+// the canvases (the heatmap's cells).
+export function showTip(html, x, y) {
   const tip = $("tooltip");
-  const show = (el, x, y) => {
-    if (!el || !el.tooltip) { tip.style.display = "none"; return; }
-    tip.innerHTML = el.tooltip();
-    tip.style.display = "block";
-    const w = tip.offsetWidth, h = tip.offsetHeight;
-    tip.style.left = `${Math.min(x + 14, window.innerWidth - w - 8)}px`;
-    tip.style.top = `${y + h + 24 > window.innerHeight ? y - h - 10 : y + 18}px`;
+  if (!html) { tip.style.display = "none"; return; }
+  tip.innerHTML = html;
+  tip.style.display = "block";
+  const w = tip.offsetWidth, h = tip.offsetHeight;
+  tip.style.left = `${Math.max(4, Math.min(x + 14, window.innerWidth - w - 8))}px`;
+  tip.style.top = `${y + h + 24 > window.innerHeight ? Math.max(4, y - h - 10) : y + 18}px`;
+}
+
+export function installTooltip() {
+  const fromToken = (e) => {
+    const el = e.target.closest(".tok");
+    if (el && el.tooltip) showTip(el.tooltip(), e.clientX, e.clientY);
+    else if (!e.target.closest("canvas")) showTip(null);
   };
-  document.addEventListener("mouseover", (e) => {
-    const el = e.target.closest(".tok");
-    show(el, e.clientX, e.clientY);
-  });
+  document.addEventListener("mouseover", fromToken);
   document.addEventListener("mousemove", (e) => {
-    if (tip.style.display === "block") show(e.target.closest(".tok"), e.clientX, e.clientY);
+    if ($("tooltip").style.display === "block") fromToken(e);
   });
-  document.addEventListener("click", (e) => {
-    const el = e.target.closest(".tok");
-    if (el) show(el, e.clientX, e.clientY);
-  });
+  document.addEventListener("click", (e) => { if (e.target.closest(".tok")) fromToken(e); });
 }
 
 // Fill a <select> with the served runs.
 export function fillRuns(select, runs, withNone = false) {
-  select.innerHTML = withNone ? '<option value="">(none)</option>' : "";
+  select.innerHTML = withNone ? `<option value="" data-i18n="none">${t("none")}</option>` : "";
   for (const run of runs) {
     const option = document.createElement("option");
     option.value = run.name;

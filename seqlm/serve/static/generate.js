@@ -1,6 +1,7 @@
 // The Generate tab: stream tokens from one or two runs, coloured by their probability.
 import { $, ApiError, fmt, probColour, readLines, shared, showError, stepInfo,
          tokenSpan } from "./common.js";
+import { t } from "./i18n.js";
 
 let controller = null;
 
@@ -29,7 +30,7 @@ function panel(run) {
 function addStep(target, step, warm) {
   const colour = step.prob === null ? "transparent" : probColour(step.prob);
   target.appendChild(tokenSpan(step.text, colour, () => stepInfo(step),
-                               warm ? ["warm"] : []));
+                               { classes: warm ? ["warm"] : [], unknown: step.unknown }));
 }
 
 async function streamInto(run, view, signal) {
@@ -42,7 +43,7 @@ async function streamInto(run, view, signal) {
       body: JSON.stringify(request(run)), signal });
   } catch (err) {
     if (signal.aborted) return "";
-    throw new ApiError(`the server did not answer (${err.message})`);
+    throw new ApiError(t("err.server", { m: err.message }));
   }
   if (!response.ok) {
     const data = await response.json().catch(() => ({}));
@@ -60,9 +61,9 @@ async function streamInto(run, view, signal) {
       throw new ApiError(line.error);
     }
     const seconds = (performance.now() - t0) / 1000;
-    view.stats.textContent = `${count} tokens in ${fmt(seconds, 2)} s` +
-      (first === null ? "" : `, first after ${fmt(first, 0)} ms, ` +
-       `${fmt(count / Math.max(seconds, 1e-3), 0)} tokens/s`);
+    view.stats.textContent = t("gen.stats", { n: count, s: fmt(seconds, 2) }) +
+      (first === null ? "" : t("gen.first", { ms: fmt(first, 0),
+                                              rate: fmt(count / Math.max(seconds, 1e-3), 0) }));
   }, signal);
   return text;
 }
@@ -76,6 +77,7 @@ async function generate() {
   $("stop").disabled = false;
   try {
     const views = runs.map(panel);
+    if (window.innerWidth < 700) $("gen-panels").scrollIntoView({ block: "start" });  // a phone
     const texts = await Promise.all(runs.map((run, i) => streamInto(run, views[i],
                                                                     controller.signal)));
     if (texts[0]) shared.lastText = texts[0];

@@ -1,5 +1,6 @@
 // The Sampling strategies tab: the chapter's corpus 0..N-1 cut into minibatches two ways.
-import { $, api, showError } from "./common.js";
+import { $, api, escapeHtml, showError } from "./common.js";
+import { t } from "./i18n.js";
 
 const HUES = [210, 30, 130, 280, 0, 180, 60, 330, 100, 250];
 
@@ -14,9 +15,9 @@ function cell(value, hue) {
 function strategy(name, plan, numSteps, n) {
   const box = document.createElement("div");
   box.className = "strategy";
-  const title = name === "random" ? "Random sampling" : "Sequential partitioning";
-  box.innerHTML = `<h3>${title} <span class="note">(contiguous = ${plan.contiguous}, ` +
-    `${plan.starts.length} minibatches)</span></h3>`;
+  const title = t(name === "random" ? "samp.random" : "samp.sequential");
+  box.innerHTML = `<h3>${escapeHtml(title)} <span class="note">${escapeHtml(t("samp.summary", {
+    c: plan.contiguous, n: plan.starts.length }))}</span></h3>`;
   const owner = new Array(n).fill(null);  // which minibatch reads each token as X
   plan.starts.forEach((rows, k) => rows.forEach((s) => {
     for (let t = s; t < s + numSteps; t++) owner[t] = k;
@@ -28,7 +29,7 @@ function strategy(name, plan, numSteps, n) {
   plan.starts.forEach((rows, k) => {
     const batch = document.createElement("div");
     batch.className = "batch";
-    batch.innerHTML = `<div class="label">minibatch ${k}</div>`;
+    batch.innerHTML = `<div class="label">${escapeHtml(t("samp.minibatch", { k }))}</div>`;
     rows.forEach((s, b) => {
       const row = document.createElement("div");
       row.className = "row";
@@ -36,7 +37,7 @@ function strategy(name, plan, numSteps, n) {
       const state = document.createElement("span");
       const carried = plan.contiguous && k > 0;
       state.className = `state ${carried ? "carry" : "reset"}`;
-      state.textContent = carried ? `← state of minibatch ${k - 1}, row ${b}` : "state reset";
+      state.textContent = carried ? t("samp.carry", { k: k - 1, b }) : t("samp.reset");
       row.appendChild(state);
       batch.appendChild(row);
     });
