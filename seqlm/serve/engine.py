@@ -11,10 +11,12 @@ text as it reads on the page (word tokens with their spaces, unknown tokens as w
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
 
+from seqlm.decoding import OOVWarning
 from seqlm.errors import ConfigError, SeqlmError
 from seqlm.results import TextScore, TokenStep
 from seqlm.serve.schemas import FieldError
@@ -62,7 +64,9 @@ def score_rows(lm, text: str) -> tuple[TextScore, list[dict]]:
     Raises:
         ConfigError: the text has no tokens.
     """
-    result = lm.score(text, top=TOP)
+    with warnings.catch_warnings():  # the answer marks unknown tokens itself
+        warnings.simplefilter("ignore", OOVWarning)
+        result = lm.score(text, top=TOP)
     texts = display_pieces(lm.tokenizer, text, result.ids)
     rows = []
     for i, lp in enumerate(result.logprobs):
