@@ -25,6 +25,8 @@ from seqlm.config import DEFAULT_TEMPERATURE
 from seqlm.decoding import MAX_NEW_TOKENS, seeded_uniform
 from seqlm.errors import ConfigError
 from seqlm.generate import generate, token_steps, warm_up
+from seqlm.reading import generate_text, score_text
+from seqlm.reading_settings import resolve_settings
 from seqlm.results import TextModel, TextScore, TokenStep, text_ids
 
 __all__ = ["LanguageModel", "TextScore", "TokenStep", "load"]
@@ -86,7 +88,7 @@ class LanguageModel(TextModel):
     def generate(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
-                 stop: str | None = None) -> str:
+                 stop: str | None = None, cache=None, dynamic=None) -> str:
         """Continue ``prefix``: :func:`seqlm.generate.generate` with one sample.
 
         Args:
@@ -97,16 +99,56 @@ class LanguageModel(TextModel):
             top_k, top_p: keep only the k likeliest / the nucleus of mass p when sampling.
             seed: the same seed gives the same text; None draws fresh entropy.
             stop: end where this text appears; the result ends just before it.
+            cache, dynamic: as :meth:`score`: the neural cache over the prompt and the new
+                tokens; dynamic evaluation adapts a copy on the prompt first, and the copy
+                generates (:func:`seqlm.reading.generate_text`). The weights stay as they are.
 
         Returns:
             The prefix followed by the continuation.
 
         Raises:
-            ConfigError: a knob out of range (the message names it).
+            ConfigError: a knob out of range (the message names it), or settings asked for
+                that are not stored.
         """
+        if cache or dynamic:
+            return generate_text(self.model, self.tokenizer, prefix,
+                                 **self._reading(cache, dynamic), chunk=SCORE_CHUNK,
+                                 max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, seed=seed, stop=stop)
         return generate(self.model, self.tokenizer, prefix, max_new_tokens=max_new_tokens,
                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                         stop=stop)[0]
+
+    def score(self, text: str, *, top: int = 0, cache=None, dynamic=None) -> TextScore:
+        """:meth:`TextModel.score <seqlm.results.TextModel.score>`, or with ``cache`` and/or
+        ``dynamic`` the score of a model that keeps learning as it reads
+        (:func:`seqlm.reading.score_text`; docs/reading.md).
+
+        Args:
+            text, top: as the static score.
+            cache: None for none; True for the settings chosen on the validation split and
+                stored with the run (``seqlm evaluate RUN --cache SIZE`` chooses them); or a
+                :class:`~seqlm.neural_cache.CacheSettings`.
+            dynamic: likewise: None, True (``seqlm evaluate RUN --dynamic``) or a
+                :class:`~seqlm.dynamic_eval.DynamicSettings`.
+
+        Returns:
+            A :class:`TextScore`; its ``evaluation`` says what produced it, and beside any
+            evaluation but the static one ``static_logprobs`` holds the trained model's own.
+
+        Raises:
+            ConfigError: the text has no tokens, ``top`` < 0, or settings asked for that are
+                not stored.
+        """
+        if not cache and not dynamic:
+            return super().score(text, top=top)
+        return score_text(self.model, self.tokenizer, text, **self._reading(cache, dynamic),
+                          top=top, chunk=SCORE_CHUNK)
+
+    def _reading(self, cache, dynamic) -> dict:
+        """``cache``, ``dynamic`` and ``prior`` for :mod:`seqlm.reading`."""
+        return dict(zip(("cache", "dynamic", "prior"),
+                        resolve_settings(self.path, cache, dynamic)))
 
     def _decode(self, prefix_ids: list[int], *, max_new_tokens: int, temperature: float,
                 top_k: int | None, top_p: float | None, seed: int | None) -> Iterator[tuple]:

@@ -57,6 +57,11 @@ class TextScore:
         unknown: (N,) bool, the token is outside the vocabulary (scored as ``<unk>``).
         top_ids: (N, k) int64 the k most likely tokens at each position (k may be 0).
         top_logprobs: (N, k) float64 their log-probabilities.
+        evaluation: what produced ``logprobs``: ``'static'`` (the trained weights alone),
+            ``'cache'``, ``'dynamic'`` or ``'cache+dynamic'`` (:mod:`seqlm.reading`).
+        static_logprobs: (N,) float64 the trained model's own log-probabilities of the same
+            tokens when ``evaluation`` is not static (for showing both side by side), else
+            None.
     """
 
     tokens: list[str]
@@ -65,6 +70,8 @@ class TextScore:
     unknown: np.ndarray
     top_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     top_logprobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    evaluation: str = "static"
+    static_logprobs: np.ndarray | None = None
 
     @property
     def nll(self) -> float:
