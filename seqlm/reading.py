@@ -98,12 +98,13 @@ class Reader:
     :attr:`cache`, :attr:`last_hidden`, :attr:`last_logits`).
 
     Args:
-        model: a trained :class:`~seqlm.models.RNNLM`; never changed (dynamic evaluation
-            adapts a deep copy, which :attr:`model` then is).
+        model: a trained :class:`~seqlm.models.RNNLM`, put in eval mode; its weights never
+            change (dynamic evaluation adapts a deep copy, which :attr:`model` then is).
         cache_size: remember this many positions (None: no cache).
         thetas: the θ values to give p_cache for (each costs a softmax over the cache).
         dynamic: adapt after each minibatch (None: the weights stay).
-        prior: the rms rule's mean squared gradients (:func:`gradient_prior`).
+        prior: the rms rule's mean squared gradients
+            (:func:`~seqlm.dynamic_eval.gradient_prior`).
         state: the state to start from (None: zeros).
         top, lam: keep the ``top`` likeliest tokens of the mixture with λ ``lam`` and
             ``thetas[0]`` (0: none).

@@ -131,12 +131,21 @@ def store_dir(checkpoint: Path) -> Path | None:
 
 
 def weights_digest(checkpoint: Path) -> str:
-    """SHA-256 of the checkpoint's weights file: what a stored choice was made for."""
-    digest = hashlib.sha256()
-    with open(Path(checkpoint) / MODEL_FILE, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of the checkpoint's weights file: what a stored choice was made for (kept
+    while the file's size and modification time stay, so that scoring again costs nothing)."""
+    file = Path(checkpoint) / MODEL_FILE
+    info = file.stat()
+    key = (str(file.resolve()), info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple, str] = {}
 
 
 def load_stored(checkpoint: Path) -> tuple[dict, dict | None]:
@@ -303,7 +312,8 @@ def resolve_settings(checkpoint: Path, cache, dynamic) -> tuple:
         ConfigError: True where nothing is stored for these weights, a value of another
             kind, or the rms rule without a stored prior.
     """
-    stored, prior = load_stored(checkpoint)
+    rms = isinstance(dynamic, DynamicSettings) and dynamic.rule == "rms"
+    stored, prior = load_stored(checkpoint) if True in (cache, dynamic) or rms else ({}, None)
     key = "cache+dynamic" if cache is True and dynamic is True else None
     flags = {"cache": "--cache SIZE", "dynamic": "--dynamic"}
 

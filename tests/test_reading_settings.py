@@ -128,7 +128,8 @@ def test_evaluate_reports_each_evaluation_by_name_on_the_test_split(tmp_path, ca
     assert report["chosen_now"] and report["rows"] == 1
     assert main(["evaluate", str(run), "--cache", "60", "--dynamic", "sgd"]) == 0
     text = capsys.readouterr().out
-    assert "settings as stored" in text
+    assert f"settings chosen earlier on the first {report['chosen_on']['tokens']:,} tokens" \
+        in text
     assert [line.split()[0] for line in text.splitlines()[1:5]] == names
     lm = seqlm.load(run)
     both = lm.score(TEXT[:200], cache=True, dynamic=True)

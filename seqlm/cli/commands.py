@@ -251,7 +251,7 @@ def _print_reading(report: dict, described: str, unit: str, split: str) -> None:
           f"{report['rows']} row(s) in {report['segment']}-token segments:")
     for row in report["evaluations"]:
         extra = row.get("extra_seconds_per_1k")
-        cost = (f"+{extra:.2f} s" if extra is not None else f"{row['seconds_per_1k']:.2f} s")
+        cost = f"{extra:+.2f} s" if extra is not None else f"{row['seconds_per_1k']:.2f} s"
         settings = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                              for part in row.get("settings", {}).values()
                              for k, v in part.items())
@@ -259,9 +259,11 @@ def _print_reading(report: dict, described: str, unit: str, split: str) -> None:
               f"{row['ppl']:.3f}, {row['bits']:.3f} bits/{unit}  ({cost} per 1,000 tokens)"
               + (f"  [{settings}]" if settings else ""))
     chosen = report["chosen_on"] or {}
-    where = report["stored_in"] or "not stored (not a run directory)"
-    print(f"settings {'chosen now' if report['chosen_now'] else 'as stored'} on the first "
-          f"{chosen.get('tokens', 0):,} tokens of the run's val split; {where}"
+    when, where = (("now", "stored in") if report["chosen_now"] else ("earlier", "read from"))
+    kept = f"{where} {report['stored_in']}" if report["stored_in"] else \
+        "not stored (a bare checkpoint, not a run)"
+    print(f"settings chosen {when} on the first {chosen.get('tokens', 0):,} tokens of the "
+          f"run's val split, {kept}"
           + ("; this split is the one they were chosen on, so its figures flatter them"
              if split == "val" else ""))
 
