@@ -62,7 +62,8 @@ class LanguageModel(TextModel):
     """A trained recurrent language model with its tokenizer: :meth:`generate` and
     :meth:`states` here; ``stream``, ``score`` and ``perplexity`` from
     :class:`~seqlm.results.TextModel` (documented there), which the torch-free
-    :class:`seqlm.runtime.OnnxLanguageModel` shares.
+    :class:`seqlm.runtime.OnnxLanguageModel` shares. Here ``score`` and ``generate`` also
+    read with the neural cache and dynamic evaluation (``cache=``, ``dynamic=``).
 
     Attributes:
         model: the :class:`~seqlm.models.RNNLM` (in eval mode).

@@ -41,7 +41,7 @@ from seqlm.reading import ROWS, Reading, read, split_batches
 
 LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # λ: the cache's share
 THETAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # θ: flatness; h·h grows with H, hence the wide grid
-LRS = {"rms": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3), "sgd": (0.001, 0.003, 0.01, 0.03, 0.1)}
+LRS = {"rms": (3e-6, 1e-5, 3e-5, 1e-4, 3e-4), "sgd": (0.001, 0.003, 0.01, 0.03, 0.1)}
 DECAYS = (0.0, 0.001, 0.01)  # the first with every lr, the others at the best lr
 TUNE_TOKENS = 20_000  # validation tokens a choice reads at most
 PRIOR_TOKENS = 4_000  # training tokens the rms rule's prior reads at most
@@ -214,8 +214,9 @@ def settings_for(model, checkpoint: Path, *, cache_size: int | None, rule: str |
     both = stored.get("cache+dynamic")
     need_cache = cache_size is not None and (cache is None or cache["size"] != cache_size)
     need_dyn = rule is not None and not dyn_ok
-    need_both = cache_size is not None and rule is not None and (
-        need_cache or need_dyn or both is None)
+    both_ok = both is not None and dyn_ok and both["cache"]["size"] == cache_size and \
+        both["dynamic"] == _settings(dyn)
+    need_both = cache_size is not None and rule is not None and not both_ok
     if not (need_cache or need_dyn or need_both):
         return stored, {"prior": prior, "chosen_now": False,
                         "stored_in": str(store_dir(checkpoint))}

@@ -126,6 +126,9 @@ def test_evaluate_reports_each_evaluation_by_name_on_the_test_split(tmp_path, ca
     assert report["evaluations"][1]["settings"]["cache"]["size"] == 60
     assert report["evaluations"][2]["settings"]["dynamic"]["rule"] == "sgd"
     assert report["chosen_now"] and report["rows"] == 1
+    assert main(["evaluate", str(run), "--json"]) == 0  # the plain figure is labelled too
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["evaluation"] == "static" and plain["split"] == "val"
     assert main(["evaluate", str(run), "--cache", "60", "--dynamic", "sgd"]) == 0
     text = capsys.readouterr().out
     assert f"settings chosen earlier on the first {report['chosen_on']['tokens']:,} tokens" \

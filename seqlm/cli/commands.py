@@ -231,7 +231,7 @@ def cmd_evaluate(args) -> int:
                       **found)
     else:
         meter = evaluate(ckpt.model, ids, batch_size=rows, num_steps=steps, device=device)
-        report.update(meter.report())
+        report.update(evaluation="static", **meter.report())
     unit = "character" if data.tokenizer == "char" else "token"
     if args.json:
         print(json.dumps(report))
@@ -264,8 +264,8 @@ def _print_reading(report: dict, described: str, unit: str, split: str) -> None:
         "not stored (a bare checkpoint, not a run)"
     print(f"settings chosen {when} on the first {chosen.get('tokens', 0):,} tokens of the "
           f"run's val split, {kept}"
-          + ("; this split is the one they were chosen on, so its figures flatter them"
-             if split == "val" else ""))
+          + ("; this split holds the text they were chosen on, so its figures flatter them"
+             if split in ("val", "all") else ""))
 
 
 def cmd_generate(args) -> int:
