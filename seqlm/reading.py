@@ -31,12 +31,13 @@ from seqlm.decoding import (TextStream, check_count, check_sampling, collect, de
                             warm_up_ids)
 from seqlm.dynamic_eval import (SEGMENT, Adaptation, DynamicSettings, detached, no_cudnn,
                                 segment_loss)
-from seqlm.errors import field_error
+from seqlm.errors import ConfigError
 from seqlm.generate import generate, warm_up
 from seqlm.neural_cache import CacheSettings, NeuralCache, mix
 from seqlm.results import TextScore, check_top, text_ids, token_texts
 
-__all__ = ["SEGMENT", "CacheSettings", "DynamicSettings", "Reader", "Reading", "read"]
+__all__ = ["EVALUATIONS", "ROWS", "SEGMENT", "CacheSettings", "DynamicSettings", "Reader",
+           "Reading", "generate_text", "read", "score_text"]
 ROWS = 1  # rows read side by side: one stream, the whole history in one cache and one model
 EVALUATIONS = ("static", "cache", "dynamic", "cache+dynamic")  # every figure's label
 
@@ -176,7 +177,8 @@ def read(model, batches: Iterable[tuple[Tensor, Tensor]], **options) -> Reading:
     parts = [reader.feed(X, Y) for X, Y in batches]
     seconds = time.perf_counter() - start
     if not parts:
-        raise field_error("text", "of fewer than 2 tokens", "at least 2 tokens long to read")
+        raise ConfigError("the text to read has fewer than 2 tokens, so nothing to predict; "
+                          "give a longer text")
 
     def joined(key, axis=-1):
         return np.concatenate([p[key] for p in parts], axis=axis)
