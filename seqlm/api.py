@@ -21,11 +21,16 @@ import numpy as np
 import torch
 
 from seqlm.checkpoint import load_checkpoint, resolve_checkpoint
+from seqlm.config import DEFAULT_TEMPERATURE
+from seqlm.decoding import MAX_NEW_TOKENS
 from seqlm.errors import ConfigError
 from seqlm.generate import decoder, warm_up
-from seqlm.results import TextModel, TextScore, TokenStep, host, text_ids
+from seqlm.reading import generate_text, score_text
+from seqlm.reading_settings import resolve_settings
+from seqlm.results import SCORE_CHUNK, TextModel, TextScore, TokenStep, host, text_ids
 
 __all__ = ["LanguageModel", "TextScore", "TokenStep", "load"]
+
 
 def load(path: str | Path, *, device: str = "cpu") -> LanguageModel:
     """Load a trained model: a run directory (its ``checkpoints/best`` if present, else
@@ -55,7 +60,8 @@ class LanguageModel(TextModel):
     """A trained recurrent language model with its tokenizer: :meth:`states` here;
     ``generate``, ``generate_many``, ``stream``, ``score`` and ``perplexity`` from
     :class:`~seqlm.results.TextModel` (documented there), which the torch-free
-    :class:`seqlm.runtime.OnnxLanguageModel` shares.
+    :class:`seqlm.runtime.OnnxLanguageModel` shares. Here ``score`` and ``generate`` also
+    read with the neural cache and dynamic evaluation (``cache=``, ``dynamic=``).
 
     Attributes:
         model: the :class:`~seqlm.models.RNNLM` (in eval mode).
@@ -80,6 +86,71 @@ class LanguageModel(TextModel):
         c = self.model.config
         return (f"LanguageModel({self.name!r}, {self.checkpoint}, {c.cell} x{c.num_layers} "
                 f"H={c.hidden_size}, vocab {self.vocab_size}, {self.tokenizer.kind} tokens)")
+
+    def generate(self, prefix: str = "", *, max_new_tokens: int = MAX_NEW_TOKENS,
+                 temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None,
+                 stop: str | None = None, cache=None, dynamic=None) -> str:
+        """Continue ``prefix``: :meth:`~seqlm.results.TextModel.generate`, or with ``cache``
+        and/or ``dynamic`` a model that keeps learning as it reads.
+
+        Args:
+            prefix: text to continue ('' starts from ``<bos>`` or the zero state).
+            max_new_tokens: tokens to produce (≥ 1).
+            temperature: 0 is greedy; > 0 samples (default:
+                :data:`seqlm.config.DEFAULT_TEMPERATURE`).
+            top_k, top_p: keep only the k likeliest / the nucleus of mass p when sampling.
+            seed: the same seed gives the same text; None draws fresh entropy.
+            stop: end where this text appears; the result ends just before it.
+            cache, dynamic: as :meth:`score`: the neural cache over the prompt and the new
+                tokens; dynamic evaluation adapts a copy on the prompt first, and the copy
+                generates (:func:`seqlm.reading.generate_text`). The weights stay as they are.
+
+        Returns:
+            The prefix followed by the continuation.
+
+        Raises:
+            ConfigError: a knob out of range (the message names it), or settings asked for
+                that are not stored.
+        """
+        if cache or dynamic:
+            return generate_text(self.model, self.tokenizer, prefix,
+                                 **self._reading(cache, dynamic), chunk=SCORE_CHUNK,
+                                 max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+        return super().generate(prefix, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+
+    def score(self, text: str, *, top: int = 0, cache=None, dynamic=None) -> TextScore:
+        """:meth:`TextModel.score <seqlm.results.TextModel.score>`, or with ``cache`` and/or
+        ``dynamic`` the score of a model that keeps learning as it reads
+        (:func:`seqlm.reading.score_text`; docs/reading.md).
+
+        Args:
+            text, top: as the static score.
+            cache: None for none; True for the settings chosen on the validation split and
+                stored with the run (``seqlm evaluate RUN --cache SIZE`` chooses them); or a
+                :class:`~seqlm.neural_cache.CacheSettings`.
+            dynamic: likewise: None, True (``seqlm evaluate RUN --dynamic``) or a
+                :class:`~seqlm.dynamic_eval.DynamicSettings`.
+
+        Returns:
+            A :class:`TextScore`; its ``evaluation`` says what produced it, and beside any
+            evaluation but the static one ``static_logprobs`` holds the trained model's own.
+
+        Raises:
+            ConfigError: the text has no tokens, ``top`` < 0, or settings asked for that are
+                not stored.
+        """
+        if not cache and not dynamic:
+            return super().score(text, top=top)
+        return score_text(self.model, self.tokenizer, text, **self._reading(cache, dynamic),
+                          top=top, chunk=SCORE_CHUNK)
+
+    def _reading(self, cache, dynamic) -> dict:
+        """``cache``, ``dynamic`` and ``prior`` for :mod:`seqlm.reading`."""
+        return dict(zip(("cache", "dynamic", "prior"),
+                        resolve_settings(self.path, cache, dynamic)))
 
     def _decode(self, prefix_ids: list[int], n: int, max_new_tokens: int, pick, greedy: bool
                 ) -> Iterator[tuple]:

@@ -68,6 +68,25 @@ def swap_into_place(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_directory(target: Path, files: dict[str, bytes | str]) -> None:
+    """``target`` becomes a directory holding exactly ``files`` (name: content), whole or not
+    at all (see the module docstring).
+
+    Raises:
+        OSError: it cannot be written; a previous ``target`` is left as it was.
+    """
+    tmp = None
+    try:
+        tmp = temp_sibling(target)
+        for name, data in files.items():
+            write_durably(tmp / name, data)
+        swap_into_place(tmp, target)
+    except OSError:
+        if tmp is not None:
+            abandon(tmp, target)
+        raise
+
+
 def abandon(tmp: Path, target: Path) -> None:
     """After a failed write: removes ``tmp`` and puts a moved-aside ``target`` back."""
     shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,10 @@ REQUIRED = dataclasses.MISSING  # opt(REQUIRED, ...): a field without a default
 OUTPUTS = ("auto", "full", "adaptive")
 ADAPTABLE = ("dropout", "embedding_dim", "eval_every", "num_layers", "threads")  # the recipe's
 BUDGETS = ("epochs", "max_steps", "time_budget")  # one given replaces all of a preset's
+# Reading with a model that keeps learning (seqlm.reading, docs/reading.md):
+DYNAMIC_RULES = ("rms", "sgd")  # dynamic evaluation's update rules (seqlm.dynamic_eval)
+DYNAMIC_SEGMENT = 20  # tokens read between two updates: Krause et al.'s short segments
+READING_ROWS = 1  # rows read side by side: one stream, the whole history in one cache
 # Sampling temperature wherever text is generated: 0.8 keeps the likely continuations yet
 # varies; 0 is the book's greedy argmax, which soon repeats itself.
 DEFAULT_TEMPERATURE = 0.8

@@ -61,6 +61,15 @@ def check_positive_int(name: str, value: object) -> None:
         raise field_error(name, value, "a positive integer")
 
 
+def check_range(name: str, value: object, rule: str, *, below: float,
+                 closed: bool = False) -> None:
+    """Raises :func:`field_error` (with ``rule``) unless ``value`` is a number in
+    [0, below), or [0, below] when ``closed`` (bools are not numbers here)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (0 <= value <= below if closed else 0 <= value < below):
+        raise field_error(name, value, rule)
+
+
 class TrainingDiverged(SeqlmError):
     """Training diverged and the divergence guard could not (or was told not to) recover; the
     saved checkpoints are the last good ones."""

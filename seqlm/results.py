@@ -60,6 +60,11 @@ class TextScore:
         top_logprobs: (N, k) float64 their log-probabilities.
         entropy: (N,) float64 entropy in nats of the model's distribution at each position
             (the one the token was drawn from; empty when built without it).
+        evaluation: what produced ``logprobs``: ``'static'`` (the trained weights alone),
+            ``'cache'``, ``'dynamic'`` or ``'cache+dynamic'`` (:mod:`seqlm.reading`).
+        static_logprobs: (N,) float64 the trained model's own log-probabilities of the same
+            tokens when ``evaluation`` is not static (for showing both side by side), else
+            None.
     """
 
     tokens: list[str]
@@ -69,6 +74,8 @@ class TextScore:
     top_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     top_logprobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    evaluation: str = "static"
+    static_logprobs: np.ndarray | None = None
 
     @property
     def nll(self) -> float:

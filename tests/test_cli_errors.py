@@ -216,6 +216,12 @@ CASES = [
          r"--temperature must be >= 0.*got nan"),
     case("evaluate-batch-size-zero", ["evaluate", "run", "--batch-size", "0"],
          r"--batch-size must be a positive integer"),
+    case("evaluate-cache-zero", ["evaluate", "run", "--cache", "0"],
+         r"--cache must be a positive integer, got 0"),
+    case("evaluate-cache-not-a-number", ["evaluate", "run", "--cache", "big"],
+         r"argument --cache: invalid int value: 'big'"),
+    case("evaluate-dynamic-unknown-rule", ["evaluate", "run", "--dynamic", "adam"],
+         r"argument --dynamic: invalid choice: 'adam' \(choose from .*'sgd'\)"),
     case("stats-top-negative", ["stats", *CORPUS, "--top", "-1"], r"--top must be >= 0, got -1"),
     # -- unknown names
     case("unknown-cell", ["train", "--cell", "transformer"],

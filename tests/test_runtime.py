@@ -108,6 +108,9 @@ def test_score_equals_the_torch_model(pair):
     assert got.tokens == want.tokens and got.ids.tolist() == want.ids.tolist()
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
     np.testing.assert_array_equal(got.top_ids, want.top_ids)
+    assert got.evaluation == want.evaluation == "static" and got.static_logprobs is None
+    with pytest.raises(TypeError, match="cache"):  # the runtime scores statically only
+        rt.score(TEXT, cache=True)
     assert rt.perplexity(TEXT) == pytest.approx(lm.perplexity(TEXT), rel=1e-5)
     monkey = seqlm.results.SCORE_CHUNK
     try:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from seqlm.cli.flags import add_config_flags, given
-from seqlm.config import DEFAULT_TEMPERATURE, DataConfig
+from seqlm.config import (DEFAULT_TEMPERATURE, DYNAMIC_RULES, DYNAMIC_SEGMENT, READING_ROWS,
+                          DataConfig)
 from seqlm.decoding import MAX_NEW_TOKENS
 from seqlm.errors import ConfigError, check_positive_int
 
@@ -36,23 +37,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_prepare)
 
-    p = sub.add_parser("evaluate", help="loss, perplexity and bits of a checkpoint on a split")
-    p.add_argument("checkpoint", help="a run directory (its checkpoints/best, else last) or a "
-                   "checkpoint directory")
-    p.add_argument("--last", action="store_true", help="a run's checkpoints/last (the final "
-                   "weights) instead of checkpoints/best")
-    p.add_argument("--corpus", help="evaluate on this corpus instead of the run's")
-    p.add_argument("--encoding", default="utf-8", help="encoding of --corpus")
-    p.add_argument("--split", default="val", choices=["train", "val", "test", "all"],
-                   help="which part (the run's fractions); all = the whole corpus")
-    p.add_argument("--batch-size", type=int, default=None, help="rows evaluated side by side, "
-                   "each from the zero state (default: the run's, as its training evaluated)")
-    p.add_argument("--num-steps", type=int, default=None, help="time steps per forward call "
-                   "(the state is carried, so this changes speed, not the result; default: "
-                   "the run's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=cmd_evaluate)
+    _register_evaluate(sub)
 
     p = sub.add_parser("generate", help="continue a prefix with a trained model")
     p.add_argument("checkpoint", help="a run directory (its checkpoints/best, else last) or a "
@@ -79,6 +64,36 @@ def register(sub) -> None:
                    "torch")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_generate)
+
+
+def _register_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="loss, perplexity and bits of a checkpoint on a split")
+    p.add_argument("checkpoint", help="a run directory (its checkpoints/best, else last) or a "
+                   "checkpoint directory")
+    p.add_argument("--last", action="store_true", help="a run's checkpoints/last (the final "
+                   "weights) instead of checkpoints/best")
+    p.add_argument("--corpus", help="evaluate on this corpus instead of the run's")
+    p.add_argument("--encoding", default="utf-8", help="encoding of --corpus")
+    p.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
+                   help="which part (the run's fractions); all = the whole corpus (default: "
+                   "val, or test with --cache/--dynamic, whose settings are chosen on val)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows evaluated side by side, "
+                   "each from the zero state (default: the run's, as its training evaluated; "
+                   f"{READING_ROWS} with --cache/--dynamic)")
+    p.add_argument("--num-steps", type=int, default=None, help="time steps per forward call "
+                   "(default: the run's; the state is carried, so this changes speed, not the "
+                   f"static result; with --dynamic the {DYNAMIC_SEGMENT}-token segments read "
+                   "between two updates)")
+    p.add_argument("--cache", type=int, metavar="SIZE", default=None, help="also read with a "
+                   "neural cache of the last SIZE positions (docs/reading.md); its λ and θ are "
+                   "chosen on the validation split and stored with the run")
+    p.add_argument("--dynamic", nargs="?", const=DYNAMIC_RULES[0], default=None, choices=DYNAMIC_RULES,
+                   metavar="RULE", help="also read with dynamic evaluation, updating a copy "
+                   f"of the weights after each segment: {' or '.join(DYNAMIC_RULES)} (default "
+                   f"{DYNAMIC_RULES[0]}); its learning rate is chosen on the validation split")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_evaluate)
 
 
 def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
@@ -168,36 +183,79 @@ def cmd_evaluate(args) -> int:
     from seqlm.devices import resolve_device
     from seqlm.evaluation import evaluate
 
-    for name in ("batch_size", "num_steps"):
-        if getattr(args, name) is not None:
-            check_positive_int(name, getattr(args, name))
+    reading = args.cache is not None or args.dynamic is not None
+    if args.cache is not None:
+        check_positive_int("cache", args.cache)
+    split = args.split or ("test" if reading else "val")
+    for name, value in (("batch_size", args.batch_size), ("num_steps", args.num_steps)):
+        if value is not None:
+            check_positive_int(name, value)
     device = resolve_device(args.device)
     ckpt, step = _load(args, device)
-    saved = settings.saved(ckpt.config).data
-    data = replace(saved, max_tokens=None, **({"corpus": args.corpus, "encoding": args.encoding}
-                                              if args.corpus else {}))
+    own = replace(settings.saved(ckpt.config).data, max_tokens=None)
+    data = replace(own, corpus=args.corpus, encoding=args.encoding) if args.corpus else own
+    # The run's own rows and window, as its training evaluated (the figure it reported).
+    rows = args.batch_size or (READING_ROWS if reading else own.batch_size)
+    steps = args.num_steps or (DYNAMIC_SEGMENT if reading else own.num_steps)
     corpus_name = data.corpus
     splits = load_corpus(data, tokenizer=ckpt.tokenizer).splits
-    ids = np.concatenate(list(splits.values())) if args.split == "all" else splits[args.split]
+    ids = np.concatenate(list(splits.values())) if split == "all" else splits[split]
     if len(ids) < 2:
-        raise ConfigError(f"the {args.split} split of {corpus_name} has {len(ids)} tokens; "
+        raise ConfigError(f"the {split} split of {corpus_name} has {len(ids)} tokens; "
                           "choose another `split` or corpus")
-    meter = evaluate(ckpt.model, ids, batch_size=args.batch_size or data.batch_size,
-                     num_steps=args.num_steps or data.num_steps, device=device)
     report = {"checkpoint": str(ckpt.path), "checkpoint_step": step, "corpus": corpus_name,
-              "split": args.split,
-              **meter.report(), "oov_rate": float((ids == 0).mean())}
+              "split": split, "oov_rate": float((ids == 0).mean())}
+    if reading:
+        from seqlm.reading_settings import evaluate_reading
+
+        def run_splits():
+            parts = splits if not args.corpus else load_corpus(
+                own, tokenizer=ckpt.tokenizer).splits
+            return parts["val"], parts["train"]
+
+        found = evaluate_reading(ckpt.model, ckpt.path, ids, cache_size=args.cache,
+                                 rule=args.dynamic, rows=rows, segment=steps,
+                                 splits=run_splits)
+        static = found["evaluations"][0]
+        report.update({k: static[k] for k in ("evaluation", "loss", "ppl", "bits", "tokens")},
+                      **found)
+    else:
+        meter = evaluate(ckpt.model, ids, batch_size=rows, num_steps=steps, device=device)
+        report.update(evaluation="static", **meter.report())
+    unit = "character" if data.tokenizer == "char" else "token"
     if args.json:
         print(json.dumps(report))
+    elif reading:
+        _print_reading(report, _described(ckpt.path, step), unit, split)
     else:
-        unit = "character" if data.tokenizer == "char" else "token"
-        print(f"{_described(ckpt.path, step)}: {corpus_name} [{args.split}]: loss "
+        print(f"{_described(ckpt.path, step)}: {corpus_name} [{split}]: loss "
               f"{report['loss']:.4f} nats/{unit}, "
               f"perplexity {report['ppl']:.3f}, {report['bits']:.3f} bits/{unit}, "
               f"{report['tokens']:,} tokens, OOV {report['oov_rate']:.2%}")
     return 0
 
 
+def _print_reading(report: dict, described: str, unit: str, split: str) -> None:
+    """One line per evaluation, each labelled, the static one first."""
+    print(f"{described}: {report['corpus']} [{split}], {report['tokens']:,} tokens read as "
+          f"{report['rows']} row(s) in {report['segment']}-token segments:")
+    for row in report["evaluations"]:
+        extra = row.get("extra_seconds_per_1k")
+        cost = f"{extra:+.2f} s" if extra is not None else f"{row['seconds_per_1k']:.2f} s"
+        settings = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                             for part in row.get("settings", {}).values()
+                             for k, v in part.items())
+        print(f"  {row['evaluation']:<14} loss {row['loss']:.4f} nats/{unit}, perplexity "
+              f"{row['ppl']:.3f}, {row['bits']:.3f} bits/{unit}  ({cost} per 1,000 tokens)"
+              + (f"  [{settings}]" if settings else ""))
+    chosen = report["chosen_on"] or {}
+    when, where = (("now", "stored in") if report["chosen_now"] else ("earlier", "read from"))
+    kept = f"{where} {report['stored_in']}" if report["stored_in"] else \
+        "not stored (a bare checkpoint, not a run)"
+    print(f"settings chosen {when} on the first {chosen.get('tokens', 0):,} tokens of the "
+          f"run's val split, {kept}"
+          + ("; this split holds the text they were chosen on, so its figures flatter them"
+             if split in ("val", "all") else ""))
 def _generator(args):
     """``(generate_texts(prefix, **knobs), source, step)`` of the backend asked for: onnx for
     an export, for ``--backend onnx`` (a run's export in RUN/onnx) and where torch is not
