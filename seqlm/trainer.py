@@ -31,11 +31,12 @@ from seqlm.data import Corpus
 from seqlm.distributed import Dist
 from seqlm.evaluation import evaluate
 from seqlm.guard import Guard, Recovery, diverged
-from seqlm.metrics import LossMeter, StepWindow, summary
+from seqlm.metrics import LossMeter, summary
 from seqlm.replan import Planner
 from seqlm.resume import Position, Progress, ResumeState
 from seqlm.schedule import lr_factor, make_optimizer
 from seqlm.threads import ThreadGovernor
+from seqlm.window import StepWindow
 from seqlm.models import LossOf, RNNLM, detach_state
 
 
