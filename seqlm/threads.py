@@ -12,7 +12,8 @@ not of the machine, so it is measured:
 * during the run, by :class:`ThreadGovernor`, from the time of each training step: when the
   steps slow down or speed up by :data:`CHANGE` or more (another process arrived or left), or
   every :data:`EXPLORE_SECONDS` at most (doubling while the choice holds), it tries the other
-  counts for :data:`TRIAL_STEPS` steps each and keeps the fastest.
+  counts for :data:`TRIAL_STEPS` steps each (a count whose step is :data:`CLEARLY_SLOWER`
+  than the current one's is dropped after one) and keeps the fastest.
 
 A trial costs a few steps at a worse count; with the default cadence that is under 3 % of a
 run's time on a busy machine and well under 1 % on a quiet one. A thread count the user gives
@@ -32,8 +33,9 @@ import torch
 
 CHANGE = 1.5  # steps this much slower or faster than at the last decision: look again
 EXPLORE_SECONDS = 30.0  # at most this long (doubling up to EXPLORE_MAX) between two looks
-EXPLORE_MAX = 240.0
+EXPLORE_MAX = 60.0
 TRIAL_STEPS = 4  # steps timed at a candidate count (after one to settle)
+CLEARLY_SLOWER = 2.0  # a candidate's step this much slower than the current: stop its trial
 RECENT = 6  # steps of the current count whose median is compared
 SWITCH_GAIN = 1.05  # a candidate must be this much faster to replace the current count
 
@@ -92,6 +94,8 @@ class ThreadGovernor:
         self.samples: list[float] = []
         self.explore = EXPLORE_SECONDS
         self.last_look = clock()
+        self.seen = 0  # steps timed since the start
+        self.reason = ""
         torch.set_num_threads(current)
 
     def after_step(self, seconds: float, step: int) -> dict | None:
@@ -100,7 +104,8 @@ class ThreadGovernor:
         if self.trial:
             return self._trial_step(seconds, step)
         self.recent.append(seconds)
-        if len(self.recent) < RECENT:
+        self.seen += 1
+        if len(self.recent) < RECENT or self.seen < 2 * RECENT:  # the first steps warm up
             return None
         median = statistics.median(self.recent)
         if self.reference is None:
@@ -119,9 +124,11 @@ class ThreadGovernor:
 
     def _trial_step(self, seconds: float, step: int) -> dict | None:
         self.samples.append(seconds)
-        if len(self.samples) <= TRIAL_STEPS:  # the first step at a new count settles it
+        settled = self.samples[1:]  # the first step at a new count settles it
+        clearly_slower = settled and settled[-1] > CLEARLY_SLOWER * self.timings[self.current]
+        if len(self.samples) <= TRIAL_STEPS and not clearly_slower:
             return None
-        self.timings[self.trial.pop(0)] = statistics.median(self.samples[1:])
+        self.timings[self.trial.pop(0)] = statistics.median(settled)
         self.samples = []
         if self.trial:
             self._switch(self.trial[0])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqlm import threads
-from seqlm.threads import EXPLORE_SECONDS, ThreadGovernor
+from seqlm.threads import EXPLORE_MAX, EXPLORE_SECONDS, ThreadGovernor
 
 
 @pytest.fixture(autouse=True)
@@ -91,5 +91,5 @@ def test_a_busy_neighbour_moves_the_run_to_one_thread_and_back_when_it_leaves():
     machine.run(governor, steps)
     assert steps * 0.104 / (machine.now - start) >= 0.9  # >= 0.9x the best count's speed
     machine.busy = False  # the neighbour left: the next look goes back to two threads
-    changes = machine.run(governor, int(2 * EXPLORE_SECONDS / 0.1))
+    changes = machine.run(governor, int(EXPLORE_MAX / 0.0625))
     assert [c["threads"] for c in changes] == [2] and torch.get_num_threads() == 2
