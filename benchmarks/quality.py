@@ -259,6 +259,12 @@ def run_one(args, spec: str, corpus, prefix: str) -> dict:
         sample = generate(session.trainer.model, session.tokenizer, prefix,
                           max_new_tokens=args.sample_tokens, temperature=args.temperature,
                           seed=args.seed)[0] if args.sample_tokens else ""
+        if getattr(args, "keep", None):  # the final weights as a run seqlm.load reads
+            from seqlm.rundir import RunDir
+
+            session.run = RunDir.create(args.keep, overwrite=True)
+            session.run.write_config(session.configs())
+            session.save("last", session.trainer)
     result.update(sample=sample, loadavg_before=load, loadavg_after=os.getloadavg()[0])
     summarize(result, args.budget)
     print(f"{spec}: best {result['best_loss']:.4f} nats/token after {result['steps']} steps, "
@@ -279,7 +285,9 @@ def run_parallel(args, prefix: str) -> dict:
                "--budget", str(args.budget), "--eval-every", str(args.eval_every),
                "--threads", str(args.threads), "--prefix", prefix, "--sample-tokens",
                str(args.sample_tokens), "--temperature", str(args.temperature), "--seed",
-               str(args.seed), "--out", str(part), "--models", spec]
+               str(args.seed), "--out", str(part), "--models", spec,
+               *(["--keep", str(args.keep)] if getattr(args, "keep", None)
+                 and spec.split(":")[0] not in PEERS else [])]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
         parts.append(part)
     if any(proc.wait() for proc in procs):
@@ -407,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="directory for results and plot")
+    p.add_argument("--keep", type=Path, default=None, help="also save the seqlm model's final "
+                   "weights as a run directory here (one seqlm model)")
     p = sub.add_parser("throughput", help="interleaved A/B of training tokens/s by threads")
     p.add_argument("--corpus", default="builtin", help="sets the vocabulary size")
     p.add_argument("--models", nargs="+", default=["cpu-fast"])

@@ -154,15 +154,17 @@ def _decide(stored: dict | None, current: dict, force: bool) -> tuple[str, str]:
 
 # ---- running ------------------------------------------------------------------------------------
 
-def run_planned(item: dict, run, *, sample_tokens: int) -> dict:
-    """Trains one planned row x budget side by side with ``run`` (quality.py's) and stores it."""
+def run_planned(item: dict, run, *, sample_tokens: int, keep: Path | None = None) -> dict:
+    """Trains one planned row x budget side by side with ``run`` (quality.py's) and stores it
+    (with ``keep``, the seqlm model's final weights too, as ``keep/<row>-<budget>``)."""
     row = ROWS[item["row"]]
     with tempfile.TemporaryDirectory(prefix="seqlm-matrix-") as tmp:
         args = argparse.Namespace(
             corpus=item["corpus"], tokenizer=row.tokenizer, clean=row.clean,
             budget=item["budget"],
             eval_every=item["budget"] / 12, models=item["models"], threads=1, parallel=True,
-            prefix=None, sample_tokens=sample_tokens, temperature=0.7, seed=0, out=Path(tmp))
+            prefix=None, sample_tokens=sample_tokens, temperature=0.7, seed=0, out=Path(tmp),
+            keep=Path(keep) / f"{item['row']}-{item['budget']:g}" if keep else None)
         result = run(args)
     result["row"] = item["row"]
     path = Path(item["path"])
@@ -173,7 +175,8 @@ def run_planned(item: dict, run, *, sample_tokens: int) -> dict:
     return result
 
 
-def run_matrix(items: list[dict], run, *, sample_tokens: int, log) -> int:
+def run_matrix(items: list[dict], run, *, sample_tokens: int, log,
+               keep: Path | None = None) -> int:
     """Runs every planned item whose action is 'run'; a corpus that cannot be read is logged
     as skipped, a model that fails as failed, and the others go on.
 
@@ -188,7 +191,7 @@ def run_matrix(items: list[dict], run, *, sample_tokens: int, log) -> int:
             continue
         log(f"matrix: {label}: running, {item['reason']}")
         try:
-            run_planned(item, run, sample_tokens=sample_tokens)
+            run_planned(item, run, sample_tokens=sample_tokens, keep=keep)
         except CorpusError as exc:
             log(f"matrix: {label}: skipped, {exc}")
         except SystemExit as exc:  # a model's process failed; its error is printed above
@@ -318,6 +321,9 @@ def add_parser(sub) -> None:
     p.add_argument("--figure", type=Path, default=None,
                    help="the figure's path (default quality-matrix.png beside --doc)")
     p.add_argument("--sample-tokens", type=int, default=300)
+    p.add_argument("--keep", type=Path, default=None, help="also save each seqlm model's "
+                   "final weights as a run directory <keep>/<row>-<budget> (for "
+                   "benchmarks/reading.py)")
 
 
 def main(args, *, run, setup, plot, log=None) -> int:
@@ -331,7 +337,8 @@ def main(args, *, run, setup, plot, log=None) -> int:
     failed = 0
     if not args.table_only:
         items = plan(args.rows, args.budgets, args.results, setup, force=args.force)
-        failed = run_matrix(items, run, sample_tokens=args.sample_tokens, log=log)
+        failed = run_matrix(items, run, sample_tokens=args.sample_tokens, log=log,
+                            keep=args.keep)
     stored = stored_results(list(ROWS), args.budgets, args.results)
     text = render(check_lines(stored, list(ROWS), args.budgets))
     print(text)
