@@ -55,8 +55,11 @@ class RunSession:
             self.corpus.splits, data, train, self.device, self.dist)
         self.model_cfg = model.config  # with the output layer decided
         self.dist.reseed(train.seed, step=0)  # ranks > 0 draw their own dropout masks
+        # Under torchrun the ranks would plan apart (each sees its own speed) and then meet
+        # at different evaluations: a multi-process run keeps its first plan.
         governor, planner = followers(self.recipe, model, self.train_cfg, data,
-                                      self.corpus.splits["train"], self.device)
+                                      self.corpus.splits["train"], self.device,
+                                      plan=not self.dist.enabled)
         self.trainer = Trainer(model, self.corpus, data, self.train_cfg, self.device,
                                dist=self.dist, governor=governor, planner=planner)
         if not is_prepared(data.corpus):  # a prepared corpus keeps the split it was made with

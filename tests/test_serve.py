@@ -170,6 +170,33 @@ def test_score_equals_the_library_and_marks_unknown_tokens(client, runs):
     assert out["baseline"]["name"].endswith("bigram") and out["baseline"]["perplexity"] > 1
 
 
+def test_score_reads_with_the_cache_and_adaptation_the_run_stored(tmp_path, capsys):
+    """The Score tab's readings: a 422 naming `reading` until settings are chosen and
+    stored, then the library's cache+dynamic figures beside the trained weights' own."""
+    run = make_run(tmp_path)
+    runs = load_runs([run])
+    with TestClient(create_app(runs)) as c:
+        text = "the time traveller the time traveller"
+        refused = c.post("/api/score", json={"text": text, "reading": "cache"})
+        assert refused.status_code == 422 and refused.json()["field"] == "reading"
+        assert "seqlm evaluate RUN --cache SIZE" in refused.json()["error"]
+        assert main(["evaluate", str(run), "--cache", "40", "--dynamic", "sgd", "--json"]) == 0
+        capsys.readouterr()
+        out = c.post("/api/score", json={"text": text, "reading": "cache+dynamic"}).json()
+        lib = runs["tiny"].lm.score(text, cache=True, dynamic=True)
+        assert out["evaluation"] == lib.evaluation == "cache+dynamic"
+        assert out["perplexity"] == pytest.approx(lib.perplexity)
+        assert out["static_perplexity"] == pytest.approx(math.exp(-lib.static_logprobs.mean()))
+        for row, lp, slp in zip(out["tokens"], lib.logprobs, lib.static_logprobs):
+            assert row["logprob"] == pytest.approx(lp)
+            assert row["static_logprob"] == pytest.approx(slp)
+        static = c.post("/api/score", json={"text": text}).json()
+        assert static["evaluation"] == "static" and static.get("static_perplexity") is None
+        assert all(row.get("static_logprob") is None for row in static["tokens"])
+        bad = c.post("/api/score", json={"text": text, "reading": "both"})
+        assert bad.status_code == 422 and bad.json()["field"] == "reading"
+
+
 def test_word_tokens_read_with_their_spaces(tmp_path):
     from seqlm.tokenize import WordTokenizer
 

@@ -22,6 +22,7 @@ class TokenRow(BaseModel):
     unknown: bool
     top: list[tuple[str, float]]
     bigram_logprob: float | None = None
+    static_logprob: float | None = None
 
 
 class Baseline(BaseModel):
@@ -38,6 +39,8 @@ class ScoreAnswer(BaseModel):
     bits_per_token: float | None
     unknown: int
     baseline: Baseline
+    evaluation: str = "static"
+    static_perplexity: float | None = None
 
 
 class Ranking(BaseModel):

@@ -18,7 +18,7 @@ import numpy as np
 
 from seqlm.decoding import OOVWarning
 from seqlm.errors import ConfigError, SeqlmError
-from seqlm.results import TextScore, TokenStep
+from seqlm.results import TextScore, TokenStep, text_ids
 from seqlm.serve.schemas import FieldError
 from seqlm.serve.units import rank_units
 
@@ -55,18 +55,20 @@ def display_pieces(tokenizer, text: str, ids: np.ndarray) -> list[str]:
     return out
 
 
-def score_rows(lm, text: str) -> tuple[TextScore, list[dict]]:
+def score_rows(lm, text: str, **reading) -> tuple[TextScore, list[dict]]:
     """Every token of ``text`` with its probability, surprisal (bits), the entropy (bits) of
     the model's distribution there, its top alternatives and whether it is outside the
     vocabulary. The first token is scored from where generation starts, as
-    :meth:`~seqlm.results.TextModel.score` scores it.
+    :meth:`~seqlm.results.TextModel.score` scores it. ``reading`` (``cache=True``,
+    ``dynamic=True``) reads with the settings stored with the run, and each row then also
+    holds the trained weights' own log-probability (``static_logprob``).
 
     Raises:
-        ConfigError: the text has no tokens.
+        ConfigError: the text has no tokens, or the reading asked for has no stored settings.
     """
     with warnings.catch_warnings():  # the answer marks unknown tokens itself
         warnings.simplefilter("ignore", OOVWarning)
-        result = lm.score(text, top=TOP)
+        result = lm.score(text, top=TOP, **reading)
     texts = display_pieces(lm.tokenizer, text, result.ids)
     rows = []
     for i, lp in enumerate(result.logprobs):
@@ -74,8 +76,11 @@ def score_rows(lm, text: str) -> tuple[TextScore, list[dict]]:
                for j, v in zip(result.top_ids[i], result.top_logprobs[i])]
         rows.append({"text": texts[i], "id": int(result.ids[i]), "prob": math.exp(lp),
                      "logprob": finite(lp), "surprisal": finite(-lp / LN2), "top": top,
-                     "entropy": finite(result.entropy[i] / LN2),
+                     "entropy": finite(result.entropy[i] / LN2) if len(result.entropy)
+                     else None,  # a reading that learns gives no whole distribution here
                      "unknown": bool(result.unknown[i])})
+        if result.static_logprobs is not None:
+            rows[-1]["static_logprob"] = finite(float(result.static_logprobs[i]))
     return result, rows
 
 
@@ -96,23 +101,39 @@ def stream(lm, prefix: str, *, max_new_tokens: int, temperature: float, top_k: i
     return warm, (step_row(s) for s in steps)
 
 
-def score_answer(run, text: str) -> dict:
+def score_answer(run, text: str, reading: str = "static") -> dict:
     """The ``/api/score`` answer for ``run`` (a :class:`~seqlm.serve.runs.ServedRun`).
 
     The model and the bigram baseline are scored on the same N tokens: the model's first
     token from where generation starts, the bigram's (which has no token before it) by the
-    unigram, as ``seqlm train``'s baseline scores it.
+    unigram, as ``seqlm train``'s baseline scores it. A ``reading`` other than ``'static'``
+    reads with the neural cache and/or dynamic evaluation at the run's stored settings;
+    ``evaluation`` names what produced the figures and ``static_perplexity`` gives the
+    trained weights' own, so the two are never mixed.
 
     Raises:
-        FieldError: the text has no tokens.
+        FieldError: the text has no tokens (``text``), or the reading cannot run here or has
+            no stored settings (``reading``).
     """
+    if reading != "static" and run.backend != "torch":
+        raise FieldError("reading", f"run {run.name!r} is served from its ONNX export, which "
+                         "reads statically only; serve the run with --backend torch")
     try:
-        result, rows = score_rows(run.lm, text)
+        text_ids(run.tokenizer, text)
     except SeqlmError as exc:
         raise FieldError("text", str(exc)) from None
+    options = {} if reading == "static" else {"cache": "cache" in reading or None,
+                                              "dynamic": "dynamic" in reading or None}
+    try:
+        result, rows = score_rows(run.lm, text, **options)
+    except SeqlmError as exc:  # the text has tokens: what fails is the reading asked for
+        raise FieldError("reading", str(exc)) from None
     out = {"run": run.name, "tokens": rows, "perplexity": finite(result.perplexity),
            "bits_per_token": finite(result.bits_per_token),
-           "unknown": int(result.unknown.sum())}
+           "unknown": int(result.unknown.sum()), "evaluation": result.evaluation}
+    if result.static_logprobs is not None:
+        out["static_perplexity"] = finite(math.exp(min(-float(np.mean(
+            result.static_logprobs)), 700)))
     bigram = run.bigram()
     if isinstance(bigram, str):
         out["baseline"] = {"unavailable": bigram}

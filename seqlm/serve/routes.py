@@ -126,7 +126,7 @@ async def ndjson_stream(run: ServedRun, req, request: Request):
 def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIRouter:
     """The routes that run a model, each behind ``gate``."""
     router = APIRouter(prefix="/api")
-    Generate, Text = request_models(limits)
+    Generate, Text, Score = request_models(limits)
 
     async def in_worker(fn, *args):
         """Run ``fn(*args)`` in a thread while holding a slot of the gate."""
@@ -145,12 +145,13 @@ def model_routes(runs: dict[str, ServedRun], limits: Limits, gate: Gate) -> APIR
         return NDJSONStream(ndjson_stream(run, req, request), on_close=gate.leave)
 
     @router.post("/score", response_model=ScoreAnswer, responses={**ERRORS, **BUSY})
-    async def score(req: Text) -> dict:
+    async def score(req: Score) -> dict:
         """Per-token log-probability, surprisal and entropy of ``text``, perplexity,
         bits/token, and the bigram baseline on the same tokens where the run's corpus is
-        readable."""
+        readable; with ``reading`` other than static, the model that keeps learning as it
+        reads beside the trained weights' own figures."""
         run = pick_run(runs, req.run)
-        return await in_worker(engine.score_answer, run, req.text)
+        return await in_worker(engine.score_answer, run, req.text, req.reading)
 
     @router.post("/states", response_model=StatesAnswer, responses={**ERRORS, **BUSY})
     async def states(req: Text) -> dict:

@@ -11,6 +11,7 @@ field. :func:`plain_message` turns pydantic's errors into one sentence naming th
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
@@ -90,8 +91,20 @@ class TextRequest(_Body):
     text: str = Field(min_length=1, description="the text to read")
 
 
-def request_models(limits: Limits) -> tuple[type[GenerateRequest], type[TextRequest]]:
-    """The two request bodies with the server's limits in their schema."""
+class ScoreRequest(TextRequest):
+    """``POST /api/score``: a text, read by the trained weights alone or by a model that keeps
+    learning as it reads (docs/reading.md)."""
+
+    reading: Literal["static", "cache", "dynamic", "cache+dynamic"] = Field(
+        "static", description="static: the trained weights; cache, dynamic, cache+dynamic: "
+        "with the neural cache and/or dynamic evaluation, at the settings chosen on the "
+        "run's validation split and stored with it (seqlm evaluate RUN --cache 2000 "
+        "--dynamic)")
+
+
+def request_models(limits: Limits) -> tuple[type[GenerateRequest], type[TextRequest],
+                                              type[ScoreRequest]]:
+    """The request bodies with the server's limits in their schema."""
     text_limit = {"max_length": limits.max_text}
     generate = create_model(
         "GenerateRequest", __base__=GenerateRequest, __module__=__name__,
@@ -100,10 +113,12 @@ def request_models(limits: Limits) -> tuple[type[GenerateRequest], type[TextRequ
         max_new_tokens=(int, Field(min(MAX_NEW_TOKENS, limits.max_new_tokens), ge=1,
                                    le=limits.max_new_tokens, description="tokens to generate "
                                    "(seqlm serve --max-new-tokens bounds it)")))
+    text_field = (str, Field(min_length=1, **text_limit, description="the text to read"))
     text = create_model("TextRequest", __base__=TextRequest, __module__=__name__,
-                        text=(str, Field(min_length=1, **text_limit,
-                                         description="the text to read")))
-    return generate, text
+                        text=text_field)
+    score = create_model("ScoreRequest", __base__=ScoreRequest, __module__=__name__,
+                         text=text_field)
+    return generate, text, score
 
 
 def too_long(name: str, length: int, limit: int) -> str:

@@ -1,4 +1,5 @@
-// The Score tab: per-token surprisal, perplexity, unknown tokens, the bigram comparison.
+// The Score tab: per-token surprisal, perplexity, unknown tokens, the bigram comparison, and
+// where the neural cache or dynamic evaluation changed a token's probability.
 import { $, api, divergingColour, escapeHtml, fmt, gradientCss, heatColour, shared,
          showError, stepInfo, tokenSpan } from "./common.js";
 import { t } from "./i18n.js";
@@ -14,24 +15,30 @@ function render() {
   out.innerHTML = "";
   if (!last) return;
   const byBigram = $("score-colour").value === "bigram" && last.baseline.bits_per_token !== undefined;
+  const byChange = $("score-colour").value === "change" && last.evaluation !== "static";
   const surprisals = last.tokens.map((tok) => tok.surprisal).filter((s) => s !== null);
   const max = Math.max(4, ...surprisals);
   for (const tok of last.tokens) {
+    // bits a reference loses against this reading (> 0: the reading gives the token more)
+    const saved = (other) => (other != null && tok.logprob !== null
+      ? (tok.logprob - other) / Math.LN2 : null);
+    const tip = (key, other, gain) => "; " + t(key, { b: fmt(-other / Math.LN2, 2),
+      better: t(gain >= 0 ? "better" : "worse"), d: fmt(Math.abs(gain), 2) });
+    const change = saved(tok.static_logprob), bigram = saved(tok.bigram_logprob);
     let colour = "transparent", extra = "";
     if (tok.surprisal !== null) extra = `, ${t("tip.surprisal", { b: fmt(tok.surprisal, 2) })}`;
-    if (byBigram && tok.bigram_logprob !== null && tok.logprob !== null) {
-      const gain = (tok.logprob - tok.bigram_logprob) / Math.LN2;  // bits the model saves
-      colour = divergingColour(-gain / 4);
-      extra += "; " + t("tip.bigram", { b: fmt(-tok.bigram_logprob / Math.LN2, 2),
-                                        better: t(gain >= 0 ? "better" : "worse"),
-                                        d: fmt(Math.abs(gain), 2) });
-    } else if (tok.surprisal !== null) {
-      colour = heatColour(tok.surprisal, max);
-    }
+    if (change !== null) extra += tip("tip.change", tok.static_logprob, change);
+    if (byBigram && bigram !== null) extra += tip("tip.bigram", tok.bigram_logprob, bigram);
+    if (byChange && change !== null) colour = divergingColour(-change / 4);
+    else if (byBigram && bigram !== null) colour = divergingColour(-bigram / 4);
+    else if (!byChange && !byBigram && tok.surprisal !== null) colour = heatColour(tok.surprisal, max);
     out.appendChild(tokenSpan(tok.text, colour, () => stepInfo(tok, extra),
                               { unknown: tok.unknown }));
   }
-  $("score-legend").innerHTML = byBigram
+  $("score-legend").innerHTML = byChange
+    ? `${t("score.helped")} <span class="bar" style="background:${gradientCss(
+        (x) => divergingColour(2 * x - 1))}"></span> ${t("score.hurt")}`
+    : byBigram
     ? `${t("score.beats")} <span class="bar" style="background:${gradientCss(
         (x) => divergingColour(2 * x - 1))}"></span> ${t("score.loses")}`
     : `${t("score.surprisal0")} <span class="bar" style="background:${gradientCss(
@@ -43,7 +50,9 @@ function summary() {
   if (!last) return;
   const b = last.baseline;
   $("score-summary").innerHTML = [
-    summaryItem(fmt(last.perplexity, 3), t("perplexity")),
+    summaryItem(fmt(last.perplexity, 3), `${t("perplexity")} (${last.evaluation})`),
+    last.static_perplexity != null
+      ? summaryItem(fmt(last.static_perplexity, 3), t("score.static-ppl")) : "",
     summaryItem(fmt(last.bits_per_token, 3), t("bits")),
     summaryItem(last.tokens.length, t("tokens")),
     summaryItem(last.unknown, t("unknown")),
@@ -58,11 +67,16 @@ async function score() {
   $("score").disabled = true;
   try {
     const text = $("score-text").value;
-    last = await api("/api/score", { run: shared.run, text });
+    last = await api("/api/score", { run: shared.run, text, reading: $("score-reading").value });
     shared.lastText = text;
     const option = $("score-colour").querySelector('option[value="bigram"]');
     option.disabled = Boolean(last.baseline.unavailable);
-    if (option.disabled) $("score-colour").value = "surprisal";
+    const change = $("score-colour").querySelector('option[value="change"]');
+    change.disabled = last.evaluation === "static";
+    if ((option.disabled && $("score-colour").value === "bigram")
+        || (change.disabled && $("score-colour").value === "change")) {
+      $("score-colour").value = "surprisal";
+    }
     summary();
     render();
   } catch (err) {

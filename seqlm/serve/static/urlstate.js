@@ -2,7 +2,7 @@
 // that a view can be shared and survives a reload. Only what the user set is written.
 
 const FIELDS = ["prefix", "temperature", "top_k", "top_p", "seed", "max_new_tokens", "greedy",
-                "run_b", "score-text", "score-colour", "state-text", "state-sort",
+                "run_b", "score-text", "score-reading", "score-colour", "state-text", "state-sort",
                 "state-scale", "state-zoom", "state-threshold", "time-text", "train-x", "s-n",
                 "s-batch", "s-steps", "s-seed"];
 
