@@ -180,7 +180,8 @@ def test_score_reads_with_the_cache_and_adaptation_the_run_stored(tmp_path, caps
         refused = c.post("/api/score", json={"text": text, "reading": "cache"})
         assert refused.status_code == 422 and refused.json()["field"] == "reading"
         assert "seqlm evaluate RUN --cache SIZE" in refused.json()["error"]
-        assert main(["evaluate", str(run), "--cache", "40", "--dynamic", "sgd", "--json"]) == 0
+        assert main(["evaluate", str(run), "--cache", "40", "--dynamic", "sgd", "--split", "val",
+                     "--json"]) == 0
         capsys.readouterr()
         out = c.post("/api/score", json={"text": text, "reading": "cache+dynamic"}).json()
         lib = runs["tiny"].lm.score(text, cache=True, dynamic=True)
