@@ -7,13 +7,15 @@ from pathlib import Path
 from seqlm.errors import ConfigError
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(**kwargs):
+    """A figure outside pyplot: drawing it needs no display and leaves the caller's backend
+    (a notebook's inline plots, say) alone, and nothing holds it once it is saved."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def save_figure(fig, path: str | Path, *, dpi: int = 110) -> None:
@@ -29,14 +31,16 @@ def save_figure(fig, path: str | Path, *, dpi: int = 110) -> None:
                           "path or free some disk space") from None
     finally:
         if fig.canvas.manager is not None:  # made through pyplot, which keeps a reference
-            _pyplot().close(fig)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
 
 
 def plot_curves(records: list[dict], baselines: dict | None, path: str | Path) -> None:
     """Train and validation perplexity against tokens seen, the n-gram baselines as
     horizontal lines, log-scale y."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = new_figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "eval" and "val_ppl" in r]
     if train:
@@ -58,8 +62,8 @@ def plot_curves(records: list[dict], baselines: dict | None, path: str | Path) -
 
 def plot_comparison(runs: dict[str, list[dict]], path: str | Path) -> None:
     """Several runs side by side: perplexity against tokens and against wall time."""
-    plt = _pyplot()
-    fig, (by_tokens, by_time) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    fig = new_figure(figsize=(11, 4.5))
+    by_tokens, by_time = fig.subplots(1, 2, sharey=True)
     for name, records in runs.items():
         train = [r for r in records if r.get("kind") == "train"]
         val = [r for r in records if r.get("kind") == "eval" and "val_ppl" in r]

@@ -81,14 +81,10 @@ def corpus_stats(ids: np.ndarray, vocab: Vocab, *, top: int = 10) -> dict:
 
 def plot_frequencies(tables: dict[int, NgramTable], path, *, title: str = "") -> None:
     """The chapter's figure: n-gram frequency against rank on log-log axes, n = 1, 2, 3."""
-    import matplotlib
+    from seqlm.plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from seqlm.plots import save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
     for n, table in sorted(tables.items()):
         ranks = np.arange(1, len(table.counts) + 1)
         ax.loglog(ranks, table.counts, label=f"{n}-gram")

@@ -38,3 +38,28 @@ def test_time_machine_word_statistics(data_env, tmp_path):
     assert 0.8 < stats["unigrams"]["zipf_exponent"] < 1.3
     plot_frequencies(tables, tmp_path / "zipf.png")
     assert (tmp_path / "zipf.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline figures kept disappearing after a training run: the library's
+    plots switched the process to Agg. They now draw on figures of their own."""
+    import subprocess
+    import sys
+
+    script = f"""
+import matplotlib
+matplotlib.use("svg")
+from seqlm.plots import plot_curves
+from seqlm.stats import ngram_counts, plot_frequencies
+import numpy as np
+records = [{{"kind": "train", "tokens": 10, "ppl": 9.0}}, {{"kind": "eval", "tokens": 10, "val_ppl": 8.0}}]
+plot_curves(records, None, {str(tmp_path / "curves.png")!r})
+plot_frequencies({{1: ngram_counts(np.arange(50) % 7, 1, 7)}}, {str(tmp_path / "zipf.png")!r})
+import matplotlib.pyplot as plt
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["svg", "0"]
+    for name in ("curves.png", "zipf.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

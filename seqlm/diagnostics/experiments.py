@@ -222,15 +222,11 @@ def plot_gradient_flow(curves: Mapping[str, Any], path: str) -> str:
     Raises:
         ConfigError: ``curves`` is empty, or ``path`` cannot be written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from seqlm.plots import save_figure
+    from seqlm.plots import new_figure, save_figure
 
     if not curves:
         raise ConfigError("plot_gradient_flow needs at least one curve, got none")
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     for name, curve in curves.items():
         data = curve if isinstance(curve, Mapping) else {"grad_norm": list(curve)}
