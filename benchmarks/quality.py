@@ -341,12 +341,13 @@ def throughput(args) -> list[str]:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| corpus | budget | model | params | steps | tokens/s | best val loss (nats/token) "
+    lines = ["| row | budget | model | params | steps | tokens/s | best val loss (nats/token) "
              "| bits/token | within 95 s |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for res in sorted(results, key=lambda r: (r["corpus"], r["budget"])):
+    for res in sorted(results, key=lambda r: (r.get("row", r["corpus"]), r["budget"])):
         for name, r in res["models"].items():
             b95 = r["best"].get("95")
-            lines.append(f"| {res['corpus']} | {res['budget']:g} s | {name} | {r['params']:,} "
+            lines.append(f"| {res.get('row', res['corpus'])} | {res['budget']:g} s | {name} "
+                         f"| {r['params']:,} "
                          f"| {r['steps']:,} | {r['tokens_per_s']:,.0f} | {r['best_loss']:.4f} "
                          f"| {r['best_loss'] / LN2:.4f} | "
                          f"{'-' if b95 is None else f'{b95:.4f}'} |")
@@ -452,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(throughput(args)))
         return 0
     results = [json.loads(p.read_text(encoding="utf-8")) for p in args.results]
+    pairs = [p for p, r in zip(args.results, results) if "models" not in r]
+    if pairs:  # quality-busy-*.json match the same glob: their table is `busy --table-only`
+        print(f"quality.py: skipped {len(pairs)} files that hold no run (busy pairs: "
+              "quality.py busy --table-only)", file=sys.stderr)
+        results = [r for r in results if "models" in r]
     plot(results, args.out)
     if args.table:
         print(table(results))
