@@ -77,8 +77,9 @@ def _side(result: dict) -> dict:
 
 def render(pairs: list[dict]) -> str:
     head = ("| row | preset | budget | quiet best | busy best | busy − quiet | quiet steps "
-            "| busy steps | quiet tokens/s | busy tokens/s | quiet: threads, layers, dropout "
-            "| busy: threads, layers, dropout | busy: thread changes, new plans |")
+            "| busy steps | quiet tokens/s | busy tokens/s | quiet: threads chosen, layers, "
+            "dropout | busy: threads chosen, layers, dropout | thread changes, new plans: "
+            "quiet / busy |")
     out = [head, "|---|---|---:|" + "---:|" * 7 + "---|---|---|"]
     for pair in pairs:
         q, b = _side(pair["quiet"]), _side(pair["busy"])
@@ -88,7 +89,8 @@ def render(pairs: list[dict]) -> str:
             f"| {b['steps']:,} | {q['tokens_per_s']:,.0f} | {b['tokens_per_s']:,.0f} "
             f"| {q['chosen'].get('threads', '-')}, {q['layers']}, {q['dropout']:g} "
             f"| {b['chosen'].get('threads', '-')}, {b['layers']}, {b['dropout']:g} "
-            f"| {b['threads_changes']}, {b['replans']} |")
+            f"| {q['threads_changes']}, {q['replans']} / {b['threads_changes']}, "
+            f"{b['replans']} |")
     return "\n".join(out)
 
 
