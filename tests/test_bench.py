@@ -207,6 +207,7 @@ def test_synthetic_text_is_deterministic_and_sized():
     assert row["tokens"] > 30_000 and row["mb_per_s"] > 0
 
 
+@pytest.mark.slow  # times every path
 def test_quick_harness_on_tiny_workloads_reports_every_path():
     cfg = BenchConfig.quick(sections="train,generate,encode", rounds=2, gen_tokens=20, threads=1,
                             gen_rounds=2, encode_mb=0.2, peak_size=64, bf16=True, memory=True)

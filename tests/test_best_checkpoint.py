@@ -3,6 +3,7 @@ names the best evaluation, generate and evaluate read checkpoints/best unless --
 
 import json
 
+import pytest
 import torch
 
 from seqlm.cli import main
@@ -51,6 +52,7 @@ def _train(tmp_path, capsys):
     return run, capsys.readouterr().out
 
 
+@pytest.mark.slow  # a whole run through the command line
 def test_summary_generate_and_evaluate_name_the_best_checkpoint(tmp_path, capsys):
     run, summary = _train(tmp_path, capsys)
     best = json.loads((run / "checkpoints" / "best" / "trainer.json").read_text())

@@ -12,9 +12,11 @@ from conftest import TINY_TEXT
 
 pytestmark = pytest.mark.slow  # every test runs the command line in processes of its own
 
+# --adapt "": these runs test the command line, not the recipe (tests/test_recipe.py and
+# tests/test_replan.py run it end to end), so they skip its probe of a few seconds each.
 TINY_TRAIN = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4",
               "--num-steps", "8", "--max-steps", "12", "--eval-every", "6", "--log-every", "3",
-              "--sample-tokens", "10", "--split", "0.8,0.2,0"]
+              "--sample-tokens", "10", "--split", "0.8,0.2,0", "--adapt", ""]
 
 
 def seqlm(*args, cwd=None, env=None, check=True, stdin=None):

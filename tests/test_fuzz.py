@@ -274,6 +274,7 @@ def _mapped_kib(path: Path) -> int:
     return total
 
 
+@pytest.mark.slow  # walks every minibatch of a 2 MiB mapped split, reading /proc
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("sampler", [random_batches, sequential_batches])
 def test_reading_a_memory_mapped_split_keeps_no_pages_mapped(tmp_path, sampler):

@@ -49,6 +49,7 @@ TINY_RNN = ("cpu-fast:hidden_size=16,embedding_dim=8,batch_size=4,num_steps=8,wa
 TINY_GPT = "transformer:n_layer=1,n_head=2,n_embd=16,block_size=8,batch_size=4,warmup_steps=2"
 
 
+@pytest.mark.slow  # trains both sides
 def test_harness_runs_both_sides_and_evaluates_the_whole_split(quality, tiny_corpus, tmp_path):
     out = tmp_path / "q"
     assert quality.main(["run", "--corpus", str(tiny_corpus), "--budget", "1.0",
@@ -160,6 +161,7 @@ def test_wlm_lr_is_quartered_on_an_evaluation_that_does_not_improve(peers):
     assert opt.param_groups[0]["lr"] == 0.3125
 
 
+@pytest.mark.slow  # trains both sides
 def test_a_word_run_trains_seqlm_and_wlm_on_the_same_ids(quality, tiny_corpus, tmp_path):
     out = tmp_path / "w"
     assert quality.main(["run", "--corpus", str(tiny_corpus), "--tokenizer", "word",

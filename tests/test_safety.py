@@ -186,6 +186,7 @@ def good_checkpoint(made) -> Path:
     return made / "run" / "checkpoints" / "last"
 
 
+@pytest.mark.slow  # trains a BPE run in a fresh interpreter first
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header=headers, claimed=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
@@ -204,6 +205,7 @@ def test_a_malformed_safetensors_header_is_a_clear_checkpoint_error(good_checkpo
     assert "save the checkpoint again" in message or "another one" in message
 
 
+@pytest.mark.slow  # the BPE run of `made`
 def test_an_oversized_header_is_refused_without_reading_it(good_checkpoint, tmp_path):
     ckpt = shutil.copytree(good_checkpoint, tmp_path / "ckpt")
     with open(ckpt / "model.safetensors", "wb") as f:  # claims one byte over the limit

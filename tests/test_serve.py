@@ -170,6 +170,7 @@ def test_score_equals_the_library_and_marks_unknown_tokens(client, runs):
     assert out["baseline"]["name"].endswith("bigram") and out["baseline"]["perplexity"] > 1
 
 
+@pytest.mark.slow  # chooses reading settings on val
 def test_score_reads_with_the_cache_and_adaptation_the_run_stored(tmp_path, capsys):
     """The Score tab's readings: a 422 naming `reading` until settings are chosen and
     stored, then the library's cache+dynamic figures beside the trained weights' own."""

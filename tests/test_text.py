@@ -108,7 +108,9 @@ class _Server:
 
         self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/corpus.txt"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # a short poll: shutdown() waits up to one poll interval (0.5 s by default)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
 
     def close(self):
         self.httpd.shutdown()
@@ -185,6 +187,7 @@ def test_python_source_is_the_stdlib_sorted_without_tests_or_huge_files(tmp_path
     assert T._python_source_text(root, max_chars=40) == "# a/c.py\nimport b\n\n"
 
 
+@pytest.mark.slow  # reads the standard library
 def test_python_source_corpus_is_offline_and_capped():
     text = T.read_corpus("python-source")
     assert text.startswith("# __future__.py\n") and "\ndef " in text
