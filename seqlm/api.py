@@ -95,13 +95,8 @@ class LanguageModel(TextModel):
         and/or ``dynamic`` a model that keeps learning as it reads.
 
         Args:
-            prefix: text to continue ('' starts from ``<bos>`` or the zero state).
-            max_new_tokens: tokens to produce (≥ 1).
-            temperature: 0 is greedy; > 0 samples (default:
-                :data:`seqlm.config.DEFAULT_TEMPERATURE`).
-            top_k, top_p: keep only the k likeliest / the nucleus of mass p when sampling.
-            seed: the same seed gives the same text; None draws fresh entropy.
-            stop: end where this text appears; the result ends just before it.
+            prefix, max_new_tokens, temperature, top_k, top_p, seed, stop: as
+                :meth:`TextModel.generate <seqlm.results.TextModel.generate>`.
             cache, dynamic: as :meth:`score`: the neural cache over the prompt and the new
                 tokens; dynamic evaluation adapts a copy on the prompt first, and the copy
                 generates (:func:`seqlm.reading.generate_text`). The weights stay as they are.
