@@ -113,7 +113,7 @@ def _deep_run(tmp_path, name: str, corpus) -> dict:
     from seqlm.cli import main
 
     out = tmp_path / name
-    code = main(["train", "--corpus", str(corpus), "--out", str(out), "--time-budget", "20",
+    code = main(["train", "--corpus", str(corpus), "--out", str(out), "--time-budget", "12",
                  "--hidden-size", "32", "--batch-size", "8", "--num-steps", "16",
                  "--sample-tokens", "0", "--quiet", "--json"])
     assert code == 0
