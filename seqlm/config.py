@@ -249,7 +249,9 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = opt("float32", "bfloat16 = bfloat16 autocast (CUDA, or CPU where it helps)",
                      ("float32", "bfloat16"))
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
+    threads: int | None = opt(None, "CPU threads for torch (default: measured and followed "
+                                    "by the recipe where it adapts `threads`, as cpu-fast and "
+                                    "cpu-quality do; else torch's choice)")
     sample_prefix: str | None = opt(None, "prefix of the sample printed at each evaluation")
     sample_tokens: int = opt(80, "tokens generated for that sample (0 = none)")
     sample_temperature: float = opt(DEFAULT_TEMPERATURE, "temperature of that sample (0 = "
