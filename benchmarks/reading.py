@@ -46,6 +46,7 @@ from seqlm.reading_settings import evaluate_reading
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE_SIZES = {"char": 2000, "word": 2000, "bpe": 2000}  # Grave et al.'s cache for Wikitext
+MAX_TOKENS = 40_000  # figures from at most this many tokens: one-row reads of a long split are slow
 
 
 def train(args) -> int:
@@ -60,9 +61,10 @@ def train(args) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def measure_run(run: Path, *, cache: int | None, rule: str | None) -> dict:
-    """Every figure of one run: its test split (or the second half of val), settings chosen
-    on its val split (or val's first half)."""
+def measure_run(run: Path, *, cache: int | None, rule: str | None,
+                max_tokens: int | None = MAX_TOKENS) -> dict:
+    """Every figure of one run: its test split (or the second half of val), at most its
+    first ``max_tokens`` tokens, settings chosen on its val split (or val's first half)."""
     ckpt = load_checkpoint(resolve_checkpoint(run))
     data = DataConfig(**{**ckpt.config.get("data", {}), "max_tokens": None})
     splits = load_corpus(data, tokenizer=ckpt.tokenizer).splits
@@ -70,6 +72,8 @@ def measure_run(run: Path, *, cache: int | None, rule: str | None) -> dict:
     if len(test) < 2:
         half = len(val) // 2
         val, test, where = val[:half], val[half:], "val, second half"
+    whole = len(test)
+    test = test[:max_tokens]
     cache = cache or CACHE_SIZES[data.tokenizer]
     load = os.getloadavg()[0]
     # a choice stored from all of val could have seen the half the figures come from
@@ -82,7 +86,8 @@ def measure_run(run: Path, *, cache: int | None, rule: str | None) -> dict:
              for row in found["evaluations"][1:]}
     c = ckpt.model.config
     return {"run": str(run), "corpus": data.corpus, "tokenizer": data.tokenizer,
-            "figures_on": where, "vocab_size": c.vocab_size, "cell": c.cell,
+            "figures_on": where, "figure_tokens": len(test), "split_tokens": whole,
+            "vocab_size": c.vocab_size, "cell": c.cell,
             "hidden_size": c.hidden_size, "num_layers": c.num_layers, "output": c.output,
             "params": sum(p.numel() for p in ckpt.model.parameters()),
             "step": ((ckpt.trainer_state or {}).get("progress") or {}).get("step"),
@@ -95,13 +100,23 @@ def measure_run(run: Path, *, cache: int | None, rule: str | None) -> dict:
 def measure(args) -> int:
     torch.set_num_threads(args.threads)
     for run in args.runs:
-        result = measure_run(Path(run), cache=args.cache, rule=args.dynamic)
+        result = measure_run(Path(run), cache=args.cache, rule=args.dynamic,
+                             max_tokens=args.max_tokens or None)
         out = Path(args.result) if args.result else RESULTS / f"reading-{Path(run).name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
         print(table([result]))
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def figures_on(result: dict) -> str:
+    """Where a run's figures come from: the split, and how much of it."""
+    n, whole = result.get("figure_tokens"), result.get("split_tokens")
+    if n is None:
+        return result["figures_on"]
+    part = f"{n:,} tokens" if n == whole else f"first {n:,} of {whole:,} tokens"
+    return f"{result['figures_on']} ({part})"
 
 
 def table(results: list[dict]) -> str:
@@ -117,7 +132,7 @@ def table(results: list[dict]) -> str:
                                  for part in row.get("settings", {}).values()) or "–"
             extra = row.get("extra_seconds_per_1k")
             lines.append(
-                f"| {Path(r['run']).name} | {r['figures_on']} | {row['evaluation']} | "
+                f"| {Path(r['run']).name} | {figures_on(r)} | {row['evaluation']} | "
                 f"{settings} | {row['loss']:.4f} | {row['ppl']:.3f} | {gain['loss']:+.4f} | "
                 f"{gain['ppl_ratio']:.3f} | {row['seconds_per_1k']:.2f} | "
                 f"{'–' if extra is None else f'{extra:+.2f}'} |")
@@ -175,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"{CACHE_SIZES['char']})")
     p.add_argument("--dynamic", default="rms", choices=RULES)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                   help="figures from the first N tokens of the split (0: all of it)")
     p.add_argument("--result", default=None, help="the JSON file (one run only)")
     for name in ("table", "plot"):
         p = sub.add_parser(name, help=f"the {name} of stored results")

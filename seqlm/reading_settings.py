@@ -6,9 +6,11 @@ Choosing (:func:`choose`) reads at most :data:`TUNE_TOKENS` tokens of the valida
 
 * cache: one read records p_cache for every θ of :data:`THETAS`; each λ of :data:`LAMBDAS`
   is then a mixture of numbers already there, so the whole grid costs one read;
-* dynamic: one read per learning rate of :data:`LRS` (decay :data:`DECAYS` [0]), then one per
-  other decay at the best rate; lr 0 (no adaptation) is a candidate too, so validation may
-  answer that adapting does not help;
+* dynamic: one read per learning rate of :data:`LRS` (decay :data:`DECAYS` [0]); when the
+  best rate is the grid's largest or smallest, the grid goes on past that edge
+  (:data:`LR_STEP`, at most :data:`LR_REACH` more reads) while the loss keeps falling; then
+  one read per other decay at the best rate. lr 0 (no adaptation) is a candidate too, so
+  validation may answer that adapting does not help;
 * cache+dynamic: the dynamic settings, and λ, θ chosen on the read of the chosen rate (the
   cache does not change what the model learns, so that read holds every θ's figures).
 
@@ -42,6 +44,7 @@ from seqlm.reading import ROWS, Reading, read, split_batches
 LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # λ: the cache's share
 THETAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # θ: flatness; h·h grows with H, hence the wide grid
 LRS = {"rms": (3e-6, 1e-5, 3e-5, 1e-4, 3e-4), "sgd": (0.001, 0.003, 0.01, 0.03, 0.1)}
+LR_STEP, LR_REACH = 3.0, 3  # a best rate at the grid's edge: up to 3 more, x or / 3 each
 DECAYS = (0.0, 0.001, 0.01)  # the first with every lr, the others at the best lr
 TUNE_TOKENS = 20_000  # validation tokens a choice reads at most
 PRIOR_TOKENS = 4_000  # training tokens the rms rule's prior reads at most
@@ -99,12 +102,7 @@ def choose(model, val: np.ndarray, train: np.ndarray, *, cache_size: int | None,
     if dynamic is not None:
         best = (dynamic["lr"], dynamic["decay"], dynamic_read(dynamic["lr"], dynamic["decay"]))
     else:
-        tried = [(0.0, 0.0, static)] + [(lr, DECAYS[0], dynamic_read(lr, DECAYS[0]))
-                                        for lr in LRS[rule]]
-        best = min(tried, key=lambda row: row[2].nll())
-        if best[0] > 0:
-            tried += [(best[0], d, dynamic_read(best[0], d)) for d in DECAYS[1:]]
-            best = min(tried, key=lambda row: row[2].nll())
+        best = best_rate(LRS[rule], static, dynamic_read)
     lr, decay, reading = best
     entries["dynamic"] = {"rule": rule, "lr": lr, "decay": decay, "segment": segment,
                           "val_loss": reading.nll()}
@@ -114,6 +112,34 @@ def choose(model, val: np.ndarray, train: np.ndarray, *, cache_size: int | None,
                                     "dynamic": _settings(entries["dynamic"]),
                                     "val_loss": loss}
     return entries, prior
+
+
+def best_rate(rates: tuple[float, ...], static: Reading,
+              dynamic_read: Callable[[float, float], Reading]) -> tuple[float, float, Reading]:
+    """``(lr, decay, reading)`` of the lowest validation loss: lr 0 (``static``, no
+    adaptation) and each of ``rates`` with decay :data:`DECAYS` [0]; past the grid's edge
+    while its edge is best (:data:`LR_STEP`, at most :data:`LR_REACH` more rates); then the
+    other decays at the best rate. ``dynamic_read(lr, decay)`` reads val with those settings.
+    """
+    def loss(row) -> float:
+        return row[2].nll()
+
+    tried = [(0.0, 0.0, static)] + [(lr, DECAYS[0], dynamic_read(lr, DECAYS[0]))
+                                    for lr in rates]
+    best = min(tried, key=loss)
+    for _ in range(LR_REACH):  # the best rate at the grid's edge: step past it
+        known = sorted(lr for lr, _, _ in tried if lr > 0)
+        if len(known) < 2 or best[0] not in (known[0], known[-1]):
+            break
+        lr = best[0] * LR_STEP if best[0] == known[-1] else best[0] / LR_STEP
+        tried.append((lr, DECAYS[0], dynamic_read(lr, DECAYS[0])))
+        if not loss(tried[-1]) < loss(best):  # worse, or diverged (nan)
+            break
+        best = tried[-1]
+    if best[0] > 0:
+        tried += [(best[0], d, dynamic_read(best[0], d)) for d in DECAYS[1:]]
+        best = min(tried, key=loss)
+    return best
 
 
 def _settings(entry: dict) -> dict:

@@ -49,6 +49,8 @@ def test_measure_table_and_plot(bench, tmp_path, monkeypatch):
                        "--result", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["figures_on"] == "val, second half"  # no test split
+    predicted = result["evaluations"][0]["tokens"]  # every token but the first
+    assert result["figure_tokens"] == result["split_tokens"] == predicted + 1
     val = int(len(TEXT) * 0.2)
     assert result["chosen_on"]["tokens"] == pytest.approx(val // 2, abs=2)
     assert [r["evaluation"] for r in result["evaluations"]] == list(bench.EVALUATIONS)
@@ -58,6 +60,11 @@ def test_measure_table_and_plot(bench, tmp_path, monkeypatch):
         static - result["evaluations"][1]["loss"])
     assert result["threads"] == 1 and "loadavg_before" in result
     text = bench.table([result])
-    assert text.count("| tiny |") == 4 and "cache+dynamic" in text
+    assert text.count("| tiny | val, second half (") == 4 and "cache+dynamic" in text
+    assert bench.main(["measure", str(run), "--dynamic", "sgd", "--max-tokens", "20",
+                       "--result", str(out)]) == 0
+    short = json.loads(out.read_text())
+    assert short["figure_tokens"] == 20 and short["split_tokens"] == result["split_tokens"]
+    assert "first 20 of" in bench.table([short])
     assert bench.main(["plot", str(out), "--out", str(tmp_path / "reading.png")]) == 0
     assert (tmp_path / "reading.png").stat().st_size > 1000

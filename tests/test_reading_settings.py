@@ -65,6 +65,48 @@ def test_the_best_mixture_is_the_grids_lowest_loss():
     assert rs.best_mixture(useless)[0] == 0.0  # the model alone wins: λ = 0
 
 
+
+def fixed_loss(loss: float) -> Reading:
+    """A reading of 4 tokens whose mean NLL is ``loss``."""
+    return Reading(targets=np.zeros(4, np.int64), logprobs=np.full(4, -loss),
+                   cache_logprobs=np.zeros((0, 4)), filled=np.zeros(4, bool), thetas=())
+
+
+@pytest.mark.parametrize("best_lr, expected", [
+    (0.027, [3e-3, 9e-3, 2.7e-2]),  # up, as far as LR_REACH allows
+    (3e-3, [3e-3, 9e-3]),           # up, until the loss rises again
+    (2e-5, [1e-4 / 3, 1e-4 / 9]),   # down
+    (3e-4, []),                     # inside the grid: nothing more
+])
+def test_the_learning_rate_grid_goes_on_past_its_edge_while_the_edge_is_best(best_lr, expected):
+    calls = []
+
+    def dynamic_read(lr, decay):
+        calls.append((lr, decay))
+        return fixed_loss(1.0 + (np.log10(lr) - np.log10(best_lr)) ** 2 + decay)
+
+    grid = (1e-4, 3e-4, 1e-3)
+    lr, decay, reading = rs.best_rate(grid, fixed_loss(50.0), dynamic_read)
+    rates = [c[0] for c in calls if c[1] == 0.0]
+    assert rates == pytest.approx([*grid, *expected])
+    assert lr == pytest.approx(min(rates, key=lambda r: abs(np.log(r / best_lr))))
+    assert decay == 0.0 and calls[-1][1] == rs.DECAYS[-1]  # then the other decays, at lr
+
+
+def test_the_grid_stops_at_a_diverged_rate_and_never_extends_past_no_adaptation():
+    def exploding(lr, decay):
+        return fixed_loss(float("nan") if lr > 1e-3 else 1.0 - lr)
+
+    assert rs.best_rate((1e-4, 1e-3), fixed_loss(2.0), exploding)[0] == 1e-3
+    calls = []
+
+    def harmful(lr, decay):
+        calls.append(lr)
+        return fixed_loss(2.0 + lr)
+
+    assert rs.best_rate((1e-4, 1e-3), fixed_loss(2.0), harmful)[:2] == (0.0, 0.0)
+    assert calls == [1e-4, 1e-3]  # static is best: no other rate, no other decay
+
 def test_chosen_once_stored_beside_the_checkpoint_and_reused_for_the_same_weights(tmp_path):
     run = make_run(tmp_path)
     ckpt = run / "checkpoints" / "best"
@@ -83,7 +125,9 @@ def test_chosen_once_stored_beside_the_checkpoint_and_reused_for_the_same_weight
     assert info["chosen_now"] and calls == [1]
     assert info["stored_in"] == str(run / "reading" / "best")
     assert {"cache", "dynamic", "cache+dynamic"} <= settings.keys()
-    assert settings["dynamic"]["lr"] in (0.0, *rs.LRS["rms"])
+    lr = settings["dynamic"]["lr"]  # one of the grid, or steps past its edge
+    assert lr == 0.0 or any(np.isclose(lr, r * rs.LR_STEP ** k) for r in rs.LRS["rms"]
+                            for k in range(-rs.LR_REACH, rs.LR_REACH + 1))
     assert settings["cache"]["val_loss"] <= settings["dynamic"]["val_loss"] + 10  # numbers
     assert (run / "reading" / "best" / rs.PRIOR_FILE).is_file()
     assert files(ckpt) == checkpoint_files  # the checkpoint is never written
