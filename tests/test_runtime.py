@@ -232,8 +232,9 @@ def test_bpe_model_carries_its_tokenizer_file(tmp_path):
 
 @pytest.mark.slow  # a fresh interpreter
 def test_the_onnx_backend_never_imports_torch(tmp_path):
-    """seqlm generate and seqlm serve's app on an export, in a process that must not load
-    torch: the command line, the runtime and the playground's routes on onnxruntime."""
+    """seqlm generate (also as ``python -m seqlm``) and seqlm serve's app on an export, in a
+    process that must not load torch: the command line, the runtime and the playground's
+    routes on onnxruntime."""
     lm, _ = _pair(tmp_path, cell="lstm")
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -245,6 +246,13 @@ from seqlm.cli import main
 for args in ([{str(run / "onnx")!r}], [{str(run)!r}, "--backend", "onnx"]):
     assert main(["generate", *args, "--prefix", "the t", "--max-new-tokens", "12",
                  "--temperature", "0"]) == 0
+import runpy
+sys.argv = ["seqlm", "generate", {str(run / "onnx")!r}, "--prefix", "the t",
+            "--max-new-tokens", "12", "--temperature", "0"]
+try:
+    runpy.run_module("seqlm", run_name="__main__", alter_sys=True)  # python -m seqlm
+except SystemExit as exc:
+    assert exc.code == 0, exc.code
 from fastapi.testclient import TestClient
 from seqlm.serve import create_app, load_runs
 runs = load_runs([{str(run)!r}], backend="onnx")
@@ -265,4 +273,4 @@ assert not torch, torch[:5]
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     greedy = lm.generate("the t", max_new_tokens=12, temperature=0)
-    assert out.stdout.splitlines() == [greedy, greedy]
+    assert out.stdout.splitlines() == [greedy, greedy, greedy]
