@@ -1,14 +1,21 @@
-"""End-to-end: the real command line in subprocesses, as a user runs it."""
+"""End-to-end: the real command line in subprocesses, as a user runs it.
+
+Each command runs in a process of its own, forked from one that imported seqlm and torch once
+(tests/forkrun.py: the same ``python -m seqlm``, without paying the imports each time); a
+command that reads standard input starts a fresh interpreter.
+"""
 
 import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY_TEXT
+from forkrun import Runner
 
 pytestmark = pytest.mark.slow  # every test runs the command line in processes of its own
 
@@ -19,10 +26,27 @@ TINY_TRAIN = ["--hidden-size", "16", "--embedding-dim", "8", "--batch-size", "4"
               "--sample-tokens", "10", "--split", "0.8,0.2,0", "--adapt", ""]
 
 
+_runner: Runner | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def forked(tmp_path_factory):
+    global _runner
+    _runner = Runner(tmp_path_factory.mktemp("cli-streams"),
+                     {**os.environ, "PYTHONWARNINGS": "ignore"})
+    yield
+    _runner.close()
+    _runner = None
+
+
 def seqlm(*args, cwd=None, env=None, check=True, stdin=None):
-    proc = subprocess.run([sys.executable, "-m", "seqlm", *map(str, args)], cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
-                          capture_output=True, text=True, input=stdin, timeout=300)
+    argv, env = [str(a) for a in args], {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    if stdin is None and _runner is not None:
+        done = _runner.run(argv, Path(cwd or os.getcwd()), env)
+        proc = subprocess.CompletedProcess(argv, done.rc, done.stdout, done.stderr)
+    else:
+        proc = subprocess.run([sys.executable, "-m", "seqlm", *argv], cwd=cwd, env=env,
+                              capture_output=True, text=True, input=stdin, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
     return proc
