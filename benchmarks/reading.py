@@ -18,6 +18,7 @@ Usage::
         --max-steps 300 --out runs/reading/timemachine          # or --time-budget 95
     python benchmarks/reading.py measure runs/reading/timemachine --cache 2000 --dynamic rms
     python benchmarks/reading.py table benchmarks/results/reading-*.json
+    python benchmarks/reading.py summary benchmarks/results/reading-*.json  # a line per run
     python benchmarks/reading.py plot benchmarks/results/reading-*.json --out docs/reading.png
 
 ``measure`` writes ``benchmarks/results/reading-<run name>.json`` (or ``--result``) and
@@ -142,6 +143,26 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict]) -> str:
+    """One line per run: its static loss, then for each evaluation the nats per token it
+    saves over static and its extra seconds per 1,000 tokens (one column per evaluation)."""
+    shown = [e for e in EVALUATIONS[1:] if any(e in r["gains"] for r in results)]
+    lines = ["| run | model | figures on | static loss | static s / 1k | "
+             + " | ".join(f"{e}: saved (nats) | {e}: extra s / 1k" for e in shown) + " |",
+             "|---|---|---|---:|---:|" + "---:|" * 2 * len(shown)]
+    for r in results:
+        extra = {row["evaluation"]: row.get("extra_seconds_per_1k") for row in r["evaluations"]}
+        cells = [f"{r['gains'][e]['loss']:.3f} | {extra[e]:+.2f}" if e in r["gains"]
+                 else "– | –" for e in shown]
+        model = (f"{r.get('preset') or '?'}, {r['num_layers']} × {r['hidden_size']} "
+                 f"{r['cell'].upper()}, {r['tokenizer']}")
+        static = r["evaluations"][0]
+        lines.append(f"| {Path(r['run']).name} | {model} | {figures_on(r)} | "
+                     f"{static['loss']:.4f} | {static['seconds_per_1k']:.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], out: Path) -> None:
     """Two panels per evaluation: nats saved per token over static, and extra seconds per
     1,000 tokens; one group of bars per run."""
@@ -150,22 +171,26 @@ def plot(results: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [Path(r["run"]).name for r in results]
+    names = [Path(r["run"]).name + ("" if r.get("figure_tokens") == r.get("split_tokens")
+                                    else f", {r['figure_tokens'] // 1000}k") for r in results]
     shown = [e for e in EVALUATIONS[1:] if any(e in r["gains"] for r in results)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     width = 0.8 / max(len(shown), 1)
     x = np.arange(len(results))
     for k, evaluation in enumerate(shown):
         gains = [r["gains"].get(evaluation, {}).get("loss", np.nan) for r in results]
         extra = [next((row.get("extra_seconds_per_1k", np.nan) for row in r["evaluations"]
                        if row["evaluation"] == evaluation), np.nan) for r in results]
-        axes[0].bar(x + k * width, gains, width, label=evaluation)
+        bars = axes[0].bar(x + k * width, gains, width, label=evaluation)
+        axes[0].bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
         axes[1].bar(x + k * width, extra, width, label=evaluation)
     for ax, label in zip(axes, ("test loss saved over static (nats/token)",
                                 "extra seconds per 1,000 tokens")):
         ax.set_xticks(x + width * (len(shown) - 1) / 2, names, rotation=20, ha="right")
         ax.set_ylabel(label)
         ax.axhline(0, color="black", linewidth=0.6)
+    axes[0].set_yscale("symlog", linthresh=0.1)  # the small gains stay readable
+    axes[0].set_ylim(bottom=0)
     axes[0].legend(title="evaluation")
     fig.suptitle("Reading with a neural cache and dynamic evaluation (settings chosen on val)")
     fig.tight_layout()
@@ -193,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
                    help="figures from the first N tokens of the split (0: all of it)")
     p.add_argument("--result", default=None, help="the JSON file (one run only)")
-    for name in ("table", "plot"):
+    for name in ("table", "summary", "plot"):
         p = sub.add_parser(name, help=f"the {name} of stored results")
         p.add_argument("results", nargs="+")
         if name == "plot":
@@ -206,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--result names one file: give one run")
         return measure(args)
     results = [json.loads(Path(f).read_text()) for f in args.results]
-    if args.command == "table":
-        print(table(results))
+    if args.command in ("table", "summary"):
+        print((table if args.command == "table" else summary)(results))
     else:
         plot(results, Path(args.out))
     return 0

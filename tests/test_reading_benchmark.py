@@ -61,10 +61,15 @@ def test_measure_table_and_plot(bench, tmp_path, monkeypatch):
     assert result["threads"] == 1 and "loadavg_before" in result
     text = bench.table([result])
     assert text.count("| tiny | val, second half (") == 4 and "cache+dynamic" in text
+    line = bench.summary([result]).splitlines()[-1]
+    assert line.startswith("| tiny | ?, 1 × 16 GRU, char | val, second half (")
+    assert line.count("|") == 6 + 2 * 3  # static loss and time, then two cells per evaluation
     assert bench.main(["measure", str(run), "--dynamic", "sgd", "--max-tokens", "20",
                        "--result", str(out)]) == 0
     short = json.loads(out.read_text())
     assert short["figure_tokens"] == 20 and short["split_tokens"] == result["split_tokens"]
     assert "first 20 of" in bench.table([short])
+    cache_only = {**result, "gains": {"cache": result["gains"]["cache"]}}
+    assert bench.summary([cache_only, result]).splitlines()[2].count("– | –") == 2
     assert bench.main(["plot", str(out), "--out", str(tmp_path / "reading.png")]) == 0
     assert (tmp_path / "reading.png").stat().st_size > 1000
