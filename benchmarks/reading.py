@@ -174,7 +174,7 @@ def plot(results: list[dict], out: Path) -> None:
     names = [Path(r["run"]).name + ("" if r.get("figure_tokens") == r.get("split_tokens")
                                     else f", {r['figure_tokens'] // 1000}k") for r in results]
     shown = [e for e in EVALUATIONS[1:] if any(e in r["gains"] for r in results)]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(max(12, 1.1 * len(results)), 4.6))
     width = 0.8 / max(len(shown), 1)
     x = np.arange(len(results))
     for k, evaluation in enumerate(shown):
@@ -190,7 +190,8 @@ def plot(results: list[dict], out: Path) -> None:
         ax.set_ylabel(label)
         ax.axhline(0, color="black", linewidth=0.6)
     axes[0].set_yscale("symlog", linthresh=0.1)  # the small gains stay readable
-    axes[0].set_ylim(bottom=0)
+    top = max([g["loss"] for r in results for g in r["gains"].values()] + [0.1])
+    axes[0].set_ylim(0, 2.5 * top)  # room for the labels above the bars
     axes[0].legend(title="evaluation")
     fig.suptitle("Reading with a neural cache and dynamic evaluation (settings chosen on val)")
     fig.tight_layout()
