@@ -190,8 +190,8 @@ def plot(results: list[dict], out: Path) -> None:
         ax.set_ylabel(label)
         ax.axhline(0, color="black", linewidth=0.6)
     axes[0].set_yscale("symlog", linthresh=0.1)  # the small gains stay readable
-    top = max([g["loss"] for r in results for g in r["gains"].values()] + [0.1])
-    axes[0].set_ylim(0, 2.5 * top)  # room for the labels above the bars
+    saved = [g["loss"] for r in results for g in r["gains"].values()]
+    axes[0].set_ylim(2.5 * min(saved + [0.0]), 2.5 * max(saved + [0.1]))  # room for labels
     axes[0].legend(title="evaluation")
     fig.suptitle("Reading with a neural cache and dynamic evaluation (settings chosen on val)")
     fig.tight_layout()
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "measure":
         if args.result and len(args.runs) > 1:
             parser.error("--result names one file: give one run")
+        if args.max_tokens < 0:
+            parser.error("--max-tokens must be 0 (the whole split) or a positive number")
         return measure(args)
     results = [json.loads(Path(f).read_text()) for f in args.results]
     if args.command in ("table", "summary"):
