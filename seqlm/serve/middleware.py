@@ -20,7 +20,7 @@ Send = Callable[[dict], Awaitable[None]]
 
 def safe_text(message: str) -> str:
     """``message`` encodable as UTF-8: a lone surrogate a client sent (and an error message
-    quotes) becomes its ``\\udXXX`` escape."""
+    quotes) becomes its backslash escape, such as ``\\udc80``."""
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

@@ -168,8 +168,8 @@ def plain_message(error: dict) -> tuple[str | None, str]:
     if kind == "string_too_long" and isinstance(value, str):
         return field, too_long(field, len(value), ctx.get("max_length", 0))
     if kind == "string_unicode":  # how pydantic's JSON parser meets a lone surrogate
-        return field, (f"{name} is not text: it holds a lone surrogate (a \\udXXX escape "
-                       "without its other half); send UTF-8, or both halves of a pair")
+        return field, (f"{name} is not text: it holds a lone surrogate (an escape such as "
+                       "\\udc80 without its other half); send UTF-8, or both halves of a pair")
     if kind == "string_too_short":
         return field, f"{name} is empty; give some text"
     if kind == "value_error" and "error" in ctx:
