@@ -166,15 +166,13 @@ def summary(results: list[dict]) -> str:
 def plot(results: list[dict], out: Path) -> None:
     """Two panels per evaluation: nats saved per token over static, and extra seconds per
     1,000 tokens; one group of bars per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from seqlm.plots import new_figure  # leaves the caller's matplotlib backend alone
 
     names = [Path(r["run"]).name + ("" if r.get("figure_tokens") == r.get("split_tokens")
                                     else f", {r['figure_tokens'] // 1000}k") for r in results]
     shown = [e for e in EVALUATIONS[1:] if any(e in r["gains"] for r in results)]
-    fig, axes = plt.subplots(1, 2, figsize=(max(12, 1.1 * len(results)), 4.6))
+    fig = new_figure(figsize=(max(12, 1.1 * len(results)), 4.6))
+    axes = fig.subplots(1, 2)
     width = 0.8 / max(len(shown), 1)
     x = np.arange(len(results))
     for k, evaluation in enumerate(shown):
