@@ -65,7 +65,6 @@ def test_the_best_mixture_is_the_grids_lowest_loss():
     assert rs.best_mixture(useless)[0] == 0.0  # the model alone wins: λ = 0
 
 
-
 def fixed_loss(loss: float) -> Reading:
     """A reading of 4 tokens whose mean NLL is ``loss``."""
     return Reading(targets=np.zeros(4, np.int64), logprobs=np.full(4, -loss),
@@ -106,6 +105,7 @@ def test_the_grid_stops_at_a_diverged_rate_and_never_extends_past_no_adaptation(
 
     assert rs.best_rate((1e-4, 1e-3), fixed_loss(2.0), harmful)[:2] == (0.0, 0.0)
     assert calls == [1e-4, 1e-3]  # static is best: no other rate, no other decay
+
 
 def test_chosen_once_stored_beside_the_checkpoint_and_reused_for_the_same_weights(tmp_path):
     run = make_run(tmp_path)
